@@ -1,0 +1,66 @@
+"""The small typed records passed between pipeline stages (and cached by Prefect).
+
+ingest -> DatasetRef -> train -> TrainResult -> evaluate -> EvalReport -> register -> ModelVersionRef
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetRef(Record):
+    """A verified local copy of an S3 dataset prefix."""
+
+    uri: str = Field(description="s3://bucket/prefix it was ingested from")
+    root: Path = Field(description="local folder with trainA/ trainB/ testA/ testB/ (and testA_ref/)")
+    manifest: Path = Field(description="manifest JSON of every object with its status")
+    version: str = Field(description="hash of the clean manifest: same data, same version")
+    counts: dict[str, int] = Field(default_factory=dict, description="clean images per split")
+    quarantined: int = 0
+
+
+class TrainResult(Record):
+    """What a training run produced."""
+
+    run_name: str
+    checkpoint_uri: str = Field(description="latest training checkpoint (local path or s3:// URI)")
+    generators_dir: Path = Field(description="local folder with exported G_AB/ and G_BA/ generators")
+    dataset_version: str
+    dataset_uri: str
+    config_hash: str
+    steps: int
+    epochs: int
+    metrics: dict[str, float] = Field(default_factory=dict, description="final-epoch metrics")
+    history: list[dict[str, float]] = Field(default_factory=list, description="per-epoch metrics")
+
+
+class EvalReport(Record):
+    """Evaluation of a trained model on the test splits."""
+
+    metrics: dict[str, float]
+    primary_metric: str
+    primary_value: float
+    higher_is_better: bool = True
+    skipped: dict[str, str] = Field(default_factory=dict, description="metric -> why it was not computed")
+    artifacts: dict[str, Path] = Field(default_factory=dict, description="name -> file (sample grids, report)")
+
+
+class ModelVersionRef(Record):
+    """A registered MLflow model version."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: list[str] = Field(default_factory=list)
+    promoted: bool = False
+    reason: str = Field("", description="why the gate promoted or did not")
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
