@@ -66,6 +66,57 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lo
 
 # --- demo, run (pipelines.flows) -----------------------------------------------------------------
 # (section: flows)
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the dataset, cache, checkpoints and outputs")] = Path(
+        "demo-output"
+    ),
+    epochs: Annotated[Optional[int], typer.Option(help="epochs at the initial learning rate")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
+) -> None:
+    """Run the whole pipeline on embedded services: synthetic data -> local S3 -> Ray -> MLflow."""
+    from pipelines.demo import DemoSettings, demo_summary, run_demo
+
+    settings = DemoSettings(out_dir=out, **({"epochs": epochs} if epochs is not None else {}))
+    outcome = run_demo(settings)
+    typer.echo(demo_summary(outcome))
+    if json_out:
+        print_json(outcome.model_dump(mode="json"))
+
+
+@app.command("run")
+def run_flow(
+    config: Annotated[Path, typer.Argument(help="pipeline config YAML (see configs/example.yaml)")],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a field: --set train.lr=0.0001 (repeatable)")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
+) -> None:
+    """Run the train-cyclegan flow once, here, with the given config (Prefect's API or ephemeral)."""
+    from pipelines.config import load_pipeline_config
+    from pipelines.flows import summary_markdown, train_cyclegan
+
+    overrides = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml_value(value)
+    try:
+        pipeline_config = load_pipeline_config(config, overrides)
+    except ValueError as exc:
+        fail(str(exc))
+    outcome = train_cyclegan(pipeline_config)
+    typer.echo(summary_markdown(pipeline_config, outcome))
+    if json_out:
+        print_json(outcome.model_dump(mode="json"))
+
+
+def yaml_value(text: str) -> Any:
+    """Parse an override value the way YAML would (numbers, booleans, null, strings)."""
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 if __name__ == "__main__":

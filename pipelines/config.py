@@ -88,6 +88,7 @@ class PipelineConfig(StrictModel):
 
     dataset_uri: str = Field(..., description="s3://bucket/prefix holding trainA/ trainB/ testA/ testB/")
     cache_dir: Path = Field(Path(".cache/datasets"), description="local cache the dataset is ingested into")
+    output_dir: Path = Field(Path("outputs"), description="local folder for exported generators and eval outputs")
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -64,3 +64,13 @@ class ModelVersionRef(Record):
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+
+class PipelineOutcome(Record):
+    """What one run of the train-cyclegan flow did."""
+
+    dataset: DatasetRef
+    train: TrainResult | None = None
+    report: EvalReport | None = None
+    model: ModelVersionRef | None = None
+    skipped: str = Field("", description="why training was skipped (dataset unchanged since the champion)")

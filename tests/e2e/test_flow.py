@@ -1,0 +1,220 @@
+"""The train-cyclegan flow end to end on real local services: moto's S3 server, a local Ray cluster
+(2 CPU workers), a real `mlflow server` process, under Prefect's test harness.
+
+One flow run covers the happy path *and* the retry path: the MLflow server sits behind a switchable
+TCP proxy that is down when registration first runs, and comes up once Prefect has scheduled the
+retry. The flow completes, registration ran twice, and no stage before it ran again.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
+from pipelines.config import (
+    EvalSettings,
+    PipelineConfig,
+    RegistrySettings,
+    ScalingSettings,
+    TrainingRunSettings,
+)
+
+pytestmark = pytest.mark.slow
+
+
+class SwitchableProxy:
+    """A TCP proxy on loopback that forwards to `target` while up and slams connections shut while down."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.up = threading.Event()
+        self.refused = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            if not self.up.is_set():
+                self.refused += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                client.close()  # RST: the server looks unreachable
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def tiny_config(dataset_uri: str, tmp: Path, *, model_name: str) -> PipelineConfig:
+    return PipelineConfig(
+        dataset_uri=dataset_uri,
+        cache_dir=tmp / "cache",
+        output_dir=tmp / "outputs",
+        model=ModelConfig(generator="resnet_6blocks", ngf=8, ndf=8),
+        train=TrainConfig(n_epochs=1, n_epochs_decay=1, batch_size=4, pool_size=10),
+        data=DataConfig(preprocess="none", load_size=32, crop_size=32, num_workers=0),
+        scaling=ScalingSettings(num_workers=2, cpus_per_worker=1),
+        run=TrainingRunSettings(run_name="flow-test", storage_path=str(tmp / "runs"), max_failures=0),
+        eval=EvalSettings(max_images=4),
+        registry=RegistrySettings(model_name=model_name, experiment="flow-test", primary_metric="psnr_AtoB"),
+    )
+
+
+def task_runs_of(flow_run_id) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run for run in runs}
+
+
+def open_proxy_when_register_awaits_retry(proxy: SwitchableProxy, deadline_s: float = 600) -> threading.Thread:
+    """Bring the MLflow proxy up once Prefect has put the failed `register` task into AwaitingRetry."""
+    from prefect.client.orchestration import get_client
+
+    def watch() -> None:
+        end = time.monotonic() + deadline_s
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < end and not proxy.up.is_set():
+                for run in client.read_task_runs():
+                    if run.name.startswith("register") and run.state and run.state.name == "AwaitingRetry":
+                        proxy.up.set()
+                        return
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
+    prefect_harness, ray_local, s3_server, s3_bucket, mlflow_server, synthetic_dataset, tmp_path, monkeypatch
+):
+    from mlflow import MlflowClient
+
+    import pipelines.registry as registry
+    from pipelines.flows import train_cyclegan
+    from pipelines.ingest import upload_folder
+
+    upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
+    target = urlparse(mlflow_server)
+    proxy = SwitchableProxy(target.hostname, target.port)
+    proxy.up.set()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    config = tiny_config(f"s3://{s3_bucket}/synth", tmp_path, model_name="flow-e2e")
+
+    # Fault injection: the MLflow server becomes unreachable right when registration starts for the
+    # first time (the real register_model then runs against the dead proxy); the watcher brings the
+    # server back once Prefect has scheduled the retry.
+    real_register = registry.register_model
+    first_call = threading.Event()
+
+    def register_while_server_down_once(*args, **kwargs):
+        if not first_call.is_set():
+            first_call.set()
+            proxy.up.clear()
+            open_proxy_when_register_awaits_retry(proxy)
+        return real_register(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "register_model", register_while_server_down_once)
+    try:
+        state = train_cyclegan(config, return_state=True)
+    finally:
+        proxy.close()
+    outcome = state.result()
+    assert outcome.model is not None and outcome.report is not None and outcome.train is not None
+    assert proxy.refused > 0, "registration never met the unreachable server"
+    runs = task_runs_of(state.state_details.flow_run_id)
+    assert runs["register"].run_count == 2
+    for stage in ("ingest", "train", "evaluate"):
+        assert runs[stage].run_count == 1, f"{stage} ran again"
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    champion = client.get_model_version_by_alias("flow-e2e", "champion")
+    assert champion.version == outcome.model.version
+    assert "champion" in outcome.model.aliases
+    assert outcome.report.primary_metric == "psnr_AtoB"
+
+    # A second run on the same data and config under another model name: training and evaluation
+    # come from Prefect's cache (keyed on dataset version + config hash), only registration runs.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setattr(registry, "register_model", real_register)
+    again = tiny_config(f"s3://{s3_bucket}/synth", tmp_path, model_name="flow-e2e-copy")
+    second = train_cyclegan(again, return_state=True)
+    second_outcome = second.result()
+    assert second_outcome.train == outcome.train
+    runs = task_runs_of(second.state_details.flow_run_id)
+    assert runs["train"].state.name == "Cached" and runs["evaluate"].state.name == "Cached"
+
+    # Scheduled retraining: the champion of flow-e2e-copy was trained on this dataset version,
+    # so a run without force skips training and says why.
+    skipped = train_cyclegan(again)
+    assert skipped.train is None and "unchanged" in skipped.skipped
+
+
+def test_a_bad_parameter_fails_before_any_work(prefect_harness):
+    from prefect.exceptions import ParameterTypeError
+
+    from pipelines.flows import train_cyclegan
+
+    with pytest.raises(ParameterTypeError, match="dataset_uri"):
+        train_cyclegan({"dataset_uri": "not-a-bucket", "cache_dir": "/nonexistent"})
+
+
+def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
+    import yaml
+
+    spec = yaml.safe_load(Path("prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"manual", "nightly"}
+    for deployment in deployments.values():
+        assert deployment["entrypoint"] == "pipelines/flows.py:train_cyclegan"
+        assert deployment["work_pool"]["name"] == "cyclegan-pool"
+        PipelineConfig.model_validate(deployment["parameters"]["config"])
+    (schedule,) = deployments["nightly"]["schedules"]
+    assert schedule == {"cron": "0 3 * * *", "timezone": "UTC", "active": True}
+    from prefect.client.schemas.schedules import CronSchedule
+
+    CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
