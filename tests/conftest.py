@@ -129,3 +129,53 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(Path("mlartifacts-test"), ignore_errors=True)
+
+
+def _stop_process_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    import signal
+
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Address of a real Ray cluster started with `ray start --head` (2 CPUs, its own process group).
+
+    Stopped by signalling that process group only: `ray stop` would also kill the in-process cluster
+    of the `ray_local` fixture.
+    """
+    port = free_port()
+    temp_dir = Path("/tmp") / f"ray-head-{port}"
+    log = open(tmp_path_factory.mktemp("ray-head") / "ray.log", "wb")
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+           "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+           f"--temp-dir={temp_dir}"]
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited with {process.returncode}; see {log.name}")
+            probe = subprocess.run([str(ray_bin), "status", f"--address={address}"], capture_output=True)
+            if probe.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Ray head at {address} did not come up; see {log.name}")
+            time.sleep(1)
+        yield address
+    finally:
+        _stop_process_group(process)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
