@@ -95,7 +95,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", timeout_s=120, process=process)
+        wait_http(f"{uri}/health", timeout_s=300, process=process)
         yield uri
     finally:
         process.terminate()
@@ -147,35 +147,46 @@ def _stop_process_group(process: subprocess.Popen, timeout_s: float = 30) -> Non
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Address of a real Ray cluster started with `ray start --head` (2 CPUs, its own process group).
+RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
-    Stopped by signalling that process group only: `ray stop` would also kill the in-process cluster
-    of the `ray_local` fixture.
+
+def clean_ray_env(home: Path) -> dict[str, str]:
+    """This process's environment without Ray settings, with a private HOME (no stray ~/.ray token)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in RAY_AUTH_VARIABLES}
+    return env | {"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real Ray cluster from `ray start --head` (2 CPUs, token authentication as in infra/);
+    yields the environment a driver needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN, a private HOME).
+
+    Ray 2.60 turns token authentication on wherever ~/.ray/auth_token exists, so the head and its
+    drivers get an explicit token and a private HOME. The head runs in its own process group and is
+    stopped through it: `ray stop` would also stop the in-process cluster of the `ray_local` fixture.
     """
+    import secrets
+
+    home = tmp_path_factory.mktemp("ray-home")
     port = free_port()
-    temp_dir = Path("/tmp") / f"ray-head-{port}"
-    log = open(tmp_path_factory.mktemp("ray-head") / "ray.log", "wb")
-    ray_bin = Path(sys.executable).with_name("ray")
-    cmd = [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-           "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
-           f"--temp-dir={temp_dir}"]
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
+    temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's unix socket paths must stay < 108 chars
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    log_path = home / "ray-head.log"
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+           "--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+           "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, env=clean_ray_env(home) | auth, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log_path.read_text(errors="replace"):
             if process.poll() is not None:
-                raise RuntimeError(f"`ray start --head` exited with {process.returncode}; see {log.name}")
-            probe = subprocess.run([str(ray_bin), "status", f"--address={address}"], capture_output=True)
-            if probe.returncode == 0:
-                break
+                raise RuntimeError(f"`ray start --head` exited with {process.returncode}:\n{log_path.read_text()}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Ray head at {address} did not come up; see {log.name}")
-            time.sleep(1)
-        yield address
+                raise TimeoutError(f"the Ray head did not start within 180 s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield clean_ray_env(home) | auth | {"RAY_ADDRESS": f"127.0.0.1:{port}"}
     finally:
-        _stop_process_group(process)
-        log.close()
+        _stop_process_group(process, timeout_s=5)  # Ray drains for up to 30 s on SIGTERM; nothing to drain
         shutil.rmtree(temp_dir, ignore_errors=True)

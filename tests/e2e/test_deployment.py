@@ -66,7 +66,8 @@ def test_manual_deployment_runs_on_a_process_worker_against_external_services(
     from pipelines.ingest import upload_folder
 
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
-    env = {**prefect_server, "RAY_ADDRESS": ray_head, "MLFLOW_TRACKING_URI": mlflow_server,
+    env = {**prefect_server, **ray_head, "PREFECT_HOME": prefect_server["PREFECT_HOME"],
+           "MLFLOW_TRACKING_URI": mlflow_server,
            "AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
     prefect(env, "work-pool", "create", "cyclegan-pool", "--type", "process")
