@@ -1,0 +1,181 @@
+"""Distributed training on a real local Ray (2 CPUs, `ray_local`), data ingested from a real moto S3.
+
+Each Ray fit costs ~50 s here (worker processes importing torch on 2 cores), so the slow tests combine
+scenarios: one local run (DDP sync, loss, checkpoints, max_steps, export) and one S3 run (a failing
+fit with max_failures=0, then a re-run that resumes from the bucket and survives a worker crash).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import boto3
+import pytest
+
+from cyclegan_core.checkpoint import load_checkpoint
+from cyclegan_core.export import load_generator
+from cyclegan_core.model import CycleGAN
+from pipelines.config import PipelineConfig
+from pipelines.ingest import ingest_prefix, upload_folder
+from pipelines.records import DatasetRef
+from pipelines.train import (
+    CHECKPOINT_FILE,
+    PROGRESS_FILE,
+    FaultInjection,
+    TrainHooks,
+    TrainingError,
+    check_storage_shared,
+    format_epoch_line,
+    parameter_checksum,
+    resolve_storage,
+    should_checkpoint,
+    train_on_ray,
+)
+
+IMAGES_PER_WORKER = 12  # 24 training images per domain (the synthetic_dataset fixture), 2 workers
+STEPS_PER_EPOCH = IMAGES_PER_WORKER  # at batch size 1
+
+
+def tiny_config(dataset: DatasetRef, tmp_path: Path, *, run_name: str, storage_path: str, epochs: int,
+                batch_size: int = 1, **run: object) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "dataset_uri": dataset.uri,
+        "cache_dir": str(tmp_path / "cache"),
+        "output_dir": str(tmp_path / "outputs"),
+        "model": {"generator": "resnet_6blocks", "ngf": 8, "ndf": 8},
+        "train": {"n_epochs": epochs, "n_epochs_decay": 0, "batch_size": batch_size, "lr": 1e-3, "pool_size": 10},
+        "data": {"preprocess": "none", "load_size": 32, "crop_size": 32, "num_workers": 0},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "run": {"run_name": run_name, "storage_path": storage_path, **run},
+    })
+
+
+@pytest.fixture()
+def ingested(synthetic_dataset: Path, s3_bucket: str, tmp_path: Path) -> DatasetRef:
+    uri = f"s3://{s3_bucket}/synth"
+    upload_folder(synthetic_dataset, uri)
+    return ingest_prefix(uri, tmp_path / "cache", load_size=32).dataset
+
+
+# --- fast: the pure parts ------------------------------------------------------------------------
+
+
+def test_local_storage_is_refused_on_a_multi_node_cluster() -> None:
+    check_storage_shared("./runs", 1)
+    check_storage_shared("s3://bucket/runs", 3)
+    with pytest.raises(ValueError, match=r"storage_path \./runs is local but the Ray cluster has 3 nodes; use s3://"):
+        check_storage_shared("./runs", 3)
+
+
+def test_storage_paths_resolve_for_ray(tmp_path: Path) -> None:
+    local = resolve_storage(str(tmp_path / "runs"))
+    assert local.is_local and local.path == str((tmp_path / "runs").resolve()) and local.uri("/x") == "/x"
+
+    s3 = resolve_storage("s3://bucket/some/prefix/", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+                                                         "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert s3.path == "bucket/some/prefix" and s3.filesystem.type_name == "s3"
+    assert s3.uri("bucket/some/prefix/run") == "s3://bucket/some/prefix/run"
+    with pytest.raises(ValueError, match="gs://b/runs"):
+        resolve_storage("gs://b/runs")
+
+
+def test_checkpoint_cadence() -> None:
+    every_two = [e for e in range(1, 8) if should_checkpoint(e, every=2, total=7, stopped_early=False)]
+    assert every_two == [2, 4, 6, 7]
+    assert should_checkpoint(3, every=5, total=9, stopped_early=True)
+
+
+def test_epoch_line_is_readable() -> None:
+    line = format_epoch_line({"epoch": 3, "total_epochs": 10, "step": 36, "loss_cycle_A": 1.23456,
+                              "lr": 2e-4, "images_per_s": 41.0, "epoch_seconds": 0.6, "partial_epoch": 0.0})
+    assert line == "epoch 3/10 step 36 cycle_A=1.235 lr=2.00e-04 41.0 img/s (0.6s)"
+
+
+# --- slow: real Ray fits -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_workers_train_in_sync_checkpoint_and_export(ray_local: None, ingested: DatasetRef,
+                                                         tmp_path: Path) -> None:
+    max_steps = 3 * STEPS_PER_EPOCH + 5  # stops 5 steps into epoch 4 of 5
+    config = tiny_config(ingested, tmp_path, run_name="sync", storage_path=str(tmp_path / "runs"),
+                         epochs=5, checkpoint_every_epochs=2, num_to_keep=2, max_steps=max_steps)
+    seen: list[dict[str, float]] = []
+
+    result = train_on_ray(config, ingested, hooks=TrainHooks(on_epoch=seen.append))
+
+    assert (result.run_name, result.dataset_version, result.dataset_uri) == ("sync", ingested.version, ingested.uri)
+    assert result.config_hash == config.config_hash()
+    assert result.steps == max_steps and result.epochs == 3
+    assert [int(h["epoch"]) for h in result.history[:-1]] == [1, 2, 3]
+    assert result.history[-1]["partial_epoch"] == 1.0 and result.history[-1]["step"] == max_steps
+    assert [h["step"] for h in seen] == [h["step"] for h in result.history]  # the driver saw every epoch
+    assert result.history[0]["loss_cycle_A"] > result.history[-2]["loss_cycle_A"]
+    assert result.history[0]["loss_cycle_B"] > result.history[-2]["loss_cycle_B"]
+    for epoch in result.history:  # DDP kept both ranks' weights identical, every epoch
+        assert epoch["G_AB_checksum_rank0"] == epoch["G_AB_checksum_rank1"] and epoch["weights_in_sync"] == 1.0
+        assert epoch["world_size"] == 2 and epoch["images_per_s"] > 0
+
+    checkpoint = Path(result.checkpoint_uri)
+    assert checkpoint.parent == tmp_path / "runs" / "sync"
+    assert checkpoint.name == f"checkpoint_epoch0003_step{max_steps:08d}"
+    assert {p.name for p in checkpoint.iterdir()} >= {CHECKPOINT_FILE, PROGRESS_FILE, "rank1_pools.pt"}
+    kept = sorted(p.name for p in checkpoint.parent.glob("checkpoint_epoch*"))
+    assert kept == [f"checkpoint_epoch0002_step{2 * STEPS_PER_EPOCH:08d}", checkpoint.name]  # num_to_keep=2
+    model = CycleGAN(config.model, config.train)
+    load_checkpoint(model, checkpoint / CHECKPOINT_FILE)
+    assert (model.epoch, model.step) == (3, max_steps)
+
+    assert result.generators_dir == (tmp_path / "outputs" / "sync" / "generators").resolve()
+    generator, model_cfg = load_generator(result.generators_dir, direction="AtoB")
+    assert model_cfg == config.model
+    assert parameter_checksum(generator) == result.metrics["G_AB_checksum_rank0"]
+
+
+def bucket_keys(bucket: str, prefix: str) -> list[str]:
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+@pytest.mark.slow
+def test_s3_storage_worker_failure_and_resume(ray_local: None, ingested: DatasetRef, s3_bucket: str,
+                                              tmp_path: Path) -> None:
+    storage = f"s3://{s3_bucket}/runs"
+    # A node without the dataset cache ingests it itself (here: every worker's node, after this).
+    shutil.rmtree(ingested.root)
+
+    steps = IMAGES_PER_WORKER // 2  # per epoch, at batch size 2 (fewer, cheaper steps)
+    # 1. A worker dies in epoch 2 and no failure is tolerated: a clear error, the epoch-1 checkpoint stays.
+    first = tiny_config(ingested, tmp_path, run_name="faulty", storage_path=storage, epochs=3, max_failures=0,
+                        batch_size=2)
+    crash = FaultInjection(at_step=steps + 3, marker=tmp_path / "crash-1")
+    with pytest.raises(TrainingError, match=r"training run faulty failed \(run.max_failures=0\)") as failed:
+        train_on_ray(first, ingested, hooks=TrainHooks(fault=crash))
+    assert crash.marker.exists() and ingested.root.is_dir()
+    last_good = f"runs/faulty/checkpoint_epoch0001_step{steps:08d}"
+    assert failed.value.checkpoint_uri == f"s3://{s3_bucket}/{last_good}"
+    assert f"s3://{s3_bucket}/{last_good}" in str(failed.value)
+    assert f"{last_good}/{CHECKPOINT_FILE}" in bucket_keys(s3_bucket, "runs/faulty/")
+    boto3.client("s3").download_file(s3_bucket, f"{last_good}/{CHECKPOINT_FILE}", str(tmp_path / "last-good.pt"))
+    model = CycleGAN(first.model, first.train)
+    load_checkpoint(model, tmp_path / "last-good.pt")
+    assert (model.epoch, model.step) == (1, steps)
+
+    # 2. Same run name + storage, more epochs, one failure tolerated: resumes from the bucket at epoch 2,
+    #    a worker dies in epoch 3, Ray Train restarts the group from the epoch-2 checkpoint, and it ends.
+    second = tiny_config(ingested, tmp_path, run_name="faulty", storage_path=storage, epochs=4, max_failures=1,
+                         batch_size=2)
+    crash = FaultInjection(at_step=2 * steps + 5, marker=tmp_path / "crash-2")
+    seen: list[dict[str, float]] = []
+    result = train_on_ray(second, ingested, hooks=TrainHooks(on_epoch=seen.append, fault=crash))
+
+    assert crash.marker.exists()
+    assert [int(m["epoch"]) for m in seen] == [2, 3, 4]
+    assert result.epochs == 4 and result.steps == 4 * steps
+    assert [int(h["epoch"]) for h in result.history] == [1, 2, 3, 4]
+    assert result.history[0]["step"] == steps  # run 1's epoch, carried in the checkpoint
+    final = f"runs/faulty/checkpoint_epoch0004_step{4 * steps:08d}"
+    assert result.checkpoint_uri == f"s3://{s3_bucket}/{final}"
+    assert f"{final}/{PROGRESS_FILE}" in bucket_keys(s3_bucket, "runs/faulty/")
+    assert (result.generators_dir / "G_AB").is_dir() and (result.generators_dir / "G_BA").is_dir()
