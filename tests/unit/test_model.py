@@ -1,0 +1,196 @@
+"""CycleGAN training object: the step's losses, order, options, schedules and in-memory state round trip."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from cyclegan_core.config import ModelConfig, TrainConfig
+from cyclegan_core.model import GP_KEYS, LOSS_KEYS, CycleGAN
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread adds only synchronisation (and stalls on a busy host)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# 16x16 images: a 2-layer PatchGAN still has 2x2 patches to instance-normalise (the 3-layer one needs 32x32)
+TINY = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=8, ndf=8)
+
+
+def batches(
+    n: int, *, size: int = 16, batch: int = 1, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.rand(batch, 3, size, size, generator=generator) * 2 - 1,
+            torch.rand(batch, 3, size, size, generator=generator) * 2 - 1,
+        )
+        for _ in range(n)
+    ]
+
+
+def test_net_mapping_follows_the_official_naming() -> None:
+    model = CycleGAN(
+        TINY.model_copy(update={"input_nc": 1, "output_nc": 3}), TrainConfig(lambda_identity=0.0)
+    )
+    # G_AB: A (1 channel) -> B (3 channels); D_A judges B images, D_B judges A images
+    assert model.G_AB(torch.zeros(1, 1, 16, 16)).shape[1] == 3
+    assert model.G_BA(torch.zeros(1, 3, 16, 16)).shape[1] == 1
+    assert model.D_A(torch.zeros(1, 3, 32, 32)).shape[1] == 1
+    assert model.D_B(torch.zeros(1, 1, 32, 32)).shape[1] == 1
+    losses = model.train_step(torch.rand(1, 1, 16, 16), torch.rand(1, 3, 16, 16))
+    assert losses["idt_A"] == losses["idt_B"] == 0.0
+
+
+def test_train_step_returns_every_loss_as_a_finite_float_and_counts_steps() -> None:
+    model = CycleGAN(TINY, TrainConfig())
+    for real_A, real_B in batches(2):
+        losses = model.train_step(real_A, real_B)
+    assert list(losses) == list(LOSS_KEYS)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in losses.values())
+    assert model.step == 2 and model.epoch == 0
+
+
+def test_identity_weights_are_lambda_identity_times_the_other_domains_lambda() -> None:
+    # one step from the same seed: only lambda_B changes; idt_A (= G_AB(B) vs B) scales with lambda_B
+    def first_losses(lambda_B: float) -> dict[str, float]:
+        model = CycleGAN(TINY, TrainConfig(lambda_A=10.0, lambda_B=lambda_B, lambda_identity=0.5))
+        return model.train_step(*batches(1)[0])
+
+    base, doubled = first_losses(10.0), first_losses(20.0)
+    assert doubled["idt_A"] == pytest.approx(2 * base["idt_A"], rel=1e-5)
+    assert doubled["idt_B"] == pytest.approx(base["idt_B"], rel=1e-5)
+    assert doubled["cycle_B"] == pytest.approx(2 * base["cycle_B"], rel=1e-5)
+    assert doubled["cycle_A"] == pytest.approx(base["cycle_A"], rel=1e-5)
+
+
+def test_generator_step_leaves_discriminators_trainable_and_only_the_d_step_moves_them() -> None:
+    model = CycleGAN(TINY, TrainConfig(lr=1e-3))
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in model.nets.items()}
+    model.train_step(*batches(1)[0])
+    for name, net in model.nets.items():
+        assert all(p.requires_grad for p in net.parameters()), name
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)), name
+
+
+def test_a_few_steps_reduce_the_cycle_loss_on_a_trivial_problem() -> None:
+    # smooth gradients in both domains: learnable by a tiny ResNet within a dozen steps
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    real_A = torch.stack([x, y, x * y]).unsqueeze(0) * 0.8
+    real_B = torch.stack([y, -x, 0.5 * x]).unsqueeze(0) * 0.8
+    model = CycleGAN(TINY, TrainConfig(lr=5e-3, pool_size=0, lambda_identity=0.0))
+    history = [model.train_step(real_A, real_B) for _ in range(12)]
+    first = history[0]["cycle_A"] + history[0]["cycle_B"]
+    last = history[-1]["cycle_A"] + history[-1]["cycle_B"]
+    assert last < 0.6 * first
+
+
+def test_wgangp_returns_weighted_gradient_penalties_included_in_the_d_losses() -> None:
+    model = CycleGAN(TINY, TrainConfig(gan_mode="wgangp", lambda_gp=10.0))
+    losses = model.train_step(*batches(1)[0])
+    assert list(losses) == list(LOSS_KEYS) + list(GP_KEYS)
+    assert losses["gp_A"] > 0 and losses["gp_B"] > 0
+    no_gp = CycleGAN(TINY, TrainConfig(gan_mode="wgangp", lambda_gp=0.0)).train_step(*batches(1)[0])
+    assert no_gp["gp_A"] == no_gp["gp_B"] == 0.0
+    # same seed, same first step: the D loss differs by exactly the penalty
+    assert losses["D_A"] - losses["gp_A"] == pytest.approx(no_gp["D_A"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("gan_mode", ["vanilla", "hinge"])
+def test_other_gan_modes_train(gan_mode: str) -> None:
+    model = CycleGAN(TINY, TrainConfig(gan_mode=gan_mode))
+    losses = model.train_step(*batches(1)[0])
+    assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_batch_norm_uses_separate_calls_and_matches_official_order() -> None:
+    model = CycleGAN(TINY.model_copy(update={"norm": "batch"}), TrainConfig())
+    losses = model.train_step(*batches(1, batch=2)[0])
+    assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_batched_generator_calls_equal_separate_calls_for_instance_norm() -> None:
+    real_A, real_B = batches(1, batch=2)[0]
+    results = []
+    for batched in (True, False):
+        model = CycleGAN(TINY, TrainConfig(pool_size=0))
+        model._batch_calls = batched
+        results.append(model.train_step(real_A, real_B))
+    assert results[0] == pytest.approx(results[1], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_step_keeps_fp32_weights(precision: str) -> None:
+    model = CycleGAN(TINY, TrainConfig(precision=precision))
+    losses = model.train_step(*batches(1)[0])
+    assert all(math.isfinite(v) for v in losses.values())
+    assert all(p.dtype == torch.float32 for net in model.nets.values() for p in net.parameters())
+    assert model.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_auto_precision_is_fp32_on_cpu() -> None:
+    assert CycleGAN(TINY, TrainConfig(precision="auto")).precision == "fp32"
+
+
+def test_end_epoch_steps_the_linear_schedule_for_both_optimizers() -> None:
+    model = CycleGAN(TINY, TrainConfig(lr=1.0, n_epochs=1, n_epochs_decay=3))
+    lrs = []
+    for _ in range(4):
+        lrs.append(model.learning_rate())
+        model.train_step(*batches(1)[0])
+        model.end_epoch()
+    assert lrs == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert model.optimizer_D.param_groups[0]["lr"] == pytest.approx(0.0)
+    assert model.epoch == 4
+
+
+def test_same_seed_gives_identical_initial_weights() -> None:
+    first, second = CycleGAN(TINY, TrainConfig(seed=3)), CycleGAN(TINY, TrainConfig(seed=3))
+    other = CycleGAN(TINY, TrainConfig(seed=4))
+    for name in first.nets:
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(first.nets[name].parameters(), second.nets[name].parameters(), strict=True)
+        )
+    assert not torch.equal(next(first.G_AB.parameters()), next(other.G_AB.parameters()))
+
+
+def test_inputs_of_the_wrong_shape_are_rejected_with_the_reason() -> None:
+    model = CycleGAN(TINY, TrainConfig())
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model.train_step(torch.rand(1, 3, 18, 18), torch.rand(1, 3, 18, 18))
+    with pytest.raises(ValueError, match="real_B must be an N x 3"):
+        model.train_step(torch.rand(1, 3, 16, 16), torch.rand(1, 1, 16, 16))
+
+
+def test_identity_loss_with_different_channel_counts_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="lambda_identity=0"):
+        CycleGAN(ModelConfig(input_nc=1, output_nc=3, ngf=4, ndf=4), TrainConfig(lambda_identity=0.5))
+
+
+def test_state_dict_has_everything_and_plain_net_keys() -> None:
+    model = CycleGAN(TINY, TrainConfig(pool_size=3))
+    model.train_step(*batches(1)[0])
+    state = model.state_dict()
+    assert set(state["nets"]) == {"G_AB", "G_BA", "D_A", "D_B"}
+    assert not any(key.startswith("module.") for net in state["nets"].values() for key in net)
+    assert state["pools"]["fake_A"]["num_images"] == 1
+    assert set(state["rng"]) >= {"torch", "python", "numpy"}
+    assert state["model_config"] == TINY.model_dump(mode="json")
+    assert state["step"] == 1
+
+
+def test_load_state_dict_names_the_differing_architecture_field() -> None:
+    state = CycleGAN(TINY, TrainConfig()).state_dict()
+    other = CycleGAN(TINY.model_copy(update={"ngf": 4}), TrainConfig())
+    with pytest.raises(ValueError, match="ngf: 8 in the checkpoint, 4 here"):
+        other.load_state_dict(state)
