@@ -48,8 +48,8 @@ class DemoSettings(StrictModel):
     image_size: int = Field(32, ge=16)
     n_train: int = Field(200, ge=4)
     n_test: int = Field(20, ge=2)
-    epochs: int = Field(6, ge=1)
-    epochs_decay: int = Field(4, ge=0)
+    epochs: int = Field(12, ge=1)
+    epochs_decay: int = Field(8, ge=0)
     ngf: int = Field(16, ge=2)
     ndf: int = Field(16, ge=2)
     num_workers: int = Field(2, ge=1)
@@ -170,6 +170,9 @@ def demo_summary(outcome: PipelineOutcome) -> str:
     for name in ("cycle_l1_A", "cycle_l1_B", "fid_AtoB", "kid_AtoB"):
         if name in metrics:
             lines.append(f"  {name:10} {metrics[name]:.4f}")
+    by_reason: dict[str, list[str]] = {}
     for name, why in sorted(outcome.report.skipped.items()):
-        lines.append(f"  {name:10} skipped: {why}")
+        by_reason.setdefault(why, []).append(name)
+    for why, names in by_reason.items():
+        lines.append(f"  {', '.join(names)} skipped: {why}")
     return "\n".join(lines)

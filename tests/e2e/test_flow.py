@@ -132,7 +132,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 ):
     from mlflow import MlflowClient
 
-    import pipelines.registry as registry
+    from pipelines import registry
     from pipelines.flows import train_cyclegan
     from pipelines.ingest import upload_folder
 
