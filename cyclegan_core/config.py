@@ -89,7 +89,7 @@ class DataConfig(StrictModel):
     use_cache: bool = Field(True, description="read the pre-decoded uint8 cache when the dataset has one")
 
     @model_validator(mode="after")
-    def _crop_fits(self) -> "DataConfig":
+    def _crop_fits(self) -> DataConfig:
         if self.preprocess in ("resize_and_crop", "scale_width") and self.crop_size > self.load_size:
             raise ValueError(
                 f"crop_size ({self.crop_size}) must be <= load_size ({self.load_size}) "

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import random
-import uuid
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from cyclegan_core.atomic import atomic_path
 from cyclegan_core.config import DataConfig
 from cyclegan_core.images import IMAGE_EXTENSIONS, decode_image, list_images
 
@@ -196,8 +196,7 @@ def write_decoded_cache(root: str | os.PathLike[str], *, load_size: int) -> Path
         files = list_images(folder)
         sources = _source_stats(files)
         target = directory / f"{split}.npy"
-        tmp = directory / f".{split}.{uuid.uuid4().hex[:8]}.tmp.npy"
-        try:
+        with atomic_path(target, suffix=".npy") as tmp:
             array = np.lib.format.open_memmap(
                 tmp, mode="w+", dtype=np.uint8, shape=(len(files), load_size, load_size, 3)
             )
@@ -207,14 +206,10 @@ def write_decoded_cache(root: str | os.PathLike[str], *, load_size: int) -> Path
                 array[i] = resize_square(decode_image(path), load_size)
             array.flush()
             del array
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         splits[split] = {"files": [path.name for path in files], "sources": sources}
         logger.info("cached %d images of %s at %dx%d in %s", len(files), folder, load_size, load_size, target)
-    index_tmp = directory / f".index.{uuid.uuid4().hex[:8]}.tmp"
-    index_tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(index_tmp, directory / "index.json")
+    with atomic_path(directory / "index.json") as index_tmp:
+        index_tmp.write_text(json.dumps(index, indent=1) + "\n")
     return directory
 
 

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -29,6 +27,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from tqdm import tqdm
 
+from cyclegan_core.atomic import atomic_path
 from cyclegan_core.export import load_generator
 from cyclegan_core.images import IMAGE_EXTENSIONS, InvalidImage, decode_image, list_images
 from cyclegan_core.networks import size_multiple
@@ -191,15 +190,8 @@ def _plan_outputs(input_path: Path, output_path: Path) -> tuple[list[Path], dict
 
 
 def _save_png(image: Image.Image, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def _decode_or_skip(path: Path, summary: TranslateSummary) -> Image.Image | None:

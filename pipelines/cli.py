@@ -11,11 +11,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
 
 app = typer.Typer(
     name="cyclegan",
@@ -160,24 +163,16 @@ def train(
     """Train on Ray (local, or the cluster RAY_ADDRESS names); re-running the same run.run_name resumes it."""
     from pydantic import ValidationError
 
-    from pipelines.config import load_pipeline_config
     from pipelines.records import DatasetRef
     from pipelines.train import TrainingError, train_on_ray
 
-    overrides = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            fail(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml_value(value)
-    try:
-        pipeline_config = load_pipeline_config(config, overrides)
-    except ValueError as exc:
-        fail(str(exc))
+    pipeline_config = config_from_cli(config, set_)
     if dataset is not None:
         try:
-            dataset_ref = DatasetRef.model_validate_json(dataset.read_text())
-        except (OSError, ValidationError) as exc:
+            payload = json.loads(dataset.read_text())
+            # `cyclegan ingest --json` prints the ingest summary, whose "dataset" is the DatasetRef
+            dataset_ref = DatasetRef.model_validate(payload.get("dataset", payload))
+        except (OSError, ValueError, AttributeError, ValidationError) as exc:
             fail(f"cannot read DatasetRef from {dataset}: {exc}")
     else:
         from pipelines.ingest import IngestError, ingest_prefix
@@ -348,7 +343,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="folder for the dataset, cache, checkpoints and outputs")] = Path(
         "demo-output"
     ),
-    epochs: Annotated[Optional[int], typer.Option(help="epochs at the initial learning rate")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs at the initial learning rate")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
 ) -> None:
     """Run the whole pipeline on embedded services: synthetic data -> local S3 -> Ray -> MLflow."""
@@ -365,28 +360,35 @@ def demo(
 def run_flow(
     config: Annotated[Path, typer.Argument(help="pipeline config YAML (see configs/example.yaml)")],
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override a field: --set train.lr=0.0001 (repeatable)")
+        list[str] | None, typer.Option("--set", help="override a field: --set train.lr=0.0001 (repeatable)")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
 ) -> None:
     """Run the train-cyclegan flow once, here, with the given config (Prefect's API or ephemeral)."""
-    from pipelines.config import load_pipeline_config
     from pipelines.flows import summary_markdown, train_cyclegan
 
+    pipeline_config = config_from_cli(config, set_)
+    outcome = train_cyclegan(pipeline_config)
+    typer.echo(summary_markdown(pipeline_config, outcome))
+    if json_out:
+        print_json(outcome.model_dump(mode="json"))
+
+
+def config_from_cli(config: Path, assignments: list[str] | None) -> PipelineConfig:
+    """Load a PipelineConfig YAML with ``--set key=value`` overrides, or exit with a clear error."""
+    from pipelines.config import load_pipeline_config
+
     overrides = {}
-    for item in set_ or []:
+    for item in assignments or []:
         key, sep, value = item.partition("=")
         if not sep:
             fail(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key] = yaml_value(value)
     try:
-        pipeline_config = load_pipeline_config(config, overrides)
+        return load_pipeline_config(config, overrides)
     except ValueError as exc:
         fail(str(exc))
-    outcome = train_cyclegan(pipeline_config)
-    typer.echo(summary_markdown(pipeline_config, outcome))
-    if json_out:
-        print_json(outcome.model_dump(mode="json"))
+        raise  # unreachable: fail() exits
 
 
 def yaml_value(text: str) -> Any:

@@ -121,7 +121,8 @@ def load_pipeline_config(path: Path, overrides: dict[str, Any] | None = None) ->
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot read pipeline config {path}: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"pipeline config {path} must be a YAML mapping, got {type(raw).__name__}")
+        # ValueError, like every other bad-config error here: callers catch one type
+        raise ValueError(f"pipeline config {path} must be a YAML mapping, got {type(raw).__name__}")  # noqa: TRY004
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     try:
@@ -137,7 +138,7 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for key in parents:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"cannot set {dotted!r}: {key!r} is not a mapping")
+            raise ValueError(f"cannot set {dotted!r}: {key!r} is not a mapping")  # noqa: TRY004
     node[leaf] = value
 
 

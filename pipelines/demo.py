@@ -151,8 +151,8 @@ def demo_summary(outcome: PipelineOutcome) -> str:
     lines = [
         "",
         "CycleGAN demo finished.",
-        f"  model        models:/{outcome.model.name}@champion  (version {outcome.model.version}, "
-        f"aliases: {', '.join(outcome.model.aliases)})",
+        (f"  model        models:/{outcome.model.name}@champion  (version {outcome.model.version}, "
+         f"aliases: {', '.join(outcome.model.aliases)})"),
         f"  gate         {outcome.model.reason}",
         f"  MLflow UI    {ui}",
         f"  sample grid  {outcome.report.artifacts.get('grid_AtoB', 'n/a')}",

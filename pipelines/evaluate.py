@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from torch import nn
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from cyclegan_core.atomic import atomic_path
 from cyclegan_core.export import load_generator
 from cyclegan_core.images import InvalidImage, decode_image, list_images
 from cyclegan_core.metrics import (
@@ -92,14 +92,9 @@ def download_s3_weights(uri: str) -> Path:
         logger.info("using cached copy %s of %s", target, uri)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        with_retries(lambda: client.download_file(bucket, key, tmp_name), bucket=bucket, key=key,
+    with atomic_path(target) as tmp:
+        with_retries(lambda: client.download_file(bucket, key, str(tmp)), bucket=bucket, key=key,
                      action="download")
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
     _write_text_atomically(etag_file, etag)
     logger.info("downloaded %s to %s", uri, target)
     return target
@@ -242,13 +237,8 @@ def _mean(values: list[torch.Tensor]) -> float:
 
 def _write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary sibling of ``dest`` and rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix, dir=dest.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp_name))
-        os.replace(tmp_name, dest)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with atomic_path(dest, suffix=dest.suffix) as tmp:
+        write(tmp)
 
 
 def _write_text_atomically(dest: Path, text: str) -> None:

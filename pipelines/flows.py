@@ -199,9 +199,9 @@ def summary_markdown(config: PipelineConfig, outcome: PipelineOutcome) -> str:
     lines = [
         f"# train-cyclegan: {config.registry.model_name}",
         "",
-        f"- dataset: `{outcome.dataset.uri}` version `{outcome.dataset.version}` "
-        f"({', '.join(f'{k}: {v}' for k, v in sorted(outcome.dataset.counts.items()))}; "
-        f"{outcome.dataset.quarantined} quarantined)",
+        (f"- dataset: `{outcome.dataset.uri}` version `{outcome.dataset.version}` "
+         f"({', '.join(f'{k}: {v}' for k, v in sorted(outcome.dataset.counts.items()))}; "
+         f"{outcome.dataset.quarantined} quarantined)"),
     ]
     if outcome.skipped:
         lines += [f"- training skipped: {outcome.skipped}"]
@@ -209,10 +209,10 @@ def summary_markdown(config: PipelineConfig, outcome: PipelineOutcome) -> str:
     assert outcome.train and outcome.report and outcome.model
     model = outcome.model
     lines += [
-        f"- training: run `{outcome.train.run_name}`, {outcome.train.epochs} epochs, {outcome.train.steps} steps, "
-        f"checkpoint `{outcome.train.checkpoint_uri}`",
-        f"- model: `{model.name}` version {model.version} (aliases: {', '.join(model.aliases) or 'none'}); "
-        f"{model.reason}",
+        (f"- training: run `{outcome.train.run_name}`, {outcome.train.epochs} epochs, "
+         f"{outcome.train.steps} steps, checkpoint `{outcome.train.checkpoint_uri}`"),
+        (f"- model: `{model.name}` version {model.version} "
+         f"(aliases: {', '.join(model.aliases) or 'none'}); {model.reason}"),
         f"- MLflow: {mlflow_link(model)}",
         "",
         "| metric | value |",

@@ -54,6 +54,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from cyclegan_core.atomic import atomic_path
 from cyclegan_core.images import IMAGE_EXTENSIONS, InvalidImage, decode_image
 from pipelines.records import DatasetRef
 from pipelines.s3 import make_s3_client, parse_s3_uri, with_retries
@@ -294,16 +295,8 @@ def plan_objects(objects: Iterable[RemoteObject], prefix: str) -> Plan:
 
 def write_json_atomic(path: Path, payload: Any, *, indent: int | None = None) -> None:
     """Write JSON to a temp file beside ``path``, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=indent)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=indent))
 
 
 def load_manifest(path: Path) -> Manifest | None:

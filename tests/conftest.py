@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -35,37 +36,19 @@ def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | Non
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except Exception:
+        except (OSError, http.client.HTTPException):
             time.sleep(0.25)
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """Endpoint URL of a moto S3 server on loopback; AWS_* variables point boto3 at it."""
-    from moto.server import ThreadedMotoServer
+    """Endpoint URL of a moto S3 server on loopback (the demo's embedded one); AWS_* variables point
+    boto3 at it for the session."""
+    from pipelines.demo import embedded_s3
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    try:
+    with embedded_s3() as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture()
@@ -91,8 +74,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
-    log = open(root / "server.log", "wb")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(root / "server.log", "wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", timeout_s=300, process=process)
@@ -103,7 +86,6 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")

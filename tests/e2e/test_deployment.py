@@ -40,20 +40,21 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
     }
-    log = open(home / "server.log", "wb")
-    process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(home / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health", timeout_s=180, process=process)
         yield env
     finally:
         _stop_process_group(process)
-        log.close()
 
 
 def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     result = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -68,14 +69,14 @@ def test_manual_deployment_runs_on_a_process_worker_against_external_services(
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
     env = {**prefect_server, **ray_head, "PREFECT_HOME": prefect_server["PREFECT_HOME"],
            "MLFLOW_TRACKING_URI": mlflow_server,
-           "AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_ENDPOINT_URL": s3_server,
+           **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
     prefect(env, "work-pool", "create", "cyclegan-pool", "--type", "process")
     prefect(env, "deploy", "--all")
 
-    worker_log = open(tmp_path / "worker.log", "wb")
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "cyclegan-pool"], env=env,
-                              cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "worker.log", "wb") as worker_log:
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "cyclegan-pool"], env=env,
+                                  cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
     config = {
         "dataset_uri": f"s3://{s3_bucket}/synth",
         "cache_dir": str(tmp_path / "cache"),
@@ -93,7 +94,6 @@ def test_manual_deployment_runs_on_a_process_worker_against_external_services(
                       "--watch", "--watch-timeout", "600", timeout=660)
     finally:
         _stop_process_group(worker)
-        worker_log.close()
     assert "Completed" in run.stdout, run.stdout + (tmp_path / "worker.log").read_text()[-5000:]
 
     champion = MlflowClient(tracking_uri=mlflow_server).get_model_version_by_alias("deployed-cyclegan", "champion")

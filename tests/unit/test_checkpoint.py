@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,16 +19,6 @@ from cyclegan_core.checkpoint import (
 )
 from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.model import CycleGAN
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread adds only synchronisation (and stalls on a busy host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # dropout on: the step consumes the global torch RNG, so a resume that forgot it would diverge
 RESUME_MODEL = ModelConfig(generator="resnet_6blocks", ngf=8, ndf=8, dropout=True)

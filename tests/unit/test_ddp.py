@@ -8,7 +8,6 @@ networks across ranks, and against one process training on the concatenated batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ MODEL = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_laye
 PLAIN = TrainConfig(pool_size=0, lr=2e-3)
 # wgangp (double backward through a DDP module) with per-rank pools
 WGANGP = TrainConfig(pool_size=2, gan_mode="wgangp", lr=2e-3)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread adds only synchronisation (and stalls on a busy host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.model import GP_KEYS, LOSS_KEYS, CycleGAN
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread adds only synchronisation (and stalls on a busy host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # 16x16 images: a 2-layer PatchGAN still has 2x2 patches to instance-normalise (the 3-layer one needs 32x32)
 TINY = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=8, ndf=8)
