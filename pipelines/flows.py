@@ -35,20 +35,15 @@ HOUR = 3600
 
 def is_transient_failure(exc: BaseException) -> bool:
     """True for failures a retry can fix: S3 / MLflow / Ray connectivity, not bad data or config."""
+    from ray.exceptions import RayActorError, RaySystemError
+
     from pipelines import registry, s3
 
-    if s3.is_transient(exc) or registry.is_transient(exc):
-        return True
-    try:
-        from ray.exceptions import RayActorError, RaySystemError
-
-        if isinstance(exc, (RaySystemError, RayActorError)):
-            return True
-    except ImportError:  # pragma: no cover - ray is a dependency
-        pass
     if isinstance(exc, (TaskRunTimeoutError, FlowRunTimeoutError)):
         return False  # the stage ran out of its own time budget: a retry would do the same
-    return isinstance(exc, (ConnectionError, TimeoutError))
+    if s3.is_transient(exc) or registry.is_transient(exc):
+        return True
+    return isinstance(exc, (RaySystemError, RayActorError, ConnectionError, TimeoutError))
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:

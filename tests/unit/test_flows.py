@@ -1,0 +1,62 @@
+"""The flow's pure parts: which failures are retried, how runs are named, the summary artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.task_engine import TaskRunTimeoutError
+
+from pipelines.config import PipelineConfig
+from pipelines.flows import is_transient_failure, summary_markdown, with_versioned_run_name
+from pipelines.ingest import IngestError
+from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
+from pipelines.registry import RegistryError
+from pipelines.s3 import S3Error
+
+CONFIG = PipelineConfig(dataset_uri="s3://bucket/horses")
+DATASET = DatasetRef(uri="s3://bucket/horses", root=Path("/cache"), manifest=Path("/cache/manifest.json"),
+                     version="ab" * 32, counts={"trainA": 3, "trainB": 4})
+
+
+def test_network_and_service_outages_are_retried():
+    assert is_transient_failure(ConnectionResetError("reset by peer"))
+    assert is_transient_failure(S3Error("503 SlowDown", bucket="bucket", code="SlowDown", transient=True))
+    assert is_transient_failure(RegistryError("tracking server unreachable", transient=True))
+
+
+def test_bad_data_config_and_stage_timeouts_are_not_retried():
+    assert not is_transient_failure(IngestError("s3://bucket/horses has no trainB/ images"))
+    assert not is_transient_failure(ValueError("crop_size must be <= load_size"))
+    assert not is_transient_failure(S3Error("NoSuchBucket", bucket="bucket", code="NoSuchBucket"))
+    assert not is_transient_failure(TaskRunTimeoutError("train exceeded 72 h"))
+
+
+def test_the_ray_run_is_named_after_the_data_and_the_config():
+    named = with_versioned_run_name(CONFIG, DATASET)
+    assert named.run.run_name == f"cyclegan-{'ab' * 4}-{CONFIG.config_hash()[:8]}"
+    assert with_versioned_run_name(CONFIG, DATASET) == named  # a retry resumes the same run
+    newer = DATASET.model_copy(update={"version": "cd" * 32})
+    assert with_versioned_run_name(CONFIG, newer).run.run_name != named.run.run_name  # new data, new run
+    assert CONFIG.run.run_name == "cyclegan"  # the caller's config is untouched
+
+
+def test_summary_lists_metrics_model_and_skipped_metrics(tmp_path):
+    outcome = PipelineOutcome(
+        dataset=DATASET,
+        train=TrainResult(run_name="cyclegan-x", checkpoint_uri="/runs/ckpt", generators_dir=tmp_path,
+                          dataset_version=DATASET.version, dataset_uri=DATASET.uri, config_hash="c", steps=10,
+                          epochs=2),
+        report=EvalReport(metrics={"psnr_AtoB": 18.5, "psnr_identity_AtoB": 10.0}, primary_metric="psnr_AtoB",
+                          primary_value=18.5, skipped={"fid_AtoB": "no Inception weights"}),
+        model=ModelVersionRef(name="cyclegan", version="3", run_id="r1", aliases=["challenger", "champion"],
+                              promoted=True, reason="beats the champion"),
+    )
+    text = summary_markdown(CONFIG, outcome)
+    assert "| psnr_AtoB (primary) | 18.5000 |" in text
+    assert "| fid_AtoB | skipped: no Inception weights |" in text
+    assert "version 3 (aliases: challenger, champion); beats the champion" in text
+
+
+def test_summary_of_a_skipped_run_says_why():
+    text = summary_markdown(CONFIG, PipelineOutcome(dataset=DATASET, skipped="dataset unchanged"))
+    assert "training skipped: dataset unchanged" in text
