@@ -8,7 +8,8 @@ into ``cache_dir/<bucket>/<prefix>/``:
    backslashes, control or format characters, empty segments) are *rejected* and reported; keys outside
    a split folder or without an image suffix are *ignored* and counted;
 2. objects whose size and ETag match ``manifest.json`` and whose local file still has the recorded size
-   and sha256 are skipped (an unchanged re-ingest downloads nothing);
+   and mtime (rsync's quick check; otherwise its sha256 is compared) are skipped (an unchanged
+   re-ingest downloads nothing);
 3. the rest are downloaded in parallel (bounded thread pool, retries from ``pipelines.s3``) into a
    staging file inside the cache, size-checked, hashed, and validated with
    ``cyclegan_core.images.decode_image``; then ``os.replace``-d into place. Files that are already
@@ -112,6 +113,7 @@ class ManifestEntry(BaseModel):
     reason: str = ""
     local_size: int = Field(0, description="bytes of the local file (differs from size when converted)")
     local_sha256: str = ""
+    local_mtime_ns: int = Field(0, description="mtime of the local file when it was placed (quick check)")
     converted: bool = Field(False, description="stored as the RGB PNG decode_image produced")
 
 
@@ -337,8 +339,13 @@ def is_unchanged(entry: ManifestEntry | None, obj: PlannedObject, root: Path) ->
         return True  # same bytes as last time: still invalid, no need to fetch them again
     local = root / entry.path
     try:
-        if not local.is_file() or local.is_symlink() or local.stat().st_size != entry.local_size:
+        if local.is_symlink() or not local.is_file():
             return False
+        stat = local.stat()
+        if stat.st_size != entry.local_size:
+            return False
+        if entry.local_mtime_ns and stat.st_mtime_ns == entry.local_mtime_ns:
+            return True  # rsync's quick check: same size and mtime as when we placed it
         return file_sha256(local) == entry.local_sha256
     except OSError:
         return False
@@ -418,9 +425,10 @@ def validate_and_place(staged: Path, obj: PlannedObject, root: Path, claimed: fr
                 staged.unlink()
                 staged = Path(png)
             place_file(staged, root / rel, root)
-            return ManifestEntry(**entry, path=rel, status="ok", local_size=(root / rel).stat().st_size,
+            placed = (root / rel).stat()
+            return ManifestEntry(**entry, path=rel, status="ok", local_size=placed.st_size,
                                  local_sha256=sha256 if not convert else file_sha256(root / rel),
-                                 converted=convert)
+                                 local_mtime_ns=placed.st_mtime_ns, converted=convert)
     rel = f"{QUARANTINE_DIR}/{obj.rel}"
     place_file(staged, root / rel, root)
     return ManifestEntry(**entry, path=rel, status="quarantined", reason=reason, local_size=size,
