@@ -170,6 +170,20 @@ def test_locally_damaged_file_is_refetched(uploaded: str, s3: Any, tmp_path: Pat
     assert not (first.root / "testB/stray.png").exists() and second.version == first.version
 
 
+def test_unchanged_files_are_not_rehashed(uploaded: str, s3: Any, tmp_path: Path, monkeypatch) -> None:
+    """rsync's quick check: a local file with the recorded size and mtime is trusted without reading it."""
+    import pipelines.ingest as ingest
+
+    ingest_prefix(uploaded, tmp_path, load_size=LOAD_SIZE, client=s3)
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"{path} was re-hashed although its size and mtime are unchanged")
+
+    monkeypatch.setattr(ingest, "file_sha256", no_hashing)
+    again = ingest_prefix(uploaded, tmp_path, load_size=LOAD_SIZE, client=s3)
+    assert again.downloaded == 0 and again.skipped_unchanged > 0
+
+
 def test_hostile_bucket(s3_bucket: str, s3: Any, tmp_path: Path) -> None:
     prefix = "hostile"
     rgb_jpeg = image_bytes("RGB", "JPEG", seed=1)
