@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,11 +20,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from pipelines.demo import free_port
 
 
 def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:

@@ -172,7 +172,7 @@ def test_locally_damaged_file_is_refetched(uploaded: str, s3: Any, tmp_path: Pat
 
 def test_unchanged_files_are_not_rehashed(uploaded: str, s3: Any, tmp_path: Path, monkeypatch) -> None:
     """rsync's quick check: a local file with the recorded size and mtime is trusted without reading it."""
-    import pipelines.ingest as ingest
+    from pipelines import ingest
 
     ingest_prefix(uploaded, tmp_path, load_size=LOAD_SIZE, client=s3)
 
