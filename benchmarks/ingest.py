@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_core.synthetic import make_synthetic_dataset
+from pipelines.demo import free_port
 from pipelines.ingest import ingest_prefix, list_objects, upload_folder
 from pipelines.s3 import make_s3_client
 
 BUCKET = "bench"
 PREFIX = "datasets/synth"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_moto(port: int) -> subprocess.Popen[bytes]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +95,8 @@ def download_s3_weights(uri: str) -> Path:
     with atomic_path(target) as tmp:
         with_retries(lambda: client.download_file(bucket, key, str(tmp)), bucket=bucket, key=key,
                      action="download")
-    _write_text_atomically(etag_file, etag)
+    with atomic_path(etag_file) as tmp:
+        tmp.write_text(etag)
     logger.info("downloaded %s to %s", uri, target)
     return target
 
@@ -235,16 +236,6 @@ def _mean(values: list[torch.Tensor]) -> float:
 # --- artifacts -----------------------------------------------------------------------------------
 
 
-def _write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``dest`` and rename it into place."""
-    with atomic_path(dest, suffix=dest.suffix) as tmp:
-        write(tmp)
-
-
-def _write_text_atomically(dest: Path, text: str) -> None:
-    _write_atomically(dest, lambda tmp: tmp.write_text(text))
-
-
 def sample_grid(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Image.Image:
     """Rows of input | translated | reconstructed as one image (2 px white padding, torchvision layout).
 
@@ -358,12 +349,14 @@ def evaluate_generators(
     for direction, result in results.items():
         grid_path = out_dir / f"grid_{direction}.png"
         image = sample_grid(result.grid_rows)
-        _write_atomically(grid_path, lambda tmp, image=image: image.save(tmp, format="PNG"))
+        with atomic_path(grid_path) as tmp:
+            image.save(tmp, format="PNG")
         artifacts[f"grid_{direction}"] = grid_path
     artifacts["eval_report"] = out_dir / REPORT_FILE
     report = EvalReport(metrics=metrics, primary_metric=primary, primary_value=metrics[primary],
                         higher_is_better=registry.higher_is_better, skipped=skipped, artifacts=artifacts)
-    _write_text_atomically(artifacts["eval_report"], report.model_dump_json(indent=2))
+    with atomic_path(artifacts["eval_report"]) as tmp:
+        tmp.write_text(report.model_dump_json(indent=2))
     logger.info("evaluated %s on %s in %.1fs (primary %s = %.4f):\n%s", generators_dir, data_root,
                 time.monotonic() - started, primary, metrics[primary], _summary_table(metrics, skipped))
     return report
