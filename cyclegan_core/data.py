@@ -23,6 +23,7 @@ with ``load_size = crop_size`` when one exists.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -183,7 +184,8 @@ def write_decoded_cache(root: str | os.PathLike[str], *, load_size: int) -> Path
     root = Path(root)
     directory = cache_dir(root, load_size)
     directory.mkdir(parents=True, exist_ok=True)
-    index = _read_index(directory) or {"version": CACHE_FORMAT_VERSION, "load_size": load_size, "splits": {}}
+    previous = _read_index(directory)
+    index = copy.deepcopy(previous) or {"version": CACHE_FORMAT_VERSION, "load_size": load_size, "splits": {}}
     splits: dict[str, Any] = index["splits"]
     for split in CACHE_SPLITS:
         folder = root / split
@@ -208,8 +210,9 @@ def write_decoded_cache(root: str | os.PathLike[str], *, load_size: int) -> Path
             del array
         splits[split] = {"files": [path.name for path in files], "sources": sources}
         logger.info("cached %d images of %s at %dx%d in %s", len(files), folder, load_size, load_size, target)
-    with atomic_path(directory / "index.json") as index_tmp:
-        index_tmp.write_text(json.dumps(index, indent=1) + "\n")
+    if index != previous:
+        with atomic_path(directory / "index.json") as index_tmp:
+            index_tmp.write_text(json.dumps(index, indent=1) + "\n")
     return directory
 
 

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import Any, Literal
 
 from botocore.exceptions import IncompleteReadError
@@ -331,24 +332,45 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def is_unchanged(entry: ManifestEntry | None, obj: PlannedObject, root: Path) -> bool:
-    """The manifest already holds this exact object and its local file is intact."""
+def quick_check(entry: ManifestEntry | None, obj: PlannedObject, root: Path) -> bool | None:
+    """Whether the manifest already holds this exact object with its local file intact, from metadata
+    alone: True or False, or None when only hashing the local file can tell (its mtime moved)."""
     if entry is None or entry.size != obj.size or entry.etag != obj.etag or entry.split != obj.split:
         return False
     if entry.status == "quarantined":
         return True  # same bytes as last time: still invalid, no need to fetch them again
-    local = root / entry.path
     try:
-        if local.is_symlink() or not local.is_file():
-            return False
-        stat = local.stat()
-        if stat.st_size != entry.local_size:
-            return False
-        if entry.local_mtime_ns and stat.st_mtime_ns == entry.local_mtime_ns:
-            return True  # rsync's quick check: same size and mtime as when we placed it
-        return file_sha256(local) == entry.local_sha256
+        stat = os.lstat(root / entry.path)
     except OSError:
         return False
+    if not S_ISREG(stat.st_mode) or stat.st_size != entry.local_size:
+        return False
+    if entry.local_mtime_ns and stat.st_mtime_ns == entry.local_mtime_ns:
+        return True  # rsync's quick check: same size and mtime as when we placed it
+    return None
+
+
+def local_file_intact(entry: ManifestEntry, root: Path) -> bool:
+    try:
+        return file_sha256(root / entry.path) == entry.local_sha256
+    except OSError:
+        return False
+
+
+def unchanged_objects(objects: list[PlannedObject], old_entries: dict[str, ManifestEntry], root: Path, *,
+                      max_workers: int) -> list[bool]:
+    """For each object, whether its manifest entry and local file can be kept as they are.
+
+    The quick check (a stat per file) runs here; only files whose mtime moved are hashed, in parallel:
+    an unchanged re-ingest costs one listing plus one ``lstat`` per object.
+    """
+    flags = [quick_check(old_entries.get(obj.key), obj, root) for obj in objects]
+    to_hash = [i for i, flag in enumerate(flags) if flag is None]
+    hashed = run_parallel(lambda i: local_file_intact(old_entries[objects[i].key], root), to_hash,
+                          max_workers=max_workers, desc="verify")
+    for i, intact in zip(to_hash, hashed):
+        flags[i] = intact
+    return [bool(flag) for flag in flags]
 
 
 # --- download and validation ---------------------------------------------------------------------
@@ -543,8 +565,7 @@ def ingest_into(root: Path, uri: str, prefix: str, bucket: str, plan: Plan, clie
     previous = load_manifest(manifest_path)
     old_entries = {e.key: e for e in previous.objects} if previous else {}
 
-    unchanged_flags = run_parallel(lambda o: is_unchanged(old_entries.get(o.key), o, root), plan.objects,
-                                   max_workers=max_workers, desc="check")
+    unchanged_flags = unchanged_objects(plan.objects, old_entries, root, max_workers=max_workers)
     kept = [old_entries[o.key] for o, same in zip(plan.objects, unchanged_flags) if same]
     to_fetch = [o for o, same in zip(plan.objects, unchanged_flags) if not same]
     claimed = frozenset(o.rel for o in plan.objects)
@@ -621,20 +642,26 @@ def split_counts(entries: Iterable[ManifestEntry]) -> dict[str, int]:
 
 
 def sweep_stray_files(root: Path, keep: set[str]) -> int:
-    """Delete files in the split folders and quarantine that the manifest does not list; return count."""
+    """Delete files in the split folders and quarantine that the manifest does not list; return count.
+
+    Symlinks are removed, never followed; emptied sub-folders go too.
+    """
     removed = 0
     for top in (*SPLITS, QUARANTINE_DIR):
         folder = root / top
         if not folder.is_dir() or folder.is_symlink():
             continue
-        for path in sorted(folder.rglob("*"), reverse=True):  # children before their folders
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink() or path.is_file():
-                if rel not in keep:
-                    path.unlink()
+        for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
+            here = Path(dirpath)
+            rel_dir = here.relative_to(root).as_posix()
+            # os.walk lists symlinks to folders among dirnames (and does not descend into them)
+            links = [name for name in dirnames if (here / name).is_symlink()]
+            for name in (*filenames, *links):
+                if f"{rel_dir}/{name}" not in keep:
+                    (here / name).unlink()
                     removed += 1
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
+            if here != folder and not any(here.iterdir()):
+                here.rmdir()
     return removed
 
 

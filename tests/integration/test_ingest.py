@@ -184,6 +184,34 @@ def test_unchanged_files_are_not_rehashed(uploaded: str, s3: Any, tmp_path: Path
     assert again.downloaded == 0 and again.skipped_unchanged > 0
 
 
+def test_touched_file_is_rehashed_and_kept(uploaded: str, s3: Any, tmp_path: Path) -> None:
+    """A file whose mtime moved but whose bytes did not is verified by its hash, not downloaded again."""
+    first = ingest_prefix(uploaded, tmp_path, load_size=LOAD_SIZE, client=s3)
+    touched = first.root / "trainA/00002.png"
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 7_000_000_000))
+
+    again = ingest_prefix(uploaded, tmp_path, load_size=LOAD_SIZE, client=s3)
+    assert again.downloaded == 0 and again.version == first.version
+
+
+def test_local_file_replaced_by_a_symlink_is_refetched(uploaded: str, s3: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = ingest_prefix(uploaded, cache, load_size=LOAD_SIZE, client=s3)
+    victim = first.root / "trainB/00004.png"
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(victim.read_bytes())
+    victim.unlink()
+    victim.symlink_to(outside)
+    (first.root / "trainA" / "linked-folder").symlink_to(tmp_path, target_is_directory=True)
+
+    again = ingest_prefix(uploaded, cache, load_size=LOAD_SIZE, client=s3)
+    assert again.downloaded == 1 and again.version == first.version
+    assert not victim.is_symlink() and victim.read_bytes() == outside.read_bytes()
+    assert not (first.root / "trainA" / "linked-folder").exists(), "a stray symlink is removed, not followed"
+    assert outside.is_file() and (tmp_path / "cache").is_dir()
+
+
 def test_hostile_bucket(s3_bucket: str, s3: Any, tmp_path: Path) -> None:
     prefix = "hostile"
     rgb_jpeg = image_bytes("RGB", "JPEG", seed=1)

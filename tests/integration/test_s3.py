@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, SSLError
+from botocore.utils import parse_timestamp
 
 from pipelines.s3 import (
     S3Error,
     is_transient,
     make_s3_client,
+    parse_s3_timestamp,
     parse_s3_uri,
     resolve_endpoint_url,
     with_retries,
@@ -53,6 +56,22 @@ def test_client_honours_aws_endpoint_url_and_explicit_endpoint(s3_server: str, m
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     assert resolve_endpoint_url() is None
+
+
+def test_timestamps_parse_fast_and_like_botocore() -> None:
+    utc = datetime(2026, 11, 25, 6, 40, 0, 120000, tzinfo=UTC)
+    assert parse_s3_timestamp("2026-11-25T06:40:00.120Z") == utc
+    assert parse_s3_timestamp("2026-11-25T06:40:00.120Z") == parse_timestamp("2026-11-25T06:40:00.120Z")
+    assert parse_s3_timestamp("Wed, 25 Nov 2026 06:40:00 GMT") == utc.replace(microsecond=0)
+    assert parse_s3_timestamp(1_700_000_000) == parse_timestamp(1_700_000_000)
+
+
+def test_listing_timestamps_are_timezone_aware(s3_bucket: str) -> None:
+    client = make_s3_client()
+    client.put_object(Bucket=s3_bucket, Key="stamp/a.txt", Body=b"a")
+    listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="stamp/")["Contents"][0]["LastModified"]
+    head = client.head_object(Bucket=s3_bucket, Key="stamp/a.txt")["LastModified"]
+    assert listed.tzinfo is not None and abs((listed - head).total_seconds()) < 2
 
 
 def test_error_classification() -> None:

@@ -138,9 +138,10 @@ def test_cache_holds_the_resized_pixels_and_skips_when_fresh(synthetic_dataset: 
     assert arrays["trainA"].shape == (24, 36, 36, 3) and arrays["testA_ref"].shape == (6, 36, 36, 3)
     first = min((synthetic_dataset / "trainB").iterdir())
     assert np.array_equal(arrays["trainB"][0], resize_square(decode_image(first), 36))
-    written = {p.name: p.stat().st_mtime_ns for p in directory.glob("*.npy")}
+    written = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    assert "index.json" in written
     write_decoded_cache(synthetic_dataset, load_size=36)
-    assert {p.name: p.stat().st_mtime_ns for p in directory.glob("*.npy")} == written
+    assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == written, "nothing rewritten"
     assert not [p for p in directory.iterdir() if "tmp" in p.name], "no temp files left behind"
 
 
