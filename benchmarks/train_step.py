@@ -9,7 +9,9 @@ stdout (configurations = every combination of the ``--batch`` and ``--precision`
 
 ``images_per_s`` counts images per domain (one A and one B image = one image, as in the official
 figures). ``peak_mem_gib`` is the peak allocated CUDA memory on GPU and the process's peak resident
-memory on CPU. Example::
+memory on CPU. For the configuration the official implementation was measured in (resnet_9blocks,
+basic D, ngf = ndf = 64, 256 px, batch 1/4/8) the line also carries those reference figures
+(``official_h100_*``) and ``speedup_vs_official``; they are only meaningful on an H100. Example::
 
     python benchmarks/train_step.py --device cuda --size 256 --batch 1 4 8 --precision fp32 bf16
 """
@@ -36,9 +38,26 @@ from cyclegan_core.model import CycleGAN
 
 logger = logging.getLogger("benchmarks.train_step")
 
+# The official implementation (junyanz/pytorch-CycleGAN-and-pix2pix, its defaults, TF32 convolutions)
+# measured on one H100 80GB with torch 2.11: resnet_9blocks, basic PatchGAN, lsgan, 256 px, synthetic
+# tensors on the GPU. batch -> (images/s, peak GiB). Reference figures only; its code is not used here.
+OFFICIAL_H100 = {1: (10.1, 2.5), 4: (35.1, 8.8), 8: (40.3, 17.1)}
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+def official_reference(args: argparse.Namespace, batch: int) -> dict[str, Any]:
+    """The official figures for this configuration, when they exist (same nets, size and batch)."""
+    same_model = (args.generator, args.discriminator, args.ngf, args.ndf, args.size) == (
+        "resnet_9blocks", "basic", 64, 64, 256
+    )
+    if not same_model or batch not in OFFICIAL_H100:
+        return {}
+    images_per_s, peak_gib = OFFICIAL_H100[batch]
+    return {"official_h100_images_per_s": images_per_s, "official_h100_peak_mem_gib": peak_gib}
+
+
+def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.ArgumentParser:
+    """The options of the step benchmarks (``profile_step.py`` adds its own to these)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--generator",
         default="resnet_9blocks",
@@ -73,6 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU threads for torch (default: torch's choice); 1 avoids oversubscription on a busy host",
     )
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
@@ -103,8 +127,10 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def measure(args: argparse.Namespace, *, batch: int, precision: Precision) -> dict[str, Any]:
-    """Time ``args.steps`` training steps after ``args.warmup`` untimed ones."""
+def build_step(
+    args: argparse.Namespace, *, batch: int, precision: Precision
+) -> tuple[CycleGAN, torch.Tensor, torch.Tensor]:
+    """The model of ``args`` and one synthetic A and B batch already on its device."""
     device = torch.device(args.device)
     generator: GeneratorName = args.generator
     model_cfg = ModelConfig(generator=generator, discriminator=args.discriminator, ngf=args.ngf, ndf=args.ndf)
@@ -119,6 +145,13 @@ def measure(args: argparse.Namespace, *, batch: int, precision: Precision) -> di
     rng = torch.Generator(device=device).manual_seed(args.seed)
     real_A = torch.rand(batch, 3, args.size, args.size, device=device, generator=rng) * 2 - 1
     real_B = torch.rand(batch, 3, args.size, args.size, device=device, generator=rng) * 2 - 1
+    return model, real_A, real_B
+
+
+def measure(args: argparse.Namespace, *, batch: int, precision: Precision) -> dict[str, Any]:
+    """Time ``args.steps`` training steps after ``args.warmup`` untimed ones."""
+    device = torch.device(args.device)
+    model, real_A, real_B = build_step(args, batch=batch, precision=precision)
     for _ in range(args.warmup):
         model.train_step(real_A, real_B)
     synchronize(device)
@@ -129,31 +162,40 @@ def measure(args: argparse.Namespace, *, batch: int, precision: Precision) -> di
         model.train_step(real_A, real_B)
     synchronize(device)
     elapsed = time.perf_counter() - start
+    images_per_s = batch * args.steps / elapsed
+    reference = official_reference(args, batch)
+    if reference:
+        reference["speedup_vs_official"] = round(images_per_s / reference["official_h100_images_per_s"], 2)
     return {
-        "generator": generator,
+        "generator": args.generator,
         "size": args.size,
         "batch": batch,
         "precision": model.precision,
         "compile": args.compile,
         "device": device.type,
         "device_name": device_name(device),
-        "images_per_s": round(batch * args.steps / elapsed, 3),
+        "images_per_s": round(images_per_s, 3),
         "step_ms": round(1000 * elapsed / args.steps, 2),
         "peak_mem_gib": round(peak_memory_gib(device), 3),
         "torch": torch.__version__,
         # a shared host slows CPU figures a lot; keep the context with them
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        **reference,
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+def configure_torch(args: argparse.Namespace) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         torch.set_float32_matmul_precision("high")  # TF32 for fp32, as in the official reference figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    configure_torch(args)
     for precision in args.precision:
         for batch in args.batch:
             print(json.dumps(measure(args, batch=batch, precision=precision)), flush=True)

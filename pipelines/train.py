@@ -34,7 +34,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -333,6 +332,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ray.train.torch import get_device
 
     from cyclegan_core.data import UnpairedDataset, build_dataloader
+    from cyclegan_core.epoch import train_epoch
     from cyclegan_core.model import CycleGAN, seed_everything
 
     config = PipelineConfig.model_validate(loop_config["config"])
@@ -368,33 +368,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loader.sampler.set_epoch(epoch)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        sums: dict[str, float] = {}
-        steps = 0
-        start = time.perf_counter()
-        for batch in loader:
-            losses = model.train_step(batch["A"].to(device, non_blocking=True),
-                                      batch["B"].to(device, non_blocking=True))
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            steps += 1
-            maybe_inject_fault(loop_config, step=model.step, rank=rank)
-            if max_steps is not None and model.step >= max_steps:
-                stopped = True
-                break
-        seconds = time.perf_counter() - start
+        stats = train_epoch(model, loader, max_steps=max_steps,
+                            after_step=lambda step: maybe_inject_fault(loop_config, step=step, rank=rank))
+        stopped, steps = stats.stopped, stats.steps
         partial = stopped and steps < len(loader)
         lr = model.learning_rate()
         if not partial:
             model.end_epoch()
 
-        metrics: dict[str, float] = {f"loss_{k}": v for k, v in all_reduce_mean(sums, steps, device).items()}
+        metrics: dict[str, float] = {
+            f"loss_{k}": v for k, v in all_reduce_mean(stats.loss_sums, steps, device).items()
+        }
         checksums = all_gather_float(parameter_checksum(model.G_AB), device)
         metrics.update({f"G_AB_checksum_rank{r}": c for r, c in enumerate(checksums)})
         metrics["weights_in_sync"] = float(max(checksums) == min(checksums))
         metrics.update(
             epoch=model.epoch if not partial else epoch + steps / max(len(loader), 1),
-            total_epochs=total_epochs, step=model.step, lr=lr, epoch_seconds=seconds,
-            images_per_s=steps * config.train.batch_size * world_size / max(seconds, 1e-9),
+            total_epochs=total_epochs, step=model.step, lr=lr, epoch_seconds=stats.seconds,
+            images_per_s=stats.images_per_s(config.train.batch_size, world_size),
             partial_epoch=float(partial), world_size=world_size,
         )
         if device.type == "cuda":

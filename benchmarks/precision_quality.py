@@ -1,0 +1,119 @@
+"""Does bf16 training reach the quality of fp32? A short training run per precision on the synthetic pair.
+
+For each ``--precision``: the same seed, data and configuration (``preprocess="none"`` at ``--size``,
+linear LR schedule over ``--epochs``: half constant, half decay), trained in process with
+``cyclegan_core.epoch.train_epoch``; then ``G_AB`` translates testA (in fp32) and the paired PSNR
+against ``testA_ref`` (the ground truth ``f(testA)``) is taken, next to the identity baseline (testA
+itself). One JSON line per precision, then a ``comparison`` line with the PSNR differences to the
+first precision. Run-to-run noise: repeat with other ``--seed`` values::
+
+    python benchmarks/precision_quality.py --device cuda --size 128 --images 400 --epochs 20 \\
+        --batch 4 --precision fp32 bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
+from cyclegan_core.data import UnpairedDataset, build_dataloader
+from cyclegan_core.epoch import train_epoch
+from cyclegan_core.images import decode_image, list_images
+from cyclegan_core.metrics import psnr
+from cyclegan_core.model import CycleGAN
+from cyclegan_core.networks import size_multiple
+from cyclegan_core.synthetic import REFERENCE_SPLIT, identity_psnr, make_synthetic_dataset
+from cyclegan_core.translate import pil_to_tensor, translate_tensor
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator", default="resnet_9blocks")
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--ndf", type=int, default=64)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=200, help="training images per domain")
+    parser.add_argument("--test-images", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loader-workers", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (half constant, half decay)")
+    return args
+
+
+def paired_psnr(generator: torch.nn.Module, root: Path, *, multiple: int) -> float:
+    """Mean PSNR (dB) of G_AB(testA) against testA_ref, translated in fp32."""
+    refs = list_images(root / REFERENCE_SPLIT)
+    inputs = torch.stack([pil_to_tensor(decode_image(root / "testA" / ref.name)) for ref in refs])
+    targets = torch.stack([pil_to_tensor(decode_image(ref)) for ref in refs])
+    outputs = translate_tensor(generator, inputs, multiple=multiple, precision="fp32").cpu()
+    return float(psnr(outputs, targets).mean())
+
+
+def train_and_score(args: argparse.Namespace, root: Path, precision: str) -> dict[str, Any]:
+    device = torch.device(args.device)
+    model_cfg = ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf)
+    train_cfg = TrainConfig(batch_size=args.batch, precision=precision, lr=args.lr, seed=args.seed,
+                            n_epochs=args.epochs // 2, n_epochs_decay=args.epochs - args.epochs // 2)
+    data_cfg = DataConfig(preprocess="none", load_size=args.size, crop_size=args.size,
+                          num_workers=args.loader_workers)
+    model = CycleGAN(model_cfg, train_cfg, device=device)
+    loader = build_dataloader(UnpairedDataset(root, data_cfg, seed=args.seed), batch_size=args.batch,
+                              num_workers=args.loader_workers, seed=args.seed)
+    start = time.perf_counter()
+    last: dict[str, float] = {}
+    for epoch in range(args.epochs):
+        loader.sampler.set_epoch(epoch)
+        stats = train_epoch(model, loader)
+        last = {key: round(value / stats.steps, 4) for key, value in stats.loss_sums.items()}
+        model.end_epoch()
+    seconds = time.perf_counter() - start
+    return {
+        "precision": model.precision, "steps": model.step, "train_s": round(seconds, 1),
+        "psnr_AtoB": round(paired_psnr(model.G_AB, root, multiple=size_multiple(args.generator)), 3),
+        "final_epoch_losses": last,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    common = {"generator": args.generator, "ngf": args.ngf, "size": args.size, "images": args.images,
+              "epochs": args.epochs, "batch": args.batch, "seed": args.seed, "device": args.device}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
+        root = make_synthetic_dataset(Path(tmp) / "synthetic", size=args.size, n_train=args.images,
+                                      n_test=args.test_images, seed=args.seed)
+        baseline = round(identity_psnr(root), 3)
+        for precision in args.precision:
+            result = {**common, **train_and_score(args, root, precision), "identity_psnr": baseline}
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    first = results[0]
+    print(json.dumps({**common, "mode": "comparison", "reference_precision": first["precision"],
+                      "psnr_difference": {r["precision"]: round(r["psnr_AtoB"] - first["psnr_AtoB"], 3)
+                                          for r in results[1:]}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The benchmark scripts run (tiny CPU configurations) and print the figures their README tables need.
+
+Their real configurations need a GPU (benchmarks/gpu_suite.sh); these tests keep the scripts from
+rotting between the sessions that have one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+TINY_STEP = ["--device", "cpu", "--generator", "resnet_6blocks", "--size", "32", "--ngf", "4", "--ndf", "4",
+             "--threads", "1"]
+
+
+def run_script(name: str, *args: str) -> list[dict[str, Any]]:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(name).stem}", BENCHMARKS / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_train_step_prints_one_line_per_configuration() -> None:
+    lines = run_script("train_step.py", *TINY_STEP, "--batch", "1", "2", "--steps", "2", "--warmup", "1")
+    assert [(line["batch"], line["precision"]) for line in lines] == [(1, "fp32"), (2, "fp32")]
+    assert all(line["images_per_s"] > 0 and line["peak_mem_gib"] > 0 for line in lines)
+    assert not any("official_h100_images_per_s" in line for line in lines), "not the official configuration"
+
+
+def test_official_reference_figures_only_for_the_measured_configuration() -> None:
+    train_step = load_script("train_step.py")
+    official = train_step.parse_args(["--device", "cpu", "--size", "256"])
+    assert train_step.official_reference(official, 8) == {
+        "official_h100_images_per_s": 40.3, "official_h100_peak_mem_gib": 17.1}
+    assert train_step.official_reference(official, 2) == {}
+    assert train_step.official_reference(train_step.parse_args(["--device", "cpu", "--size", "128"]), 8) == {}
+
+
+def test_profile_step_splits_the_step_into_categories() -> None:
+    (line,) = run_script("profile_step.py", *TINY_STEP, "--steps", "2", "--warmup", "1", "--top", "5")
+    shares = line["categories_share"]
+    assert abs(sum(shares.values()) - 1) < 0.01
+    assert shares["convolution"] > 0.2 and shares["optimizer"] > 0 and shares["normalization"] > 0
+    assert len(line["top_ops"]) == 5 and line["profiled_ms_per_step"] > 0
+
+
+def test_profile_categories() -> None:
+    profile_step = load_script("profile_step.py")
+    expected = {
+        "aten::cudnn_convolution": "convolution",
+        "aten::convolution_backward": "convolution",
+        "aten::reflection_pad2d_backward": "padding",
+        "aten::native_batch_norm": "normalization",
+        "aten::_fused_adam_": "optimizer",
+        "aten::threshold_backward": "elementwise",
+        "aten::mse_loss": "reduction_loss",
+        "aten::cat": "memory",
+        "cudaLaunchKernel": "other",
+    }
+    assert {name: profile_step.category(name) for name in expected} == expected
+
+
+def test_precision_quality_compares_precisions() -> None:
+    lines = run_script("precision_quality.py", "--device", "cpu", "--generator", "resnet_6blocks", "--size", "32",
+                       "--ngf", "4", "--ndf", "4", "--images", "4", "--test-images", "2", "--epochs", "2",
+                       "--batch", "2", "--loader-workers", "0", "--precision", "fp32", "bf16")
+    fp32, bf16, comparison = lines
+    assert (fp32["precision"], bf16["precision"], fp32["steps"]) == ("fp32", "bf16", 4)
+    assert fp32["identity_psnr"] == bf16["identity_psnr"] > 0
+    assert comparison["psnr_difference"] == {"bf16": round(bf16["psnr_AtoB"] - fp32["psnr_AtoB"], 3)}
+
+
+@pytest.mark.slow
+def test_train_loop_in_process_and_through_ray(ray_local: None, tmp_path: Path) -> None:
+    train_loop = load_script("train_loop.py")
+    args = train_loop.parse_args(["--device", "cpu", "--generator", "resnet_6blocks", "--size", "32", "--ngf",
+                                  "4", "--ndf", "4", "--images", "8", "--batch", "2", "--epochs", "2",
+                                  "--loader-workers", "0"])
+    root = tmp_path / "synthetic"
+    train_loop.make_synthetic_dataset(root, size=args.image_size, n_train=args.images, n_test=2)
+    train_loop.write_decoded_cache(root, load_size=args.load_size)
+
+    direct = train_loop.run_in_process(args, root)
+    through_ray = train_loop.run_through_ray(args, root, tmp_path)
+    for result in (direct, through_ray):
+        assert len(result["per_epoch_images_per_s"]) == 2 and result["images_per_s"] > 0
+    assert through_ray["wall_s"] > through_ray["epoch_s_total"] > 0
