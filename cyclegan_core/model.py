@@ -17,8 +17,8 @@ batched together (e.g. ``G_AB`` on ``[real_A, real_B]`` gives ``fake_B`` and ``i
 unless ``norm="batch"``, whose statistics would then mix the batches. Per-step values are reduced to
 Python floats once, at the end of the step (one device synchronisation).
 
-Distributed: when ``torch.distributed`` is initialised (Ray Train, torchrun) the constructor wraps the
-four networks in ``DistributedDataParallel``, so gradients are averaged across ranks and the caller only
+Distributed: when ``torch.distributed`` is initialised with more than one rank (Ray Train, torchrun) the
+constructor wraps the four networks in ``DistributedDataParallel``, so gradients are averaged across ranks and the caller only
 shards the data. The generator step evaluates the *unwrapped* discriminators (their weights are frozen
 there, so no DDP reducer must wait for them); the discriminator step sees only detached fakes. Image
 pools and RNG streams are per rank. ``state_dict()`` holds the unwrapped modules' weights (no
@@ -174,9 +174,11 @@ class CycleGAN:
             )
         self.precision: ResolvedPrecision = resolve_precision(train_cfg.precision, self.device)
         self.channels_last = train_cfg.channels_last and self.device.type == "cuda"
-        self.distributed = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world_size = dist.get_world_size() if self.distributed else 1
+        in_group = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if in_group else 0
+        self.world_size = dist.get_world_size() if in_group else 1
+        # a group of one (one Ray Train worker) has nothing to average: DDP would only add bucket copies
+        self.distributed = self.world_size > 1
         self.step = 0
         self.epoch = 0
         self._multiple = size_multiple(model_cfg.generator)

@@ -100,3 +100,16 @@ def test_ranks_trained_on_different_data_match_one_process_on_the_whole_batch(ra
         diff = (distributed[name] - expected).abs().max().item()
         # a missing gradient average would be off by about as much as training moved the output
         assert diff <= 0.05 * moved, f"{name}: off by {diff:.2e} while training moved it {moved:.2e}"
+
+
+def test_a_group_of_one_is_not_wrapped_in_ddp(tmp_path: Path) -> None:
+    """One Ray Train worker still gets a process group; with nothing to average, DDP is skipped."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        model = CycleGAN(MODEL, PLAIN)
+        assert (model.distributed, model.rank, model.world_size) == (False, 0, 1)
+        assert all(model._train_nets[name] is net for name, net in model.nets.items())
+        real_A, real_B = global_batches()[0]
+        assert model.train_step(real_A, real_B)["D_A"] > 0
+    finally:
+        dist.destroy_process_group()
