@@ -4,7 +4,7 @@ Synthetic images are created on the device once, so the figure is the step alone
 both discriminators, both optimizers), without data loading. One JSON line per configuration on
 stdout (configurations = every combination of the ``--batch`` and ``--precision`` values)::
 
-    {"generator", "size", "batch", "precision", "compile", "device", "device_name",
+    {"generator", "size", "batch", "precision", "compile" (false or the mode), "device", "device_name",
      "images_per_s", "step_ms", "peak_mem_gib", "torch", "load_avg_1m"}
 
 ``images_per_s`` counts images per domain (one A and one B image = one image, as in the official
@@ -73,6 +73,12 @@ def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.Argume
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the networks"
     )
     parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode (reduce-overhead = CUDA graphs)",
+    )
+    parser.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -138,6 +144,7 @@ def build_step(
         batch_size=batch,
         precision=precision,
         compile=args.compile,
+        compile_mode=args.compile_mode,
         channels_last=args.channels_last,
         seed=args.seed,
     )
@@ -171,7 +178,7 @@ def measure(args: argparse.Namespace, *, batch: int, precision: Precision) -> di
         "size": args.size,
         "batch": batch,
         "precision": model.precision,
-        "compile": args.compile,
+        "compile": args.compile_mode if args.compile else False,
         "device": device.type,
         "device_name": device_name(device),
         "images_per_s": round(images_per_s, 3),

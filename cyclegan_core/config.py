@@ -20,6 +20,8 @@ InitName = Literal["normal", "xavier", "kaiming", "orthogonal"]
 GanMode = Literal["lsgan", "vanilla", "hinge", "wgangp"]
 LrPolicy = Literal["linear", "step", "cosine"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# torch.compile modes; "reduce-overhead" adds CUDA graphs (for launch-bound small batches)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 Preprocess = Literal["resize_and_crop", "crop", "scale_width", "none"]
 Direction = Literal["AtoB", "BtoA"]
 
@@ -67,7 +69,8 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(1, ge=1, description="images per domain per step, per worker")
     precision: Precision = Field("auto", description="'auto' = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: bool = Field(True, description="NHWC memory format on CUDA (ignored on CPU)")
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the four networks")
+    compile_mode: CompileMode = Field("default", description="torch.compile mode when compile is on")
     seed: int = 0
 
     @property

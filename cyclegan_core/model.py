@@ -226,17 +226,16 @@ class CycleGAN:
             if self.distributed:
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
                 module = DistributedDataParallel(module, device_ids=device_ids)
-            self._train_nets[name] = torch.compile(module) if train_cfg.compile else module
+            self._train_nets[name] = self._maybe_compile(module)
         # the generator step evaluates the unwrapped discriminators (frozen; no DDP reducer involved)
         self._frozen_D: dict[str, nn.Module] = {
-            name: torch.compile(getattr(self, name)) if train_cfg.compile else getattr(self, name)
-            for name in ("D_A", "D_B")
+            name: self._maybe_compile(getattr(self, name)) for name in ("D_A", "D_B")
         }
         if self.rank:
             seed_everything(train_cfg.seed + self.rank)  # independent dropout / penalty draws per rank
         logger.info(
             "CycleGAN %s/%s on %s: G %d + %d, D %d + %d parameters; precision %s, channels_last %s, "
-            "compile %s, world size %d",
+            "compile %s (%s), world size %d",
             model_cfg.generator,
             model_cfg.discriminator,
             self.device,
@@ -247,6 +246,7 @@ class CycleGAN:
             self.precision,
             self.channels_last,
             train_cfg.compile,
+            train_cfg.compile_mode,
             self.world_size,
         )
 
@@ -256,6 +256,11 @@ class CycleGAN:
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         return module
+
+    def _maybe_compile(self, module: nn.Module) -> nn.Module:
+        if not self.train_cfg.compile:
+            return module
+        return torch.compile(module, mode=self.train_cfg.compile_mode)
 
     def _autocast(self) -> AbstractContextManager[None]:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16

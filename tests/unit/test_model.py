@@ -183,3 +183,18 @@ def test_load_state_dict_names_the_differing_architecture_field() -> None:
     other = CycleGAN(TINY.model_copy(update={"ngf": 4}), TrainConfig())
     with pytest.raises(ValueError, match="ngf: 8 in the checkpoint, 4 here"):
         other.load_state_dict(state)
+
+
+def test_compile_uses_the_configured_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    modes: list[str] = []
+
+    def fake_compile(module: torch.nn.Module, *, mode: str) -> torch.nn.Module:
+        modes.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    CycleGAN(TINY, TrainConfig(compile=True, compile_mode="reduce-overhead"))
+    assert modes == ["reduce-overhead"] * 6, "four trained nets plus the two frozen discriminators"
+    modes.clear()
+    CycleGAN(TINY, TrainConfig())
+    assert modes == [], "compile is off by default"
