@@ -260,6 +260,19 @@ def all_gather_float(value: float, device: torch.device) -> list[float]:
     return [float(t.item()) for t in gathered]
 
 
+def count_nodes() -> int:
+    """How many Ray nodes the workers run on (by Ray node ID: nodes that share an IP count apart)."""
+    import ray
+    import torch.distributed as dist
+
+    node_id = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    gathered: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, node_id)
+    return len(set(gathered))
+
+
 def rank_pools_file(rank: int) -> str:
     return f"rank{rank}_pools.pt"
 
@@ -382,6 +395,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checksums = all_gather_float(parameter_checksum(model.G_AB), device)
         metrics.update({f"G_AB_checksum_rank{r}": c for r, c in enumerate(checksums)})
         metrics["weights_in_sync"] = float(max(checksums) == min(checksums))
+        metrics["nodes"] = float(count_nodes())
         metrics.update(
             epoch=model.epoch if not partial else epoch + steps / max(len(loader), 1),
             total_epochs=total_epochs, step=model.step, lr=lr, epoch_seconds=stats.seconds,

@@ -16,7 +16,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -133,37 +135,68 @@ def clean_ray_env(home: Path) -> dict[str, str]:
     return env | {"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real Ray cluster from `ray start --head` (2 CPUs, token authentication as in infra/);
-    yields the environment a driver needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN, a private HOME).
+def _start_ray_node(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`ray start ... --block` in its own process group; returns once the node reports it started."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in log_path.read_text(errors="replace"):
+        if process.poll() is not None:
+            raise RuntimeError(f"`{' '.join(cmd[1:3])}` exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            _stop_process_group(process, timeout_s=5)
+            raise TimeoutError(f"the Ray node did not start within 180 s:\n{log_path.read_text()}")
+        time.sleep(0.5)
+    return process
 
-    Ray 2.60 turns token authentication on wherever ~/.ray/auth_token exists, so the head and its
-    drivers get an explicit token and a private HOME. The head runs in its own process group and is
+
+class RayCluster(NamedTuple):
+    env: dict[str, str]  # what a driver needs: RAY_ADDRESS (the GCS), RAY_AUTH_*, a private HOME
+    client_address: str  # ray://127.0.0.1:<port> of the head's Ray Client server
+
+
+@contextmanager
+def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1) -> Iterator[RayCluster]:
+    """A real Ray cluster from `ray start --head` (with a Ray Client server) plus ``nodes - 1``
+    `ray start --address` nodes on this machine, token authentication as in infra/.
+
+    Ray 2.60 turns token authentication on wherever ~/.ray/auth_token exists, so the nodes and their
+    drivers get an explicit token and a private HOME. Each node runs in its own process group and is
     stopped through it: `ray stop` would also stop the in-process cluster of the `ray_local` fixture.
     """
     import secrets
 
-    home = tmp_path_factory.mktemp("ray-home")
-    port = free_port()
+    port, client_port = free_port(), free_port()
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's unix socket paths must stay < 108 chars
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    log_path = home / "ray-head.log"
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
-           "--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-           "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, env=clean_ray_env(home) | auth, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+    env = clean_ray_env(home) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    common = ["--block", f"--num-cpus={cpus_per_node}", "--num-gpus=0", "--node-ip-address=127.0.0.1",
+              "--disable-usage-stats"]
+    processes: list[subprocess.Popen] = []
     try:
-        deadline = time.monotonic() + 180
-        while "Ray runtime started" not in log_path.read_text(errors="replace"):
-            if process.poll() is not None:
-                raise RuntimeError(f"`ray start --head` exited with {process.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the Ray head did not start within 180 s:\n{log_path.read_text()}")
-            time.sleep(0.5)
-        yield clean_ray_env(home) | auth | {"RAY_ADDRESS": f"127.0.0.1:{port}"}
+        processes.append(_start_ray_node(
+            [ray_bin, "start", "--head", f"--port={port}", f"--ray-client-server-port={client_port}",
+             "--include-dashboard=false", f"--temp-dir={temp_dir}", *common], env, home / "ray-head.log"))
+        for index in range(1, nodes):
+            processes.append(_start_ray_node([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env,
+                                             home / f"ray-node-{index}.log"))
+        yield RayCluster(env | {"RAY_ADDRESS": f"127.0.0.1:{port}"}, f"ray://127.0.0.1:{client_port}")
     finally:
-        _stop_process_group(process, timeout_s=5)  # Ray drains for up to 30 s on SIGTERM; nothing to drain
+        for process in reversed(processes):
+            _stop_process_group(process, timeout_s=5)  # Ray drains for up to 30 s on SIGTERM; nothing to drain
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A one-node Ray cluster from `ray start --head` with 2 CPUs (see ``ray_cluster``): the environment a driver needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN, a private HOME)."""
+    with ray_cluster(tmp_path_factory.mktemp("ray-home"), cpus_per_node=2) as cluster:
+        yield cluster.env
+
+
+@pytest.fixture()
+def ray_two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """A two-node Ray cluster on this machine, 1 CPU per node: two Ray Train workers of 1 CPU each must
+    run on different nodes (see ``ray_cluster``)."""
+    with ray_cluster(tmp_path_factory.mktemp("ray-home"), cpus_per_node=1, nodes=2) as cluster:
+        yield cluster

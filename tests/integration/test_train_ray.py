@@ -7,7 +7,11 @@ fit with max_failures=0, then a re-run that resumes from the bucket and survives
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -32,6 +36,7 @@ from pipelines.train import (
     should_checkpoint,
     train_on_ray,
 )
+from tests.conftest import RayCluster
 
 IMAGES_PER_WORKER = 12  # 24 training images per domain (the synthetic_dataset fixture), 2 workers
 STEPS_PER_EPOCH = IMAGES_PER_WORKER  # at batch size 1
@@ -115,7 +120,7 @@ def test_two_workers_train_in_sync_checkpoint_and_export(ray_local: None, ingest
     assert result.history[0]["loss_cycle_B"] > result.history[-2]["loss_cycle_B"]
     for epoch in result.history:  # DDP kept both ranks' weights identical, every epoch
         assert epoch["G_AB_checksum_rank0"] == epoch["G_AB_checksum_rank1"] and epoch["weights_in_sync"] == 1.0
-        assert epoch["world_size"] == 2 and epoch["images_per_s"] > 0
+        assert epoch["world_size"] == 2 and epoch["images_per_s"] > 0 and epoch["nodes"] == 1
 
     checkpoint = Path(result.checkpoint_uri)
     assert checkpoint.parent == tmp_path / "runs" / "sync"
@@ -179,3 +184,39 @@ def test_s3_storage_worker_failure_and_resume(ray_local: None, ingested: Dataset
     assert result.checkpoint_uri == f"s3://{s3_bucket}/{final}"
     assert f"{final}/{PROGRESS_FILE}" in bucket_keys(s3_bucket, "runs/faulty/")
     assert (result.generators_dir / "G_AB").is_dir() and (result.generators_dir / "G_BA").is_dir()
+
+
+@pytest.mark.slow
+def test_two_node_cluster_needs_s3_storage_and_trains_across_nodes(
+    s3_bucket: str, ray_two_nodes: RayCluster, synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """`cyclegan train` against a real two-node cluster (`ray start --head` + `ray start --address`, one
+    CPU each): a local storage path is refused; through Ray Client (ray://), S3 storage trains one
+    worker per node in sync."""
+    uri = f"s3://{s3_bucket}/synth"
+    upload_folder(synthetic_dataset, uri)
+    dataset = DatasetRef(uri=uri, root=tmp_path / "unused", manifest=tmp_path / "unused.json", version="-")
+    config = tiny_config(dataset, tmp_path, run_name="two-nodes", storage_path=f"s3://{s3_bucket}/runs",
+                         epochs=1, batch_size=4)
+    config_file = tmp_path / "config.json"  # JSON is YAML
+    config_file.write_text(config.model_dump_json())
+    cyclegan = str(Path(sys.executable).with_name("cyclegan"))
+    env = {**os.environ, **ray_two_nodes.env}
+
+    local = subprocess.run([cyclegan, "train", "--config", str(config_file), "--set",
+                            f"run.storage_path={tmp_path / 'runs'}"], env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+    assert local.returncode != 0
+    message = " ".join((local.stderr + local.stdout).split())  # the CLI wraps long lines
+    assert "is local but the Ray cluster has 2 nodes; use s3://bucket/prefix shared storage" in message
+
+    client_env = env | {"RAY_ADDRESS": ray_two_nodes.client_address}
+    done = subprocess.run([cyclegan, "train", "--config", str(config_file), "--json"], env=client_env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"connecting to the Ray cluster at {ray_two_nodes.client_address}" in done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (epoch,) = result["history"]
+    assert (epoch["world_size"], epoch["nodes"], epoch["weights_in_sync"]) == (2, 2, 1.0)
+    assert result["checkpoint_uri"].startswith(f"s3://{s3_bucket}/runs/two-nodes/checkpoint_epoch0001")
+    assert any(key.endswith(CHECKPOINT_FILE) for key in bucket_keys(s3_bucket, "runs/two-nodes/"))
