@@ -16,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import torch
 
 from cyclegan_core.checkpoint import load_checkpoint
 from cyclegan_core.export import load_generator
@@ -220,3 +221,23 @@ def test_two_node_cluster_needs_s3_storage_and_trains_across_nodes(
     assert (epoch["world_size"], epoch["nodes"], epoch["weights_in_sync"]) == (2, 2, 1.0)
     assert result["checkpoint_uri"].startswith(f"s3://{s3_bucket}/runs/two-nodes/checkpoint_epoch0001")
     assert any(key.endswith(CHECKPOINT_FILE) for key in bucket_keys(s3_bucket, "runs/two-nodes/"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(ray_local: None, ingested: DatasetRef,
+                                                                    tmp_path: Path) -> None:
+    """The foundation's exact-resume guarantee across Ray: stop after epoch 1, start again with the same
+    run name and storage, and the final generators equal those of one uninterrupted run, bit for bit."""
+    storage = str(tmp_path / "runs")
+    straight = train_on_ray(tiny_config(ingested, tmp_path, run_name="straight", storage_path=storage, epochs=2),
+                            ingested)
+    stopped = train_on_ray(tiny_config(ingested, tmp_path, run_name="resumed", storage_path=storage, epochs=2,
+                                       max_steps=STEPS_PER_EPOCH), ingested)
+    assert (stopped.epochs, stopped.steps) == (1, STEPS_PER_EPOCH)
+    resumed = train_on_ray(tiny_config(ingested, tmp_path, run_name="resumed", storage_path=storage, epochs=2),
+                           ingested)
+    assert (resumed.epochs, resumed.steps) == (straight.epochs, straight.steps) == (2, 2 * STEPS_PER_EPOCH)
+    for direction in ("AtoB", "BtoA"):
+        expected = load_generator(straight.generators_dir, direction=direction)[0].state_dict()
+        got = load_generator(resumed.generators_dir, direction=direction)[0].state_dict()
+        assert all(torch.equal(got[key], expected[key]) for key in expected), f"{direction} differs"
