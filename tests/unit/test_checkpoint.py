@@ -201,6 +201,8 @@ def test_a_network_missing_weights_is_named(saved) -> None:
 
 
 @pytest.mark.parametrize("policy", ["linear", "step", "cosine"])
+# epochs without training steps: torch warns that the schedulers step before any optimizer step
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 def test_resuming_with_a_longer_schedule_follows_the_new_schedule(tmp_path, policy: str) -> None:
     """A finished run (lr decayed to 0) resumed for more epochs must train at the new schedule's rate."""
     short = TrainConfig(lr_policy=policy, n_epochs=1, n_epochs_decay=1, lr_decay_iters=1)
