@@ -43,6 +43,8 @@ case "$part" in
 step)
   measure step_fp32 120 "$py" benchmarks/train_step.py --size 256 --batch 1 4 8 --precision fp32
   measure step_bf16 150 "$py" benchmarks/train_step.py --size 256 --batch 1 4 8 16 --precision bf16
+  # instance norm reshapes its input to NCHW-contiguous: does channels_last (the default on CUDA) pay?
+  measure step_bf16_nchw 120 "$py" benchmarks/train_step.py --size 256 --batch 1 8 --precision bf16 --no-channels-last
   measure profile_bf16_b8 90 "$py" benchmarks/profile_step.py --size 256 --batch 8 --precision bf16 --steps 5
   measure profile_bf16_b1 90 "$py" benchmarks/profile_step.py --size 256 --batch 1 --precision bf16 --steps 10
   measure quality 240 "$py" benchmarks/precision_quality.py --size 128 --images 300 --epochs 12 --batch 4 \
