@@ -56,10 +56,11 @@ compile)
     --compile --compile-mode reduce-overhead
   ;;
 ray)
-  measure loop_b8_ray 300 "$py" benchmarks/train_loop.py --size 256 --batch 8 --images 800 --epochs 3 \
-    --loader-workers 6 --ray
-  measure loop_b1_ray 240 "$py" benchmarks/train_loop.py --size 256 --batch 1 --images 200 --epochs 3 \
-    --loader-workers 2 --ray
+  # one synthetic dataset for both (writing 800 images at 286 px takes ~40 s)
+  measure loop_b8_ray 300 "$py" benchmarks/train_loop.py --size 256 --batch 8 --images 400 --epochs 4 \
+    --loader-workers 6 --workdir /tmp/cyclegan-loop --ray
+  measure loop_b1_ray 240 "$py" benchmarks/train_loop.py --size 256 --batch 1 --images 400 --epochs 3 \
+    --loader-workers 2 --workdir /tmp/cyclegan-loop --ray
   ;;
 *)
   echo "unknown part $part (step, compile or ray)" >&2

@@ -95,6 +95,9 @@ def run_in_process(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         per_epoch.append(stats.images_per_s(args.batch))
         model.end_epoch()
+    del model, loader
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # leave the GPU's memory to the Ray worker process that runs next
     return {"mode": "in_process", "images_per_s": round(steady(per_epoch), 3),
             "per_epoch_images_per_s": [round(x, 3) for x in per_epoch]}
 
@@ -124,6 +127,17 @@ def run_through_ray(args: argparse.Namespace, root: Path, work: Path) -> dict[st
             "gpu_mem_peak_gb": result.history[-1].get("gpu_mem_peak_gb")}
 
 
+def synthetic_dataset(root: Path, *, size: int, images: int) -> Path:
+    """The synthetic pair at ``root``: reused when a previous run wrote the same size and count."""
+    try:
+        written = json.loads((root / "synthetic.json").read_text())
+    except (OSError, ValueError):
+        written = {}
+    if (written.get("size"), written.get("n_train")) == (size, images):
+        return root
+    return make_synthetic_dataset(root, size=size, n_train=images, n_test=2, seed=0, overwrite=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -136,9 +150,7 @@ def main(argv: list[str] | None = None) -> None:
               "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         work = args.workdir or Path(tmp)
-        root = work / "synthetic"
-        if not (root / "trainA").is_dir():
-            make_synthetic_dataset(root, size=args.image_size, n_train=args.images, n_test=2, seed=0)
+        root = synthetic_dataset(work / "synthetic", size=args.image_size, images=args.images)
         write_decoded_cache(root, load_size=args.load_size)
         direct = {**common, **run_in_process(args, root)}
         print(json.dumps(direct), flush=True)

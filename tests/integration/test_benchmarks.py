@@ -96,8 +96,10 @@ def test_train_loop_in_process_and_through_ray(ray_local: None, tmp_path: Path) 
     args = train_loop.parse_args(["--device", "cpu", "--generator", "resnet_6blocks", "--size", "32", "--ngf",
                                   "4", "--ndf", "4", "--images", "8", "--batch", "2", "--epochs", "2",
                                   "--loader-workers", "0"])
-    root = tmp_path / "synthetic"
-    train_loop.make_synthetic_dataset(root, size=args.image_size, n_train=args.images, n_test=2)
+    root = train_loop.synthetic_dataset(tmp_path / "synthetic", size=args.image_size, images=args.images)
+    written = (root / "trainA" / "00000.png").stat().st_mtime_ns
+    assert train_loop.synthetic_dataset(root, size=args.image_size, images=args.images) == root
+    assert (root / "trainA" / "00000.png").stat().st_mtime_ns == written, "an identical dataset is reused"
     train_loop.write_decoded_cache(root, load_size=args.load_size)
 
     direct = train_loop.run_in_process(args, root)
