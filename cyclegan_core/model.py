@@ -17,12 +17,13 @@ batched together (e.g. ``G_AB`` on ``[real_A, real_B]`` gives ``fake_B`` and ``i
 unless ``norm="batch"``, whose statistics would then mix the batches. Per-step values are reduced to
 Python floats once, at the end of the step (one device synchronisation).
 
-Distributed: when ``torch.distributed`` is initialised with more than one rank (Ray Train, torchrun) the
-constructor wraps the four networks in ``DistributedDataParallel``, so gradients are averaged across ranks and the caller only
-shards the data. The generator step evaluates the *unwrapped* discriminators (their weights are frozen
-there, so no DDP reducer must wait for them); the discriminator step sees only detached fakes. Image
-pools and RNG streams are per rank. ``state_dict()`` holds the unwrapped modules' weights (no
-``module.`` prefix) and the calling rank's pools and RNG states.
+Distributed: when ``torch.distributed`` is initialised with more than one rank (Ray Train, torchrun)
+the constructor wraps the four networks in ``DistributedDataParallel``, so gradients are averaged
+across ranks and the caller only shards the data. The generator step evaluates the *unwrapped*
+discriminators (their weights are frozen there, so no DDP reducer must wait for them); the
+discriminator step sees only detached fakes. Image pools and RNG streams are per rank.
+``state_dict()`` holds the unwrapped modules' weights (no ``module.`` prefix) and the calling rank's
+pools and RNG states.
 """
 
 from __future__ import annotations
