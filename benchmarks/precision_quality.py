@@ -26,6 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+# this folder is sys.path[0] when a script runs
+from train_step import add_model_arguments, enable_cuda_speedups
+
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from cyclegan_core.data import UnpairedDataset, build_dataloader
 from cyclegan_core.epoch import train_epoch
@@ -39,9 +42,7 @@ from cyclegan_core.translate import pil_to_tensor, translate_tensor
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", default="resnet_9blocks")
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--ndf", type=int, default=64)
+    add_model_arguments(parser)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=200, help="training images per domain")
     parser.add_argument("--test-images", type=int, default=50)
@@ -51,7 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loader-workers", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (half constant, half decay)")
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
+        enable_cuda_speedups()
     common = {"generator": args.generator, "ngf": args.ngf, "size": args.size, "images": args.images,
               "epochs": args.epochs, "batch": args.batch, "seed": args.seed, "device": args.device}
     results = []

@@ -31,7 +31,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder is sys.path[0] when a script runs
 from train_step import build_parser, build_step, configure_torch, parse_args, synchronize
 
 # First match wins: order from the most specific names to the most generic.

@@ -34,6 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+# this folder is sys.path[0] when a script runs
+from train_step import add_model_arguments, enable_cuda_speedups
+
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from cyclegan_core.data import UnpairedDataset, build_dataloader, write_decoded_cache
 from cyclegan_core.epoch import train_epoch
@@ -43,9 +46,7 @@ from cyclegan_core.synthetic import make_synthetic_dataset
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", default="resnet_9blocks")
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--ndf", type=int, default=64)
+    add_model_arguments(parser)
     parser.add_argument("--size", type=int, default=256, help="crop size (training resolution)")
     parser.add_argument("--load-size", type=int, default=None, help="cache resolution (default size * 286/256)")
     parser.add_argument("--image-size", type=int, default=None, help="synthetic image side (default load size)")
@@ -55,7 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per mode; the first is warm-up")
     parser.add_argument("--loader-workers", type=int, default=4, help="DataLoader worker processes")
     parser.add_argument("--ray", action="store_true", help="also run through Ray Train (1 worker)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workdir", type=Path, default=None, help="keep the dataset here (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
+        enable_cuda_speedups()
     common = {"generator": args.generator, "size": args.size, "batch": args.batch, "precision": args.precision,
               "device": args.device, "images": args.images, "loader_workers": args.loader_workers,
               "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",

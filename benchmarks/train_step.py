@@ -27,7 +27,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -55,17 +55,26 @@ def official_reference(args: argparse.Namespace, batch: int) -> dict[str, Any]:
     return {"official_h100_images_per_s": images_per_s, "official_h100_peak_mem_gib": peak_gib}
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--generator --ngf --ndf --device``: the options every benchmark that trains shares."""
+    parser.add_argument("--generator", default="resnet_9blocks", choices=get_args(GeneratorName))
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--ndf", type=int, default=64)
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
+
+
+def enable_cuda_speedups() -> None:
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    torch.set_float32_matmul_precision("high")  # TF32 for fp32, as in the official reference figures
+
+
 def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.ArgumentParser:
     """The options of the step benchmarks (``profile_step.py`` adds its own to these)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--generator",
-        default="resnet_9blocks",
-        choices=["resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256", "resnet_unet_adalin"],
-    )
+    add_model_arguments(parser)
     parser.add_argument("--discriminator", default="basic", choices=["basic", "n_layers", "pixel"])
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--ndf", type=int, default=64)
     parser.add_argument("--size", type=int, default=256, help="image height and width")
     parser.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes, one run each")
     parser.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16", "fp16"])
@@ -87,9 +96,6 @@ def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.Argume
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument(
         "--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotune)"
-    )
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
     parser.add_argument(
         "--threads",
@@ -195,8 +201,7 @@ def configure_torch(args: argparse.Namespace) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-        torch.set_float32_matmul_precision("high")  # TF32 for fp32, as in the official reference figures
+        enable_cuda_speedups()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -360,6 +360,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     root = worker_dataset_root(dataset, config, local_rank=context.get_local_rank())
     # CycleGAN seeds with train.seed before building the nets: identical initial weights on every rank.
     model = CycleGAN(config.model, config.train, device=device)
+    nodes = count_nodes()  # fixed for this worker group (a restart runs this function again)
     history: list[dict[str, float]] = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -395,7 +396,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checksums = all_gather_float(parameter_checksum(model.G_AB), device)
         metrics.update({f"G_AB_checksum_rank{r}": c for r, c in enumerate(checksums)})
         metrics["weights_in_sync"] = float(max(checksums) == min(checksums))
-        metrics["nodes"] = float(count_nodes())
+        metrics["nodes"] = float(nodes)
         metrics.update(
             epoch=model.epoch if not partial else epoch + steps / max(len(loader), 1),
             total_epochs=total_epochs, step=model.step, lr=lr, epoch_seconds=stats.seconds,
