@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_core.synthetic import make_synthetic_dataset
-from pipelines.demo import free_port
+from pipelines.embedded import free_port
 from pipelines.ingest import ingest_prefix, list_objects, upload_folder
 from pipelines.s3 import make_s3_client
 

@@ -1,7 +1,8 @@
 """The ``cyclegan`` command line: one sub-command per pipeline stage plus the library's tools.
 
-Each command is a thin wrapper: it parses options, calls a plain function of ``cyclegan_core`` or
-``pipelines`` and prints a summary (``--json`` prints it as the last line, machine-readable).
+Each command is a thin wrapper: it parses options, resolves the config and services once (the CLI is an
+entry point: the only place besides the flow that reads the environment), calls a plain function of
+``cyclegan_core`` or ``pipelines`` and prints a summary (``--json``: the last line, machine-readable).
 Heavy imports happen inside commands so ``cyclegan --help`` stays fast.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from pipelines.config import PipelineConfig
+    from pipelines.config import PipelineConfig, ResolvedConfig, Services
 
 app = typer.Typer(
     name="cyclegan",
@@ -33,6 +35,13 @@ def fail(message: str, code: int = 1) -> None:
     """Print a clear error (no traceback) and exit non-zero."""
     console.print(Text.assemble(("error: ", "bold red"), message))
     raise typer.Exit(code)
+
+
+def services() -> Services:
+    """The service endpoints from this process's environment (``pipelines.config.ENVIRONMENT``)."""
+    from pipelines.config import services_from_env
+
+    return services_from_env(os.environ)
 
 
 def print_json(payload: Any) -> None:
@@ -99,7 +108,9 @@ def upload(
     from pipelines.s3 import S3Error, make_s3_client
 
     try:
-        client = make_s3_client(endpoint_url=endpoint_url, max_pool_connections=workers)
+        endpoints = services()
+        client = make_s3_client(endpoint_url=endpoint_url or endpoints.s3_endpoint_url,
+                                region=endpoints.s3_region, max_pool_connections=workers)
         summary = upload_folder(local_dir, uri, max_workers=workers, client=client)
     except (IngestError, S3Error, ValueError, OSError) as exc:
         fail(str(exc))
@@ -130,7 +141,9 @@ def ingest(
     from pipelines.s3 import S3Error, make_s3_client
 
     try:
-        client = make_s3_client(endpoint_url=endpoint_url, max_pool_connections=workers)
+        endpoints = services()
+        client = make_s3_client(endpoint_url=endpoint_url or endpoints.s3_endpoint_url,
+                                region=endpoints.s3_region, max_pool_connections=workers)
         summary = ingest_prefix(uri, cache, load_size=load_size, max_workers=workers, client=client)
     except (IngestError, S3Error, ValueError, OSError) as exc:
         fail(str(exc))
@@ -166,7 +179,7 @@ def train(
     from pipelines.records import DatasetRef
     from pipelines.train import TrainingError, train_on_ray
 
-    pipeline_config = config_from_cli(config, set_)
+    pipeline_config = resolved_from_cli(config, set_)
     if dataset is not None:
         try:
             payload = json.loads(dataset.read_text())
@@ -175,12 +188,11 @@ def train(
         except (OSError, ValueError, AttributeError, ValidationError) as exc:
             fail(f"cannot read DatasetRef from {dataset}: {exc}")
     else:
-        from pipelines.ingest import IngestError, ingest_prefix
+        from pipelines.ingest import IngestError, ingest_dataset
         from pipelines.s3 import S3Error
 
         try:
-            dataset_ref = ingest_prefix(pipeline_config.dataset_uri, pipeline_config.cache_dir,
-                                        load_size=pipeline_config.data.load_size).dataset
+            dataset_ref = ingest_dataset(pipeline_config).dataset
         except (IngestError, S3Error) as exc:
             fail(f"cannot ingest {pipeline_config.dataset_uri}: {exc}")
     try:
@@ -250,7 +262,7 @@ def register(
     """Log a trained, evaluated model to MLflow, register it (alias challenger) and apply the gate."""
     from pydantic import ValidationError
 
-    from pipelines.config import load_pipeline_config, tracking_uri
+    from pipelines.config import load_pipeline_config, resolve
     from pipelines.records import EvalReport, TrainResult
     from pipelines.registry import RegistryError, register_model
 
@@ -261,13 +273,13 @@ def register(
         except (OSError, ValidationError) as exc:
             fail(f"cannot read {record_type.__name__} from {path}: {exc}")
     try:
-        pipeline_config = load_pipeline_config(config)
+        pipeline_config = resolve(load_pipeline_config(config))
         ref = register_model(pipeline_config, records[0], records[1])
     except (ValueError, RegistryError) as exc:
         fail(str(exc))
     state = "promoted to champion" if ref.promoted else "champion unchanged"
     typer.echo(f"{ref.uri} (run {ref.run_id}, aliases {', '.join(ref.aliases) or 'none'}): {state}: "
-               f"{ref.reason}\nMLflow: {tracking_uri()}")
+               f"{ref.reason}\nMLflow: {pipeline_config.services.tracking_uri}")
     if json_out:
         print_json(ref.model_dump(mode="json"))
 
@@ -284,7 +296,7 @@ def promote(
     from pipelines.registry import promote as promote_version
 
     try:
-        ref = promote_version(name, version, alias)
+        ref = promote_version(name, version, alias, tracking_uri=services().tracking_uri)
     except RegistryError as exc:
         fail(str(exc))
     typer.echo(f"{ref.uri}: {ref.reason}")
@@ -351,7 +363,7 @@ def demo(
 
     settings = DemoSettings(out_dir=out, **({"epochs": epochs} if epochs is not None else {}))
     outcome = run_demo(settings)
-    typer.echo(demo_summary(outcome))
+    typer.echo(demo_summary(outcome, tracking_uri=services().tracking_uri))
     if json_out:
         print_json(outcome.model_dump(mode="json"))
 
@@ -365,11 +377,12 @@ def run_flow(
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
 ) -> None:
     """Run the train-cyclegan flow once, here, with the given config (Prefect's API or ephemeral)."""
+    from pipelines.config import resolve
     from pipelines.flows import summary_markdown, train_cyclegan
 
     pipeline_config = config_from_cli(config, set_)
     outcome = train_cyclegan(pipeline_config)
-    typer.echo(summary_markdown(pipeline_config, outcome))
+    typer.echo(summary_markdown(resolve(pipeline_config), outcome))
     if json_out:
         print_json(outcome.model_dump(mode="json"))
 
@@ -389,6 +402,13 @@ def config_from_cli(config: Path, assignments: list[str] | None) -> PipelineConf
     except ValueError as exc:
         fail(str(exc))
         raise  # unreachable: fail() exits
+
+
+def resolved_from_cli(config: Path, assignments: list[str] | None) -> ResolvedConfig:
+    """``config_from_cli`` resolved against this process's environment."""
+    from pipelines.config import resolve
+
+    return resolve(config_from_cli(config, assignments))
 
 
 def yaml_value(text: str) -> Any:

@@ -1,10 +1,10 @@
-"""PipelineConfig: the one typed configuration that flows from the CLI, the Prefect flow's parameters
-or a YAML file into every stage (ingest, train, evaluate, register).
+"""PipelineConfig, the one typed configuration of a pipeline run, and ``resolve()``, which turns it into
+the ``ResolvedConfig`` every stage receives.
 
-It composes the library's configs (``cyclegan_core.config``) with what only the pipeline knows:
-where the data lives, how training scales on Ray, where checkpoints go and how models are registered.
-Endpoints are never stored here: they come from the standard environment variables listed in
-``ENVIRONMENT`` (the single source of truth that ``infra/`` manifests are checked against).
+The CLI and the Prefect flow call ``resolve(config)`` once, at their entry: paths become absolute (Ray
+workers run in their own working directory), the ``services`` section is filled from ``ENVIRONMENT``
+(the one list of variables the pipeline reads) and the run's identity, the training fingerprint, is
+fixed. Nothing below the entry reads the environment.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,18 @@ from pydantic import Field, ValidationError, field_validator
 
 from cyclegan_core.config import DataConfig, ModelConfig, StrictModel, TrainConfig
 
-# Environment variables the pipeline reads, and what each switches. Nothing else is read from the
-# environment (boto3 and mlflow also read their own standard credential variables).
+# Environment variables the pipeline reads, and what each switches (``infra/`` manifests are checked
+# against this list). boto3, mlflow, ray and prefect also read their own standard variables.
 ENVIRONMENT: dict[str, str] = {
     "AWS_ENDPOINT_URL": "S3-compatible endpoint (MinIO, moto); unset means AWS S3",
+    "AWS_ENDPOINT_URL_S3": "S3 endpoint for S3 only (wins over AWS_ENDPOINT_URL)",
     "AWS_DEFAULT_REGION": "S3 region",
+    "AWS_REGION": "S3 region (wins over AWS_DEFAULT_REGION)",
     "AWS_ACCESS_KEY_ID": "S3 credentials (standard boto3 chain)",
     "AWS_SECRET_ACCESS_KEY": "S3 credentials (standard boto3 chain)",
+    "AWS_SESSION_TOKEN": "S3 temporary credentials (standard boto3 chain)",
     "RAY_ADDRESS": "existing Ray cluster ('auto', 'ray://host:10001'); unset means a local Ray",
+    "RAY_TRAIN_V2_ENABLED": "Ray Train V2 (the pipeline sets 1 unless it is set; 0 is refused)",
     "MLFLOW_TRACKING_URI": "MLflow tracking server; unset means sqlite:///mlruns.db",
     "PREFECT_API_URL": "Prefect server API; unset means Prefect's ephemeral API",
     "CYCLEGAN_INCEPTION_WEIGHTS": "path or s3:// URI of the FID Inception weights",
@@ -83,8 +88,18 @@ class RegistrySettings(StrictModel):
     auto_promote: bool = True
 
 
+class Services(StrictModel):
+    """Where the services are, read from ``ENVIRONMENT`` once by ``resolve`` (never credentials)."""
+
+    tracking_uri: str = Field(DEFAULT_TRACKING_URI, description="MLflow tracking (and registry) URI")
+    ray_address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; None means AWS S3")
+    s3_region: str | None = Field(None, description="S3 region; None means boto3's chain, else us-east-1")
+    inception_weights: str | None = Field(None, description="FID Inception weights: path, s3:// or 'torchvision'")
+
+
 class PipelineConfig(StrictModel):
-    """Everything one run of the train-cyclegan pipeline needs."""
+    """Everything one run of the train-cyclegan pipeline needs (what a user writes)."""
 
     dataset_uri: str = Field(..., description="s3://bucket/prefix holding trainA/ trainB/ testA/ testB/")
     cache_dir: Path = Field(Path(".cache/datasets"), description="local cache the dataset is ingested into")
@@ -96,7 +111,7 @@ class PipelineConfig(StrictModel):
     run: TrainingRunSettings = Field(default_factory=TrainingRunSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
-    force: bool = Field(False, description="retrain even if the champion was trained on this dataset version")
+    force: bool = Field(False, description="retrain even if the champion has this run's fingerprint")
 
     @field_validator("dataset_uri")
     @classmethod
@@ -105,10 +120,85 @@ class PipelineConfig(StrictModel):
             raise ValueError(f"dataset_uri must look like s3://bucket/prefix, got {value!r}")
         return value
 
-    def config_hash(self) -> str:
-        """Stable hash of everything that changes what training produces (for caching and naming)."""
-        payload = self.model_dump(mode="json", exclude={"force", "eval", "registry"})
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+# What the training fingerprint covers: the fields that change the trained model. Paths, service
+# endpoints, local CPU counts, loader processes, checkpointing and registry/eval settings do not.
+FINGERPRINT_EXCLUDES: dict[str, Any] = {
+    "data": {"root", "num_workers", "use_cache"},  # the cache holds the very pixels resize_and_crop makes
+}
+FINGERPRINT_SECTIONS: tuple[str, ...] = ("model", "train", "data")
+FINGERPRINT_SCALING: tuple[str, ...] = ("num_workers", "use_gpu")  # world size and device change the math
+FINGERPRINT_RUN: tuple[str, ...] = ("max_steps",)  # a run stopped early is another model
+
+
+def training_fingerprint(config: PipelineConfig) -> str:
+    """sha256 (16 hex digits) of what changes the trained model: model, train and data semantics, the
+    number of workers and the device kind, and ``run.max_steps`` (see ``FINGERPRINT_*``)."""
+    payload: dict[str, Any] = {
+        section: getattr(config, section).model_dump(mode="json", exclude=FINGERPRINT_EXCLUDES.get(section))
+        for section in FINGERPRINT_SECTIONS
+    }
+    payload["scaling"] = {name: getattr(config.scaling, name) for name in FINGERPRINT_SCALING}
+    payload["run"] = {name: getattr(config.run, name) for name in FINGERPRINT_RUN}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ResolvedConfig(PipelineConfig):
+    """A PipelineConfig resolved at the entry: absolute paths, ``services`` filled, identity fixed.
+
+    Every stage takes this type; build it with ``resolve``.
+    """
+
+    services: Services
+
+    @property
+    def fingerprint(self) -> str:
+        """The run identity: ``training_fingerprint`` of this config."""
+        return training_fingerprint(self)
+
+    def ray_run_name(self, dataset_version: str) -> str:
+        """Name of the Ray Train run for this config on one dataset version.
+
+        Ray Train resumes a run with the same name and storage from its latest checkpoint: what a
+        retry after a crash needs, and what training on new data or with a new config must not do.
+        """
+        return f"{self.run.run_name}-{dataset_version[:8]}-{self.fingerprint[:8]}"
+
+    def user_config(self) -> PipelineConfig:
+        """The config without ``services`` (what is logged as the run's params and config.yaml)."""
+        return PipelineConfig.model_validate(self.model_dump(mode="json", exclude={"services"}))
+
+
+def services_from_env(env: Mapping[str, str], *, inception_weights: str | None = None) -> Services:
+    """The ``Services`` section from ``env`` (``ENVIRONMENT``'s variables; empty values count as unset)."""
+
+    def get(*names: str) -> str | None:
+        return next((env[name] for name in names if env.get(name)), None)
+
+    return Services(
+        tracking_uri=get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
+        ray_address=get("RAY_ADDRESS"),
+        s3_endpoint_url=get("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        s3_region=get("AWS_REGION", "AWS_DEFAULT_REGION"),
+        inception_weights=inception_weights or get("CYCLEGAN_INCEPTION_WEIGHTS"),
+    )
+
+
+def resolve(config: PipelineConfig, env: Mapping[str, str] | None = None) -> ResolvedConfig:
+    """Resolve ``config`` once at the entry (CLI, flow): absolute paths and services from ``env``
+    (default ``os.environ``). A ResolvedConfig is returned as it is."""
+    if isinstance(config, ResolvedConfig):
+        return config
+    env = os.environ if env is None else env
+    raw = config.model_dump(mode="python")
+    raw["cache_dir"] = Path(config.cache_dir).expanduser().resolve()
+    raw["output_dir"] = Path(config.output_dir).expanduser().resolve()
+    if raw["data"].get("root") is not None:
+        raw["data"]["root"] = Path(raw["data"]["root"]).expanduser().resolve()
+    if "://" not in config.run.storage_path:
+        raw["run"]["storage_path"] = str(Path(config.run.storage_path).expanduser().resolve())
+    raw["services"] = services_from_env(env, inception_weights=config.eval.inception_weights)
+    return ResolvedConfig.model_validate(raw)
 
 
 def load_pipeline_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -140,8 +230,3 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"cannot set {dotted!r}: {key!r} is not a mapping")  # noqa: TRY004
     node[leaf] = value
-
-
-def tracking_uri() -> str:
-    """MLflow tracking URI: MLFLOW_TRACKING_URI, else the embedded SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI

@@ -11,11 +11,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import Field
@@ -28,7 +24,6 @@ from pipelines.config import (
     RegistrySettings,
     ScalingSettings,
     TrainingRunSettings,
-    tracking_uri,
 )
 from pipelines.records import PipelineOutcome
 
@@ -37,7 +32,6 @@ logger = logging.getLogger(__name__)
 DEMO_BUCKET = "cyclegan-demo"
 DEMO_PREFIX = "synthetic"
 DEMO_MODEL_NAME = "cyclegan-demo"
-_S3_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
 class DemoSettings(StrictModel):
@@ -85,43 +79,14 @@ def demo_config(settings: DemoSettings) -> PipelineConfig:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def embedded_s3() -> Iterator[str]:
-    """moto's standalone S3 server on a free loopback port; AWS_* variables point boto3 at it."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {name: os.environ.get(name) for name in _S3_VARIABLES}
-    # Throwaway credentials for a throwaway local server: the demo never talks to real AWS.
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
-                      AWS_DEFAULT_REGION="us-east-1")
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def run_demo(settings: DemoSettings | None = None) -> PipelineOutcome:
     """Run the whole pipeline on embedded services and return what the flow did."""
-    import boto3
-
     from cyclegan_core.synthetic import make_synthetic_dataset
+    from pipelines.config import resolve
+    from pipelines.embedded import embedded_s3
     from pipelines.flows import train_cyclegan
     from pipelines.ingest import upload_folder
+    from pipelines.s3 import make_s3_client
 
     settings = settings or DemoSettings()
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,18 +99,20 @@ def run_demo(settings: DemoSettings | None = None) -> PipelineOutcome:
     config = demo_config(settings)
     with embedded_s3() as endpoint:
         logger.info("demo: S3-compatible server at %s, uploading to %s", endpoint, config.dataset_uri)
-        boto3.client("s3").create_bucket(Bucket=DEMO_BUCKET)
-        upload_folder(root, config.dataset_uri)
+        services = resolve(config).services
+        client = make_s3_client(endpoint_url=services.s3_endpoint_url, region=services.s3_region)
+        client.create_bucket(Bucket=DEMO_BUCKET)
+        upload_folder(root, config.dataset_uri, client=client)
         outcome = train_cyclegan(config)
     logger.info("demo: finished in %.0f s", time.monotonic() - started)
     return outcome
 
 
-def demo_summary(outcome: PipelineOutcome) -> str:
+def demo_summary(outcome: PipelineOutcome, *, tracking_uri: str) -> str:
     """What the demo prints at the end: where things are and what training bought."""
     assert outcome.report is not None and outcome.model is not None and outcome.train is not None
     metrics = outcome.report.metrics
-    uri = tracking_uri()
+    uri = tracking_uri
     ui = (f"mlflow ui --backend-store-uri {uri} --default-artifact-root {DEFAULT_ARTIFACT_ROOT}"
           if uri.startswith("sqlite") else f"open {uri}")
     lines = [

@@ -1,18 +1,15 @@
 """The Prefect flow ``train-cyclegan``: ingest -> train -> evaluate -> register (+ promotion gate).
 
-Each stage is a plain function (``pipelines.ingest`` / ``train`` / ``evaluate`` / ``registry``) wrapped
-here in a Prefect task that adds what orchestration owns: retries with exponential backoff and jitter
-for *transient* failures only (network, S3 5xx/throttling, an unreachable MLflow server, a lost Ray
-cluster), timeouts, caching of finished stages and the run summary artifact. A bad dataset or an
-invalid config fails once, clearly: retrying would not help.
-
-Re-running the flow after a failure does not redo finished work: ingestion is incremental (an unchanged
-prefix downloads nothing), training is cached on (dataset version, config hash) and otherwise resumes
-from its last checkpoint (same run name + storage), evaluation is cached on the checkpoint, and
-registration is idempotent (the same training result yields one model version).
+Thin orchestration over plain functions: the flow resolves its config once (``pipelines.config.resolve``)
+and hands the ResolvedConfig to each stage's task. Tasks add what orchestration owns: retries with
+backoff and jitter on transient failures only (``pipelines.retry.is_transient``), timeouts, caching of
+finished stages on the run identity (dataset version + training fingerprint) and the summary artifact.
+A re-run does not redo finished work: ingest is incremental, training is cached or resumes its Ray run,
+evaluation is cached on the checkpoint and registration is idempotent.
 """
 
 import base64
+import hashlib
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +23,7 @@ from prefect.flow_engine import FlowRunTimeoutError
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
 
-from pipelines.config import PipelineConfig, tracking_uri
+from pipelines.config import PipelineConfig, ResolvedConfig, resolve
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 
 FLOW_NAME = "train-cyclegan"
@@ -34,16 +31,13 @@ HOUR = 3600
 
 
 def is_transient_failure(exc: BaseException) -> bool:
-    """True for failures a retry can fix: S3 / MLflow / Ray connectivity, not bad data or config."""
-    from ray.exceptions import RayActorError, RaySystemError
-
-    from pipelines import registry, s3
+    """True for failures a retry can fix (``pipelines.retry.is_transient``); a stage that ran out of its
+    own time budget is not one: a retry would do the same."""
+    from pipelines.retry import is_transient
 
     if isinstance(exc, (TaskRunTimeoutError, FlowRunTimeoutError)):
-        return False  # the stage ran out of its own time budget: a retry would do the same
-    if s3.is_transient(exc) or registry.is_transient(exc):
-        return True
-    return isinstance(exc, (RaySystemError, RayActorError, ConnectionError, TimeoutError))
+        return False
+    return is_transient(exc)
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -72,28 +66,25 @@ def _retrying(**options: Any) -> dict[str, Any]:
 
 
 def _train_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    config: PipelineConfig = parameters["config"]
+    config: ResolvedConfig = parameters["config"]
     dataset: DatasetRef = parameters["dataset"]
-    return f"train-{dataset.version}-{config.config_hash()}"
+    return f"train-{dataset.version}-{config.fingerprint}"
 
 
 def _evaluate_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    config: PipelineConfig = parameters["config"]
+    config: ResolvedConfig = parameters["config"]
     trained: TrainResult = parameters["trained"]
-    settings = config.eval.model_dump_json() + config.registry.primary_metric
-    import hashlib
-
-    digest = hashlib.sha256((trained.checkpoint_uri + trained.dataset_version + settings).encode()).hexdigest()
-    return f"evaluate-{digest[:24]}"
+    inputs = [trained.checkpoint_uri, trained.dataset_version, config.eval.model_dump_json(),
+              config.registry.primary_metric, config.services.inception_weights or ""]
+    return f"evaluate-{hashlib.sha256(repr(inputs).encode()).hexdigest()[:24]}"
 
 
 @task(name="ingest", timeout_seconds=2 * HOUR, cache_policy=NO_CACHE, **_retrying())
-def ingest_task(config: PipelineConfig) -> DatasetRef:
+def ingest_task(config: ResolvedConfig) -> DatasetRef:
     """Bring the S3 prefix into the local cache (incremental) and return the verified dataset."""
-    from pipelines.ingest import ingest_prefix
+    from pipelines.ingest import ingest_dataset
 
-    summary = ingest_prefix(config.dataset_uri, config.cache_dir, load_size=config.data.load_size)
-    return summary.dataset
+    return ingest_dataset(config).dataset
 
 
 @task(
@@ -104,7 +95,7 @@ def ingest_task(config: PipelineConfig) -> DatasetRef:
     persist_result=True,
     **_retrying(),
 )
-def train_task(config: PipelineConfig, dataset: DatasetRef) -> TrainResult:
+def train_task(config: ResolvedConfig, dataset: DatasetRef) -> TrainResult:
     """Train on Ray (resumes from the run's last checkpoint if an earlier attempt died)."""
     from pipelines.train import train_on_ray
 
@@ -119,7 +110,7 @@ def train_task(config: PipelineConfig, dataset: DatasetRef) -> TrainResult:
     persist_result=True,
     **_retrying(),
 )
-def evaluate_task(config: PipelineConfig, trained: TrainResult, dataset: DatasetRef) -> EvalReport:
+def evaluate_task(config: ResolvedConfig, trained: TrainResult, dataset: DatasetRef) -> EvalReport:
     """Score the trained generators on the test splits and write the sample grids."""
     from pipelines.evaluate import evaluate_model
 
@@ -128,68 +119,61 @@ def evaluate_task(config: PipelineConfig, trained: TrainResult, dataset: Dataset
 
 
 @task(name="register", timeout_seconds=HOUR, cache_policy=NO_CACHE, **_retrying())
-def register_task(config: PipelineConfig, trained: TrainResult, report: EvalReport) -> ModelVersionRef:
+def register_task(config: ResolvedConfig, trained: TrainResult, report: EvalReport) -> ModelVersionRef:
     """Log the run and the model to MLflow, register a version and apply the promotion gate."""
     from pipelines.registry import register_model
 
     return register_model(config, trained, report)
 
 
-@task(name="champion-dataset-version", cache_policy=NO_CACHE, **_retrying(timeout_seconds=600))
-def champion_dataset_version_task(model_name: str) -> str | None:
-    from pipelines.registry import champion_dataset_version
+@task(name="champion-identity", cache_policy=NO_CACHE, **_retrying(timeout_seconds=600))
+def champion_identity_task(config: ResolvedConfig) -> tuple[str, str] | None:
+    """(dataset version, training fingerprint) of the current champion, None without one."""
+    from pipelines.registry import champion_identity
 
-    return champion_dataset_version(model_name)
+    return champion_identity(config.registry.model_name, tracking_uri=config.services.tracking_uri)
 
 
 @flow(name=FLOW_NAME, log_prints=False, validate_parameters=True)
 def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
     """Ingest an unpaired dataset from S3, train CycleGAN on Ray, evaluate, register in MLflow.
 
-    Training is skipped when the champion model was trained on the same dataset version, unless
-    ``config.force`` is set.
+    Training is skipped when the champion was trained on the same dataset version with the same
+    training fingerprint, unless ``config.force`` is set.
     """
     logger = get_run_logger()
-    logger.info("train-cyclegan: dataset %s, model %s, %d Ray worker(s)",
-                config.dataset_uri, config.registry.model_name, config.scaling.num_workers)
-    dataset = ingest_task(config)
+    resolved = resolve(config)
+    logger.info("train-cyclegan: dataset %s, model %s, %d Ray worker(s), fingerprint %s",
+                resolved.dataset_uri, resolved.registry.model_name, resolved.scaling.num_workers,
+                resolved.fingerprint)
+    dataset = ingest_task(resolved)
     logger.info("dataset version %s: %s", dataset.version, dataset.counts)
 
-    if not config.force:
-        champion_version = champion_dataset_version_task(config.registry.model_name)
-        if champion_version == dataset.version:
-            reason = (f"dataset version {dataset.version} is unchanged since the champion of "
-                      f"{config.registry.model_name!r} was trained; set force=true to retrain")
+    if not resolved.force:
+        champion = champion_identity_task(resolved)
+        if champion is not None and tuple(champion) == (dataset.version, resolved.fingerprint):
+            reason = (f"the champion of {resolved.registry.model_name!r} was trained on dataset version "
+                      f"{dataset.version} with this config (fingerprint {resolved.fingerprint}); "
+                      "set force=true to retrain")
             logger.info("skipping training: %s", reason)
             outcome = PipelineOutcome(dataset=dataset, skipped=reason)
-            publish_summary(config, outcome)
+            publish_summary(resolved, outcome)
             return outcome
 
-    run_config = with_versioned_run_name(config, dataset)
-    logger.info("Ray Train run %s (a re-run with the same data and config resumes it)", run_config.run.run_name)
-    trained = train_task.with_options(refresh_cache=config.force)(run_config, dataset)
-    report = evaluate_task.with_options(refresh_cache=config.force)(config, trained, dataset)
-    model = register_task(config, trained, report)
+    logger.info("Ray Train run %s (a re-run with the same data and config resumes it)",
+                resolved.ray_run_name(dataset.version))
+    trained = train_task.with_options(refresh_cache=resolved.force)(resolved, dataset)
+    report = evaluate_task.with_options(refresh_cache=resolved.force)(resolved, trained, dataset)
+    model = register_task(resolved, trained, report)
     outcome = PipelineOutcome(dataset=dataset, train=trained, report=report, model=model)
-    publish_summary(config, outcome)
+    publish_summary(resolved, outcome)
     logger.info("done: %s version %s (%s) %s=%.4f; %s", model.name, model.version,
                 ", ".join(model.aliases) or "no alias", report.primary_metric, report.primary_value,
                 model.reason)
     return outcome
 
 
-def with_versioned_run_name(config: PipelineConfig, dataset: DatasetRef) -> PipelineConfig:
-    """Name the Ray run after the data and config it trains on.
-
-    Ray Train resumes a run with the same name and storage from its latest checkpoint: that is what a
-    retry after a crash needs, and what nightly retraining on *new* data must not do.
-    """
-    suffix = f"{dataset.version[:8]}-{config.config_hash()[:8]}"
-    run = config.run.model_copy(update={"run_name": f"{config.run.run_name}-{suffix}"})
-    return config.model_copy(update={"run": run})
-
-
-def summary_markdown(config: PipelineConfig, outcome: PipelineOutcome) -> str:
+def summary_markdown(config: ResolvedConfig, outcome: PipelineOutcome) -> str:
     """The run summary shown as a Prefect artifact (and printed by the demo)."""
     lines = [
         f"# train-cyclegan: {config.registry.model_name}",
@@ -204,11 +188,12 @@ def summary_markdown(config: PipelineConfig, outcome: PipelineOutcome) -> str:
     assert outcome.train and outcome.report and outcome.model
     model = outcome.model
     lines += [
-        (f"- training: run `{outcome.train.run_name}`, {outcome.train.epochs} epochs, "
+        (f"- training: run `{outcome.train.run_name}` (fingerprint `{outcome.train.fingerprint}`), "
+         f"{outcome.train.epochs} epochs, "
          f"{outcome.train.steps} steps, checkpoint `{outcome.train.checkpoint_uri}`"),
         (f"- model: `{model.name}` version {model.version} "
          f"(aliases: {', '.join(model.aliases) or 'none'}); {model.reason}"),
-        f"- MLflow: {mlflow_link(model)}",
+        f"- MLflow: {mlflow_link(config.services.tracking_uri, model)}",
         "",
         "| metric | value |",
         "|---|---|",
@@ -228,14 +213,13 @@ def summary_markdown(config: PipelineConfig, outcome: PipelineOutcome) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mlflow_link(model: ModelVersionRef) -> str:
-    uri = tracking_uri()
+def mlflow_link(uri: str, model: ModelVersionRef) -> str:
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/models/{model.name}/versions/{model.version} (run {model.run_id})"
     return f"run {model.run_id} in {uri} (browse with `mlflow ui --backend-store-uri {uri}`)"
 
 
-def publish_summary(config: PipelineConfig, outcome: PipelineOutcome) -> None:
+def publish_summary(config: ResolvedConfig, outcome: PipelineOutcome) -> None:
     """Attach the markdown summary to the flow run as a Prefect artifact."""
     create_markdown_artifact(
         key="train-cyclegan-summary",

@@ -33,7 +33,7 @@ class TrainResult(Record):
     generators_dir: Path = Field(description="local folder with exported G_AB/ and G_BA/ generators")
     dataset_version: str
     dataset_uri: str
-    config_hash: str
+    fingerprint: str = Field(description="training fingerprint of the config that trained (the run identity)")
     steps: int
     epochs: int
     metrics: dict[str, float] = Field(default_factory=dict, description="final-epoch metrics")
@@ -46,7 +46,6 @@ class EvalReport(Record):
     metrics: dict[str, float]
     primary_metric: str
     primary_value: float
-    higher_is_better: bool = True
     skipped: dict[str, str] = Field(default_factory=dict, description="metric -> why it was not computed")
     artifacts: dict[str, Path] = Field(default_factory=dict, description="name -> file (sample grids, report)")
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import pytest
 
-from pipelines.demo import free_port
+from pipelines.embedded import free_port
 
 
 def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
@@ -42,7 +42,7 @@ def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | Non
 def s3_server() -> Iterator[str]:
     """Endpoint URL of a moto S3 server on loopback (the demo's embedded one); AWS_* variables point
     boto3 at it for the session."""
-    from pipelines.demo import embedded_s3
+    from pipelines.embedded import embedded_s3
 
     with embedded_s3() as endpoint:
         yield endpoint

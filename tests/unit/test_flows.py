@@ -6,14 +6,14 @@ from pathlib import Path
 
 from prefect.task_engine import TaskRunTimeoutError
 
-from pipelines.config import PipelineConfig
-from pipelines.flows import is_transient_failure, summary_markdown, with_versioned_run_name
+from pipelines.config import PipelineConfig, resolve
+from pipelines.flows import is_transient_failure, summary_markdown
 from pipelines.ingest import IngestError
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.registry import RegistryError
 from pipelines.s3 import S3Error
 
-CONFIG = PipelineConfig(dataset_uri="s3://bucket/horses")
+CONFIG = resolve(PipelineConfig(dataset_uri="s3://bucket/horses"), env={})
 DATASET = DatasetRef(uri="s3://bucket/horses", root=Path("/cache"), manifest=Path("/cache/manifest.json"),
                      version="ab" * 32, counts={"trainA": 3, "trainB": 4})
 
@@ -32,19 +32,20 @@ def test_bad_data_config_and_stage_timeouts_are_not_retried():
 
 
 def test_the_ray_run_is_named_after_the_data_and_the_config():
-    named = with_versioned_run_name(CONFIG, DATASET)
-    assert named.run.run_name == f"cyclegan-{'ab' * 4}-{CONFIG.config_hash()[:8]}"
-    assert with_versioned_run_name(CONFIG, DATASET) == named  # a retry resumes the same run
-    newer = DATASET.model_copy(update={"version": "cd" * 32})
-    assert with_versioned_run_name(CONFIG, newer).run.run_name != named.run.run_name  # new data, new run
-    assert CONFIG.run.run_name == "cyclegan"  # the caller's config is untouched
+    name = CONFIG.ray_run_name(DATASET.version)
+    assert name == f"cyclegan-{'ab' * 4}-{CONFIG.fingerprint[:8]}"
+    assert CONFIG.ray_run_name(DATASET.version) == name  # a retry resumes the same run
+    assert CONFIG.ray_run_name("cd" * 32) != name  # new data, new run
+    other = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", train={"lr": 1e-3}), env={})
+    assert other.ray_run_name(DATASET.version) != name  # new config, new run
+    assert CONFIG.run.run_name == "cyclegan"  # the config keeps the name the user gave
 
 
 def test_summary_lists_metrics_model_and_skipped_metrics(tmp_path):
     outcome = PipelineOutcome(
         dataset=DATASET,
         train=TrainResult(run_name="cyclegan-x", checkpoint_uri="/runs/ckpt", generators_dir=tmp_path,
-                          dataset_version=DATASET.version, dataset_uri=DATASET.uri, config_hash="c", steps=10,
+                          dataset_version=DATASET.version, dataset_uri=DATASET.uri, fingerprint="f" * 16, steps=10,
                           epochs=2),
         report=EvalReport(metrics={"psnr_AtoB": 18.5, "psnr_identity_AtoB": 10.0}, primary_metric="psnr_AtoB",
                           primary_value=18.5, skipped={"fid_AtoB": "no Inception weights"}),
