@@ -38,6 +38,9 @@ ENVIRONMENT: dict[str, str] = {
     "CYCLEGAN_INCEPTION_WEIGHTS": "path or s3:// URI of the FID Inception weights",
 }
 
+# Read when set, left unset by the deployments in infra/ (their defaults are what a deployment wants).
+OPTIONAL_ENVIRONMENT = frozenset({"AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "RAY_TRAIN_V2_ENABLED"})
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 DEFAULT_ARTIFACT_ROOT = "./mlartifacts"
 

@@ -35,7 +35,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from pipelines.config import ENVIRONMENT
+from pipelines.config import ENVIRONMENT, OPTIONAL_ENVIRONMENT
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -56,6 +56,8 @@ SERVICE_SIDE_VARIABLES = {
     "MLFLOW_S3_ENDPOINT_URL": "the MLflow server's endpoint for its S3 artifact store",
     "PREFECT_API_DATABASE_CONNECTION_URL": "the Prefect server's database",
 }
+# What every deployment sets: the pipeline's variables less those it reads only when set.
+DEPLOYED_ENVIRONMENT = set(ENVIRONMENT) - OPTIONAL_ENVIRONMENT
 PIPELINE_LIKE = re.compile(r"^(AWS_|MLFLOW_|CYCLEGAN_|PREFECT_API_)|^RAY_ADDRESS$")
 # The two keys of the Kubernetes Secret cyclegan-s3-credentials (documented in infra/README.md).
 S3_CREDENTIAL_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -778,7 +780,7 @@ def test_manifests_set_no_pipeline_variable_the_pipeline_does_not_read() -> None
 
 
 def test_compose_worker_gets_exactly_the_pipeline_environment() -> None:
-    assert manifest_env_names()["compose:prefect-worker"] == set(ENVIRONMENT) | RAY_AUTH
+    assert manifest_env_names()["compose:prefect-worker"] == DEPLOYED_ENVIRONMENT | RAY_AUTH
 
 
 def test_every_ray_process_of_the_stack_shares_one_token(compose: dict[str, Any]) -> None:
@@ -799,12 +801,12 @@ def test_every_ray_process_of_the_stack_shares_one_token(compose: dict[str, Any]
 def test_kuberay_pods_get_every_pipeline_variable() -> None:
     for where, names in manifest_env_names().items():
         if where.startswith("raycluster.yaml:"):
-            assert set(ENVIRONMENT) <= names, f"{where} misses {sorted(set(ENVIRONMENT) - names)}"
+            assert DEPLOYED_ENVIRONMENT <= names, f"{where} misses {sorted(DEPLOYED_ENVIRONMENT - names)}"
 
 
 def test_prefect_cluster_flow_runs_get_every_pipeline_variable() -> None:
     names = manifest_env_names()["kubernetes-job-variables.yaml"] | S3_CREDENTIAL_KEYS | {"RAY_AUTH_TOKEN"}
-    assert names == set(ENVIRONMENT) | RAY_AUTH
+    assert names == DEPLOYED_ENVIRONMENT | RAY_AUTH
     assert not (manifest_env_names()["kubernetes-job-variables.yaml"] & S3_CREDENTIAL_KEYS), (
         "credentials in job vars"
     )
@@ -812,7 +814,7 @@ def test_prefect_cluster_flow_runs_get_every_pipeline_variable() -> None:
 
 def test_aws_launcher_env_is_the_pipeline_environment_minus_keys_and_endpoint() -> None:
     names = manifest_env_names()["aws/cyclegan.env.example"]
-    assert names == (set(ENVIRONMENT) | RAY_AUTH) - S3_CREDENTIAL_KEYS - {"AWS_ENDPOINT_URL"}
+    assert names == (DEPLOYED_ENVIRONMENT | RAY_AUTH) - S3_CREDENTIAL_KEYS - {"AWS_ENDPOINT_URL"}
     values = parse_env_file(RAY_DIR / "aws" / "cyclegan.env.example")
     assert "change-me" in values["RAY_AUTH_TOKEN"], "the example holds a placeholder, never a token"
 
