@@ -2,7 +2,7 @@
 
 For each ``--precision``: the same seed, data and configuration (``preprocess="none"`` at ``--size``,
 linear LR schedule over ``--epochs``: half constant, half decay), trained in process with
-``cyclegan_core.epoch.train_epoch``; then ``G_AB`` translates testA (in fp32) and the paired PSNR
+``cyclegan_core.fit.fit``; then ``G_AB`` translates testA (in fp32) and the paired PSNR
 against ``testA_ref`` (the ground truth ``f(testA)``) is taken, next to the identity baseline (testA
 itself). One JSON line per precision, then a ``comparison`` line with the PSNR differences to the
 first precision. Run-to-run noise: repeat with other ``--seed`` values::
@@ -31,7 +31,7 @@ from train_step import add_model_arguments, enable_cuda_speedups
 
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from cyclegan_core.data import UnpairedDataset, build_dataloader
-from cyclegan_core.epoch import train_epoch
+from cyclegan_core.fit import fit
 from cyclegan_core.images import decode_image, list_images
 from cyclegan_core.metrics import psnr
 from cyclegan_core.model import CycleGAN
@@ -78,13 +78,9 @@ def train_and_score(args: argparse.Namespace, root: Path, precision: str) -> dic
     loader = build_dataloader(UnpairedDataset(root, data_cfg, seed=args.seed), batch_size=args.batch,
                               num_workers=args.loader_workers, seed=args.seed)
     start = time.perf_counter()
-    last: dict[str, float] = {}
-    for epoch in range(args.epochs):
-        loader.sampler.set_epoch(epoch)
-        stats = train_epoch(model, loader)
-        last = {key: round(value / stats.steps, 4) for key, value in stats.loss_sums.items()}
-        model.end_epoch()
+    final = fit(model, loader, total_epochs=args.epochs, seed=args.seed).epochs[-1]
     seconds = time.perf_counter() - start
+    last = {key: round(value, 4) for key, value in final.loss_means.items()}
     return {
         "precision": model.precision, "steps": model.step, "train_s": round(seconds, 1),
         "psnr_AtoB": round(paired_psnr(model.G_AB, root, multiple=size_multiple(args.generator)), 3),

@@ -6,10 +6,10 @@ run pays on top of it:
 1. writes the synthetic domain pair (``cyclegan_core.synthetic``) at ``--image-size`` with ``--images``
    per train domain and its pre-decoded uint8 cache at ``--load-size`` (as ingestion does);
 2. ``in_process``: ``UnpairedDataset`` (cache) -> ``build_dataloader`` (``--loader-workers`` processes,
-   pinned memory on CUDA) -> ``cyclegan_core.epoch.train_epoch``, for ``--epochs`` epochs;
+   pinned memory on CUDA) -> ``cyclegan_core.fit.fit``, for ``--epochs`` epochs;
 3. with ``--ray``: the same configuration through ``pipelines.train.train_on_ray`` with one worker
-   (one GPU when CUDA is available) on a local Ray, which runs the same ``train_epoch`` inside
-   ``train_loop_per_worker``, plus Ray's per-epoch report and the final checkpoint.
+   (one GPU when CUDA is available) on a local Ray, whose worker runs the same ``fit``, plus Ray's
+   per-epoch report and the final checkpoint.
 
 The first epoch of each mode is warm-up (cuDNN autotuning, loader start) and is not averaged. Prints one
 JSON line per mode and, with ``--ray``, a ``comparison`` line with ``ray_overhead = 1 - ray / in_process``
@@ -39,7 +39,7 @@ from train_step import add_model_arguments, enable_cuda_speedups
 
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from cyclegan_core.data import UnpairedDataset, build_dataloader, write_decoded_cache
-from cyclegan_core.epoch import train_epoch
+from cyclegan_core.fit import fit
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.synthetic import make_synthetic_dataset
 
@@ -87,14 +87,8 @@ def run_in_process(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         raise RuntimeError(f"the pre-decoded cache of {root} is not used; the benchmark would decode JPEGs")
     loader = build_dataloader(dataset, batch_size=args.batch, num_workers=args.loader_workers, seed=train_cfg.seed)
     model = CycleGAN(model_cfg, train_cfg, device=device)
-    per_epoch: list[float] = []
-    for epoch in range(args.epochs):
-        loader.sampler.set_epoch(epoch)
-        stats = train_epoch(model, loader)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        per_epoch.append(stats.images_per_s(args.batch))
-        model.end_epoch()
+    result = fit(model, loader, total_epochs=args.epochs, seed=train_cfg.seed)
+    per_epoch = [end.images_per_s for end in result.epochs]
     del model, loader
     if device.type == "cuda":
         torch.cuda.empty_cache()  # leave the GPU's memory to the Ray worker process that runs next
@@ -103,19 +97,19 @@ def run_in_process(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def run_through_ray(args: argparse.Namespace, root: Path, work: Path) -> dict[str, Any]:
-    from pipelines.config import PipelineConfig, ScalingSettings, TrainingRunSettings
+    from pipelines.config import PipelineConfig, ScalingSettings, TrainingRunSettings, resolve
     from pipelines.records import DatasetRef
     from pipelines.train import train_on_ray
 
     model_cfg, train_cfg, data_cfg = configs(args)
     use_gpu = args.device == "cuda"
-    config = PipelineConfig(
+    config = resolve(PipelineConfig(
         dataset_uri="s3://benchmark/synthetic", cache_dir=work / "cache", output_dir=work / "outputs",
         model=model_cfg, train=train_cfg, data=data_cfg,
         scaling=ScalingSettings(num_workers=1, use_gpu=use_gpu, cpus_per_worker=1 + args.loader_workers),
         run=TrainingRunSettings(run_name=f"bench-{time.time_ns()}", storage_path=str(work / "runs"),
                                 checkpoint_every_epochs=args.epochs, max_failures=0),
-    )
+    ))
     dataset = DatasetRef(uri=config.dataset_uri, root=root, manifest=root / "manifest.json", version="bench")
     start = time.perf_counter()
     result = train_on_ray(config, dataset)

@@ -1,11 +1,10 @@
 """Training-state checkpoints: save and restore a :class:`~cyclegan_core.model.CycleGAN` for exact resume.
 
-A checkpoint is one ``torch.save`` file holding ``{"format", "version", "state", "extra"}`` where
-``state`` is ``CycleGAN.state_dict()`` (4 networks, 2 optimizers, 2 schedulers, 2 image pools,
-GradScaler, counters, RNG states, both configs as JSON-able dicts) and ``extra`` is the caller's small
-metadata (e.g. dataset version, sampler epoch). Writes are atomic (temporary file in the same folder,
-fsync, ``os.replace``); reads use ``torch.load(weights_only=True)``, so a checkpoint can hold tensors,
-numbers, strings, lists and dicts only. Every failure is a :class:`CheckpointError` naming the file.
+A checkpoint is one ``torch.save`` file holding ``{"format", "version", "state"}`` where ``state`` is
+``CycleGAN.state_dict()`` (4 networks, 2 optimizers, 2 schedulers, 2 image pools, GradScaler, counters,
+RNG states, both configs as JSON-able dicts); older files also hold an ``extra`` dict, which is ignored.
+Writes are atomic (temporary file in the same folder, fsync, ``os.replace``); reads use
+``torch.load(weights_only=True)``. Every failure is a :class:`CheckpointError` naming the file.
 
 Under DDP save from one rank only (rank 0); every rank loads the same file.
 """
@@ -21,35 +20,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cyclegan_core.atomic import atomic_path
-from cyclegan_core.config import ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
     from cyclegan_core.model import CycleGAN
 
 CHECKPOINT_FORMAT = "cyclegan_core.checkpoint"
 CHECKPOINT_VERSION = 1
-_PLAIN_TYPES = (str, int, float, bool, type(None), torch.Tensor)
 
 
 class CheckpointError(Exception):
     """A checkpoint file cannot be written, read, or applied to the given model."""
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """Reject what ``torch.load(weights_only=True)`` would refuse to read back, naming the key."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                raise TypeError(f"{where}: key {key!r} must be a str or int")
-            _check_plain(item, f"{where}[{key!r}]")
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_plain(item, f"{where}[{index}]")
-    elif not isinstance(value, _PLAIN_TYPES):
-        raise TypeError(
-            f"{where} is a {type(value).__name__}; checkpoint metadata may hold only str, int, float, bool, "
-            f"None, tensors, lists and dicts (convert it, e.g. str(path))"
-        )
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -58,22 +38,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def save_checkpoint(
-    model: CycleGAN, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
-) -> Path:
-    """Write ``model``'s full training state (and ``extra``) to ``path`` atomically; returns the path."""
+def save_checkpoint(model: CycleGAN, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s full training state to ``path`` atomically; returns the path."""
     path = Path(path)
-    extra = dict(extra or {})
-    try:
-        _check_plain(extra, "extra")
-    except TypeError as error:
-        raise CheckpointError(f"cannot save checkpoint {path}: {error}") from error
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "state": model.state_dict(),
-        "extra": extra,
-    }
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state": model.state_dict()}
     try:
         atomic_torch_save(payload, path)
     except OSError as error:
@@ -82,7 +50,7 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The validated payload of a checkpoint file (``state`` and ``extra``), tensors on the CPU."""
+    """The validated payload of a checkpoint file (its ``state`` dict), tensors on the CPU."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
@@ -108,28 +76,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint {path} has format version {payload['version']}, newer than this code's "
             f"{CHECKPOINT_VERSION}: upgrade cyclegan_core"
         )
-    for key in ("state", "extra"):
-        if not isinstance(payload.get(key), dict):
-            raise CheckpointError(f"checkpoint {path} lacks its {key!r} dictionary")
+    if not isinstance(payload.get("state"), dict):
+        raise CheckpointError(f"checkpoint {path} lacks its 'state' dictionary")
     return payload
 
 
-def load_checkpoint(model: CycleGAN, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Restore ``model`` from ``path`` for an exact resume; returns the ``extra`` saved with it."""
+def load_checkpoint(model: CycleGAN, path: str | os.PathLike[str]) -> None:
+    """Restore ``model`` from ``path`` for an exact resume."""
     payload = read_checkpoint(path)
     try:
         model.load_state_dict(payload["state"])
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {error}") from error
-    return payload["extra"]
 
-
-def read_checkpoint_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, TrainConfig]:
-    """The ``ModelConfig`` and ``TrainConfig`` a checkpoint was trained with (to rebuild its model)."""
-    state = read_checkpoint(path)["state"]
-    try:
-        return ModelConfig(**state["model_config"]), TrainConfig(**state["train_config"])
-    except KeyError as error:
-        raise CheckpointError(f"checkpoint {path} lacks {error.args[0]!r} in its state") from error
-    except ValueError as error:  # pydantic.ValidationError is a ValueError
-        raise CheckpointError(f"checkpoint {path} holds an invalid config: {error}") from error

@@ -100,34 +100,6 @@ def crop_and_flip(pixels: np.ndarray, top: int, left: int, size: int | None, fli
     return window.flip(1) if flip else window
 
 
-def gpu_augment(
-    batch_uint8: torch.Tensor, crop_size: int, flip: bool, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random crop (+ horizontal flip) of a uint8 NHWC batch on its own device -> float NCHW in [-1, 1].
-
-    For training straight from the cache arrays moved to the accelerator: one gather, no Python loop.
-    """
-    n, height, width, _ = batch_uint8.shape
-    if crop_size > height or crop_size > width:
-        raise ValueError(f"crop_size {crop_size} exceeds the batch's images ({height}x{width})")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    tops = torch.randint(0, height - crop_size + 1, (n,), generator=generator, device=gen_device)
-    lefts = torch.randint(0, width - crop_size + 1, (n,), generator=generator, device=gen_device)
-    flips = (
-        torch.rand(n, generator=generator, device=gen_device) < 0.5
-        if flip
-        else torch.zeros(n, dtype=torch.bool)
-    )
-    device = batch_uint8.device
-    tops, lefts, flips = tops.to(device), lefts.to(device), flips.to(device)
-    offsets = torch.arange(crop_size, device=device)
-    rows = tops[:, None] + offsets
-    cols = torch.where(flips[:, None], lefts[:, None] + crop_size - 1 - offsets, lefts[:, None] + offsets)
-    batch_index = torch.arange(n, device=device)[:, None, None]
-    crops = batch_uint8[batch_index, rows[:, :, None], cols[:, None, :]]
-    return crops.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
 # --- pre-decoded cache --------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ Semantics follow the official implementation (junyanz/pytorch-CycleGAN-and-pix2p
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,6 @@ from torch import Tensor
 from cyclegan_core.config import GanMode
 
 GAN_MODES: tuple[GanMode, ...] = ("lsgan", "vanilla", "hinge", "wgangp")
-PenaltyType = Literal["real", "fake", "mixed"]
 
 
 class GANLoss:
@@ -34,12 +32,10 @@ class GANLoss:
     Only ``hinge`` distinguishes the two roles; the other modes ignore ``for_discriminator``.
     """
 
-    def __init__(self, mode: GanMode = "lsgan", *, real_label: float = 1.0, fake_label: float = 0.0) -> None:
+    def __init__(self, mode: GanMode = "lsgan") -> None:
         if mode not in GAN_MODES:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {mode!r}")
         self.mode = mode
-        self.real_label = real_label
-        self.fake_label = fake_label
 
     def __repr__(self) -> str:
         return f"GANLoss(mode={self.mode!r})"
@@ -47,7 +43,7 @@ class GANLoss:
     def __call__(self, prediction: Tensor, target_is_real: bool, *, for_discriminator: bool = True) -> Tensor:
         prediction = prediction.float()
         if self.mode in ("lsgan", "vanilla"):
-            target = torch.full_like(prediction, self.real_label if target_is_real else self.fake_label)
+            target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
             if self.mode == "lsgan":
                 return F.mse_loss(prediction, target)
             return F.binary_cross_entropy_with_logits(prediction, target)
@@ -64,37 +60,20 @@ class GANLoss:
 
 
 def gradient_penalty(
-    discriminator: Callable[[Tensor], Tensor],
-    real: Tensor,
-    fake: Tensor,
-    *,
-    lambda_gp: float = 10.0,
-    penalty_type: PenaltyType = "mixed",
-    constant: float = 1.0,
-    generator: torch.Generator | None = None,
+    discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, *, lambda_gp: float = 10.0
 ) -> Tensor:
-    """WGAN-GP penalty ``lambda_gp * mean((||grad D(x)||_2 - constant)^2)`` (``cal_gradient_penalty``).
+    """WGAN-GP penalty ``lambda_gp * mean((||grad D(x)||_2 - 1)^2)`` (``cal_gradient_penalty``, type "mixed").
 
-    ``x`` is ``real``, ``fake`` (detached) or, for ``"mixed"`` (the default, Gulrajani et al. 2017), a
-    per-sample uniform interpolation between them. The graph is kept (``create_graph=True``) so the
-    penalty back-propagates into the discriminator's weights. ``generator`` optionally supplies the
-    interpolation weights' randomness (it must live on the images' device); by default the global RNG.
+    ``x`` is a per-sample uniform interpolation between ``real`` and ``fake`` (detached; Gulrajani et al.
+    2017), drawn from the global torch RNG. The graph is kept (``create_graph=True``) so the penalty
+    back-propagates into the discriminator's weights.
     """
     if lambda_gp == 0.0:
         return real.new_zeros((), dtype=torch.float32)
-    if penalty_type == "real":
-        interpolates = real.detach()
-    elif penalty_type == "fake":
-        interpolates = fake.detach()
-    elif penalty_type == "mixed":
-        if real.shape != fake.shape:
-            raise ValueError(
-                f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}"
-            )
-        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=generator, dtype=real.dtype)
-        interpolates = alpha * real.detach() + (1.0 - alpha) * fake.detach()
-    else:
-        raise ValueError(f"penalty_type must be 'real', 'fake' or 'mixed', got {penalty_type!r}")
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    interpolates = alpha * real.detach() + (1.0 - alpha) * fake.detach()
     interpolates.requires_grad_(True)
     scores = discriminator(interpolates).float()
     (gradients,) = torch.autograd.grad(
@@ -106,7 +85,7 @@ def gradient_penalty(
     )
     gradients = gradients.float().reshape(real.shape[0], -1)
     # the official code adds 1e-16 before the norm so its gradient is finite at 0
-    return (((gradients + 1e-16).norm(2, dim=1) - constant) ** 2).mean() * lambda_gp
+    return (((gradients + 1e-16).norm(2, dim=1) - 1.0) ** 2).mean() * lambda_gp
 
 
 def cycle_loss(reconstructed: Tensor, original: Tensor, weight: float) -> Tensor:

@@ -30,17 +30,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
-import warnings
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import LRScheduler
 
 from cyclegan_core.config import ModelConfig, Precision, TrainConfig
 from cyclegan_core.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
@@ -53,7 +49,8 @@ from cyclegan_core.networks import (
     size_multiple,
 )
 from cyclegan_core.pool import ImagePool
-from cyclegan_core.schedules import build_scheduler
+from cyclegan_core.rng import capture_rng_state, restore_rng_state, seed_everything
+from cyclegan_core.schedules import build_scheduler, replay_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -63,29 +60,12 @@ NET_NAMES: tuple[str, ...] = ("G_AB", "G_BA", "D_A", "D_B")
 LOSS_KEYS: tuple[str, ...] = ("G_A", "G_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
 GP_KEYS: tuple[str, ...] = ("gp_A", "gp_B")
 STATE_KEYS: tuple[str, ...] = (
-    "format",
-    "version",
-    "model_config",
-    "train_config",
-    "nets",
-    "optimizers",
-    "schedulers",
-    "pools",
-    "scaler",
-    "step",
-    "epoch",
-    "rng",
+    "format", "version", "model_config", "train_config", "nets", "optimizers", "schedulers", "pools",
+    "scaler", "step", "epoch", "rng",
 )
 ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
 # TrainConfig fields that define the learning-rate schedule (see load_state_dict).
 SCHEDULE_FIELDS: tuple[str, ...] = ("lr", "lr_policy", "n_epochs", "n_epochs_decay", "lr_decay_iters")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> ResolvedPrecision:
@@ -93,53 +73,6 @@ def resolve_precision(precision: Precision, device: torch.device) -> ResolvedPre
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return precision
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The global RNG states as tensors and plain lists/ints (loadable with ``weights_only=True``)."""
-    version, internal, gauss_next = random.getstate()
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        "numpy": {
-            "bit_generator": str(name),
-            "keys": [int(k) for k in keys],
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state(
-        (
-            numpy["bit_generator"],
-            np.asarray(numpy["keys"], dtype=np.uint32),
-            numpy["pos"],
-            numpy["has_gauss"],
-            numpy["cached_gaussian"],
-        )
-    )
-    cuda_states = state.get("cuda")
-    if cuda_states and torch.cuda.is_available():
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        else:
-            logger.warning(
-                "checkpoint holds RNG states of %d CUDA devices, this process sees %d: CUDA RNG not restored",
-                len(cuda_states),
-                torch.cuda.device_count(),
-            )
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -191,14 +124,9 @@ class CycleGAN:
         self.G_AB = self._place(generator_from_config(model_cfg))
         self.G_BA = self._place(
             build_generator(
-                model_cfg.generator,
-                input_nc=model_cfg.output_nc,
-                output_nc=model_cfg.input_nc,
-                ngf=model_cfg.ngf,
-                norm=model_cfg.norm,
-                dropout=model_cfg.dropout,
-                init_type=model_cfg.init_type,
-                init_gain=model_cfg.init_gain,
+                model_cfg.generator, input_nc=model_cfg.output_nc, output_nc=model_cfg.input_nc,
+                ngf=model_cfg.ngf, norm=model_cfg.norm, dropout=model_cfg.dropout,
+                init_type=model_cfg.init_type, init_gain=model_cfg.init_gain,
             )
         )
         self.D_A = self._place(discriminator_from_config(model_cfg, input_nc=model_cfg.output_nc))
@@ -237,18 +165,9 @@ class CycleGAN:
         logger.info(
             "CycleGAN %s/%s on %s: G %d + %d, D %d + %d parameters; precision %s, channels_last %s, "
             "compile %s (%s), world size %d",
-            model_cfg.generator,
-            model_cfg.discriminator,
-            self.device,
-            count_parameters(self.G_AB),
-            count_parameters(self.G_BA),
-            count_parameters(self.D_A),
-            count_parameters(self.D_B),
-            self.precision,
-            self.channels_last,
-            train_cfg.compile,
-            train_cfg.compile_mode,
-            self.world_size,
+            model_cfg.generator, model_cfg.discriminator, self.device,
+            *(count_parameters(net) for net in (self.G_AB, self.G_BA, self.D_A, self.D_B)),
+            self.precision, self.channels_last, train_cfg.compile, train_cfg.compile_mode, self.world_size,
         )
 
     # ----------------------------------------------------------------------------------------- helpers
@@ -474,14 +393,3 @@ class CycleGAN:
             self.scheduler_D = replay_schedule(self.optimizer_D, self.train_cfg, self.epoch)
         restore_rng_state(state["rng"])
 
-
-def replay_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> LRScheduler:
-    """A fresh scheduler of ``cfg`` for ``optimizer``, stepped ``epoch`` times as a straight run would be."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = cfg.lr
-    scheduler = build_scheduler(optimizer, cfg)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
-        for _ in range(epoch):
-            scheduler.step()
-    return scheduler

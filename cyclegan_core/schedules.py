@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, StepLR
 
@@ -35,3 +37,16 @@ def build_scheduler(optimizer: Optimizer, cfg: TrainConfig) -> LRScheduler:
         # T_max=0 would divide by zero; a zero-epoch schedule is never stepped anyway
         return CosineAnnealingLR(optimizer, T_max=max(1, cfg.total_epochs), eta_min=0.0)
     raise ValueError(f"lr_policy must be 'linear', 'step' or 'cosine', got {cfg.lr_policy!r}")
+
+
+def replay_schedule(optimizer: Optimizer, cfg: TrainConfig, epoch: int) -> LRScheduler:
+    """A fresh scheduler of ``cfg`` for ``optimizer``, stepped ``epoch`` times as a straight run would be
+    (resuming with a changed schedule: the saved rate belongs to the old one)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = cfg.lr
+    scheduler = build_scheduler(optimizer, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+        for _ in range(epoch):
+            scheduler.step()
+    return scheduler

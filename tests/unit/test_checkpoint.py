@@ -14,7 +14,6 @@ from cyclegan_core.checkpoint import (
     atomic_torch_save,
     load_checkpoint,
     read_checkpoint,
-    read_checkpoint_config,
     save_checkpoint,
 )
 from cyclegan_core.config import ModelConfig, TrainConfig
@@ -73,14 +72,13 @@ def test_resume_from_a_checkpoint_is_bitwise_exact(tmp_path, split: int) -> None
 
     first = CycleGAN(RESUME_MODEL, RESUME_TRAIN)
     run(first, PLAN[:split], batches)
-    path = save_checkpoint(first, tmp_path / "state.pt", extra={"dataset_version": "v1", "sampler_epoch": 0})
+    path = save_checkpoint(first, tmp_path / "state.pt")
     del first
     resumed = CycleGAN(RESUME_MODEL, RESUME_TRAIN)
     torch.rand(1000), random.random(), np.random.rand()  # a fresh process would be in another RNG state
-    extra = load_checkpoint(resumed, path)
+    load_checkpoint(resumed, path)
     run(resumed, PLAN[split:], batches)
 
-    assert extra == {"dataset_version": "v1", "sampler_epoch": 0}
     assert_same_training_state(straight, resumed)
     assert torch.equal(torch.get_rng_state(), straight_rng)
     assert resumed.epoch == 1 and resumed.step == 4
@@ -117,17 +115,22 @@ def test_failed_write_leaves_the_old_checkpoint_and_no_temp_file(tmp_path) -> No
     assert os.listdir(tmp_path) == ["latest.pt"]
 
 
-def test_extra_must_be_weights_only_loadable(tmp_path) -> None:
+def test_a_checkpoint_with_the_former_extra_dict_still_loads(tmp_path) -> None:
     model = CycleGAN(SMALL_MODEL, TrainConfig())
-    with pytest.raises(CheckpointError, match=r"extra\['root'\] is a PosixPath"):
-        save_checkpoint(model, tmp_path / "x.pt", extra={"root": tmp_path})
-    assert not (tmp_path / "x.pt").exists()
+    model.train_step(*make_batches(1, size=16, batch=1)[0])
+    payload = read_checkpoint(save_checkpoint(model, tmp_path / "old.pt"))
+    atomic_torch_save({**payload, "extra": {"dataset_version": "v1", "epoch": 0}}, tmp_path / "old.pt")
+    resumed = CycleGAN(SMALL_MODEL, TrainConfig())
+    load_checkpoint(resumed, tmp_path / "old.pt")
+    assert_same_training_state(model, resumed)
+    assert set(read_checkpoint(save_checkpoint(resumed, tmp_path / "new.pt"))) == {"format", "version", "state"}
 
 
-def test_read_checkpoint_config_returns_the_training_configs(tmp_path) -> None:
+def test_a_checkpoint_carries_the_configs_it_was_trained_with(tmp_path) -> None:
     train = TrainConfig(lr=1e-3, gan_mode="hinge")
-    path = save_checkpoint(CycleGAN(SMALL_MODEL, train), tmp_path / "c.pt")
-    assert read_checkpoint_config(path) == (SMALL_MODEL, train)
+    state = read_checkpoint(save_checkpoint(CycleGAN(SMALL_MODEL, train), tmp_path / "c.pt"))["state"]
+    assert ModelConfig(**state["model_config"]) == SMALL_MODEL
+    assert TrainConfig(**state["train_config"]) == train
 
 
 @pytest.fixture()

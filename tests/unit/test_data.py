@@ -15,9 +15,7 @@ from cyclegan_core.config import DataConfig
 from cyclegan_core.data import (
     UnpairedDataset,
     build_dataloader,
-    crop_and_flip,
     fresh_cache_array,
-    gpu_augment,
     resize_square,
     write_decoded_cache,
 )
@@ -244,22 +242,3 @@ def test_loader_refuses_a_batch_larger_than_a_shard(synthetic_dataset: Path) -> 
     with pytest.raises(ValueError, match="batch_size=16"):
         build_dataloader(dataset, batch_size=16, world_size=2)
 
-
-def test_gpu_augment_takes_windows_of_the_batch() -> None:
-    batch = torch.randint(0, 256, (5, 12, 10, 3), dtype=torch.uint8)
-    out = gpu_augment(batch, 6, True, torch.Generator().manual_seed(0))
-    assert out.shape == (5, 3, 6, 6) and out.dtype == torch.float32
-    flips = 0
-    for sample, source in zip(out, batch, strict=True):
-        candidates = [
-            (flip, crop_and_flip(source.numpy(), top, left, 6, flip).permute(2, 0, 1))
-            for top in range(7)
-            for left in range(5)
-            for flip in (False, True)
-        ]
-        matches = [flip for flip, window in candidates if torch.equal(window.float() / 127.5 - 1, sample)]
-        assert matches, "every output is a (possibly mirrored) window of its input"
-        flips += matches[0]
-    assert torch.equal(out, gpu_augment(batch, 6, True, torch.Generator().manual_seed(0)))
-    unflipped = gpu_augment(batch, 12 - 2, False, torch.Generator().manual_seed(1))
-    assert unflipped.shape == (5, 3, 10, 10)

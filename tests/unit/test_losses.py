@@ -75,7 +75,7 @@ def test_gradient_penalty_of_a_linear_critic_is_closed_form() -> None:
 def test_gradient_penalty_backpropagates_into_the_critic() -> None:
     critic = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Conv2d(4, 1, 3))
     fake = torch.randn(2, 3, 8, 8, requires_grad=True)
-    penalty = gradient_penalty(critic, torch.randn(2, 3, 8, 8), fake, penalty_type="mixed")
+    penalty = gradient_penalty(critic, torch.randn(2, 3, 8, 8), fake)
     penalty.backward()
     # every weight shapes the input gradient (the last bias does not, so it is skipped)
     weights = [critic[0].weight, critic[0].bias, critic[2].weight]
@@ -83,14 +83,19 @@ def test_gradient_penalty_backpropagates_into_the_critic() -> None:
     assert fake.grad is None  # the fakes are detached: the penalty trains only the critic
 
 
-def test_gradient_penalty_real_and_fake_variants_use_that_input_only() -> None:
-    critic = nn.Conv2d(1, 1, kernel_size=1, bias=False)
+def test_gradient_penalty_is_taken_at_a_random_interpolation_of_real_and_fake() -> None:
+    critic = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Tanh(), nn.Conv2d(2, 1, 1))
     real, fake = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
-    assert gradient_penalty(critic, real, fake, penalty_type="real").item() == pytest.approx(
-        gradient_penalty(critic, real, real, penalty_type="fake").item()
-    )
-    with pytest.raises(ValueError, match="penalty_type"):
-        gradient_penalty(critic, real, fake, penalty_type="both")  # type: ignore[arg-type]
+    torch.manual_seed(7)
+    penalty = gradient_penalty(critic, real, fake, lambda_gp=2.0).item()
+    torch.manual_seed(7)  # the interpolation weights come from the global torch RNG
+    alpha = torch.rand(2, 1, 1, 1)
+    x = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x)
+    expected = 2.0 * ((grad.reshape(2, -1).norm(dim=1) - 1.0) ** 2).mean().item()
+    assert penalty == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="same shape"):
+        gradient_penalty(critic, real, fake[:1])
 
 
 def test_cycle_and_identity_are_weighted_l1() -> None:
