@@ -37,7 +37,7 @@ from packaging.version import Version
 
 from pipelines.config import ENVIRONMENT, OPTIONAL_ENVIRONMENT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 INFRA = REPO / "infra"
 COMPOSE_DIR = INFRA / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yaml"
