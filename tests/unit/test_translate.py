@@ -1,42 +1,31 @@
-"""Inference: any-size tensors, PIL batches, file/folder translation that skips bad files and never overwrites."""
+"""File and folder translation: skips bad files, never overwrites an input, picks the direction's generator."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.export import export_generators, load_generator
 from cyclegan_core.networks import build_generator, generator_from_config
-from cyclegan_core.translate import (
-    pil_to_tensor,
-    tensor_to_pil,
-    translate_images,
-    translate_path,
-    translate_tensor,
-)
+from cyclegan_core.translate import translate_path
+from cyclegan_core.translator import Translator
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
 
 
-@pytest.fixture(scope="module")
-def generator() -> nn.Module:
-    torch.manual_seed(0)
-    return build_generator("resnet_6blocks", ngf=4).eval()
+def export_pair(cfg: ModelConfig, dest: Path) -> Path:
+    g_ba_cfg = cfg.model_copy(update={"input_nc": cfg.output_nc, "output_nc": cfg.input_nc})
+    return Translator(generator_from_config(cfg), generator_from_config(g_ba_cfg), cfg).save_pretrained(dest)
 
 
 @pytest.fixture()
 def model_dir(tmp_path: Path) -> Path:
     torch.manual_seed(1)
-    model = SimpleNamespace(G_AB=generator_from_config(CFG), G_BA=generator_from_config(CFG), model_cfg=CFG)
-    return export_generators(model, tmp_path / "model")
+    return export_pair(CFG, tmp_path / "model")
 
 
 def write_image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
@@ -44,89 +33,6 @@ def write_image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
     return path
-
-
-# --- tensors ---------------------------------------------------------------------------------------
-
-
-def test_odd_sizes_come_back_at_their_own_size(generator: nn.Module) -> None:
-    out = translate_tensor(generator, torch.rand(2, 3, 37, 53) * 2 - 1, multiple=4)
-    assert out.shape == (2, 3, 37, 53)
-    assert out.dtype == torch.float32 and out.abs().max() <= 1.0
-
-
-def test_odd_size_output_is_the_crop_of_the_reflection_padded_translation(generator: nn.Module) -> None:
-    x = torch.rand(1, 3, 37, 53) * 2 - 1
-    padded = F.pad(x, (1, 2, 1, 2), mode="reflect")  # 37 -> 40, 53 -> 56, split evenly
-    with torch.no_grad():
-        expected = generator(padded)[..., 1:38, 1:54]
-    torch.testing.assert_close(translate_tensor(generator, x, multiple=4), expected)
-
-
-def test_sizes_already_a_multiple_are_not_padded(generator: nn.Module) -> None:
-    x = torch.rand(3, 3, 16, 24) * 2 - 1
-    with torch.no_grad():
-        torch.testing.assert_close(translate_tensor(generator, x, multiple=4), generator(x))
-
-
-def test_images_smaller_than_the_padding_still_translate() -> None:
-    unet = build_generator("unet_128", ngf=2).eval()
-    assert translate_tensor(unet, torch.zeros(1, 3, 5, 7), multiple=128).shape == (1, 3, 5, 7)
-
-
-def test_single_image_and_batches(generator: nn.Module) -> None:
-    x = torch.rand(5, 3, 12, 12) * 2 - 1
-    whole = translate_tensor(generator, x, multiple=4, batch_size=8)
-    torch.testing.assert_close(translate_tensor(generator, x, multiple=4, batch_size=2), whole)
-    torch.testing.assert_close(translate_tensor(generator, x[3], multiple=4), whole[3])
-
-
-def test_runs_in_eval_mode_without_grad_and_restores_the_mode() -> None:
-    net = build_generator("resnet_6blocks", ngf=4, dropout=True).train()
-    x = torch.rand(1, 3, 8, 8)
-    first = translate_tensor(net, x, multiple=4)
-    assert torch.equal(first, translate_tensor(net, x, multiple=4))  # dropout off: deterministic
-    assert net.training
-    assert not first.requires_grad
-    first.add_(1.0)  # an ordinary tensor the caller may modify in place
-
-
-def test_bf16_precision_is_close_to_fp32(generator: nn.Module) -> None:
-    x = torch.rand(1, 3, 16, 16) * 2 - 1
-    fp32 = translate_tensor(generator, x, multiple=4, precision="fp32")
-    bf16 = translate_tensor(generator, x, multiple=4, precision="bf16")
-    assert bf16.dtype == torch.float32
-    assert (bf16 - fp32).abs().max() < 0.1
-
-
-def test_unknown_precision_is_rejected(generator: nn.Module) -> None:
-    with pytest.raises(ValueError, match="precision"):
-        translate_tensor(generator, torch.zeros(1, 3, 8, 8), multiple=4, precision="int8")
-
-
-# --- PIL images ------------------------------------------------------------------------------------
-
-
-def test_pil_tensor_conversion_round_trips() -> None:
-    image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5)
-    tensor = pil_to_tensor(image)
-    assert tensor.shape == (3, 4, 4) and tensor.min() >= -1 and tensor.max() <= 1
-    assert np.array_equal(np.asarray(tensor_to_pil(tensor)), np.asarray(image))
-
-
-def test_translate_images_keeps_order_and_batches_equal_sizes(generator: nn.Module) -> None:
-    sizes = [(12, 8), (20, 16), (12, 8), (20, 16), (12, 8)]
-    images = [Image.new("RGB", size, (i * 40, 0, 0)) for i, size in enumerate(sizes)]
-    calls: list[tuple[int, ...]] = []
-    hook = generator.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
-    try:
-        out = translate_images(generator, images, multiple=4)
-    finally:
-        hook.remove()
-    assert [image.size for image in out] == sizes
-    assert sorted(calls) == [(2, 3, 16, 20), (3, 3, 8, 12)]  # one forward per size
-    single = translate_images(generator, [images[3]], multiple=4)[0]
-    assert np.array_equal(np.asarray(out[3]), np.asarray(single))
 
 
 # --- files and folders -----------------------------------------------------------------------------
@@ -155,8 +61,8 @@ def test_direction_picks_the_generator_of_a_model_folder(tmp_path: Path, model_d
     source = write_image(tmp_path / "in" / "x.png", (16, 16))
     translate_path(model_dir, source, tmp_path / "ab", direction="AtoB")
     translate_path(model_dir, source, tmp_path / "ba", direction="BtoA")
-    g_ba, _ = load_generator(model_dir / "G_BA")
-    expected = translate_images(g_ba, [Image.open(source)], multiple=4)[0]
+    g_ba = Translator.from_pretrained(model_dir / "G_BA", device="cpu")
+    expected = g_ba([Image.open(source)])[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "ba" / "x.png")), np.asarray(expected))
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "ab" / "x.png")), np.asarray(expected))
 
@@ -204,10 +110,18 @@ def test_official_pth_model(tmp_path: Path) -> None:
     assert summary.translated == 1 and Image.open(tmp_path / "out" / "in.png").size == (12, 12)
 
 
+def test_a_loaded_translator_is_used_as_it_is(tmp_path: Path, model_dir: Path) -> None:
+    translator = Translator.from_pretrained(model_dir, device="cpu")
+    source = write_image(tmp_path / "in" / "x.png", (16, 12))
+    summary = translate_path(translator, source, tmp_path / "out", direction="BtoA")
+    expected = translator([Image.open(source)], direction="BtoA")[0]
+    assert summary.translated == 1
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), np.asarray(expected))
+
+
 def test_single_channel_model_reads_and_writes_greyscale(tmp_path: Path) -> None:
     cfg = ModelConfig(generator="resnet_6blocks", ngf=4, input_nc=1, output_nc=1)
-    model = SimpleNamespace(G_AB=generator_from_config(cfg), G_BA=generator_from_config(cfg), model_cfg=cfg)
-    export_generators(model, tmp_path / "grey")
+    export_pair(cfg, tmp_path / "grey")
     source = write_image(tmp_path / "rgb.png", (8, 12))
     translate_path(tmp_path / "grey", source, tmp_path / "out")
     result = Image.open(tmp_path / "out" / "rgb.png")

@@ -1,8 +1,10 @@
-"""Generator export/import: exported folders round-trip, official .pth files import strictly, bad files fail clearly."""
+"""Generator files: exported folders round-trip, official .pth files load strictly with their architecture
+inferred, bad files fail clearly naming the file."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,26 +14,39 @@ import torch.distributed as dist
 from torch import nn
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.export import (
+from cyclegan_core.networks import build_generator, generator_from_config
+from cyclegan_core.networks.generators import ResnetGenerator
+from cyclegan_core.pretrained import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     GeneratorLoadError,
-    export_generators,
-    import_official_generator,
-    load_generator,
-    save_generator,
+    load_official_generator,
+    save_generators,
 )
-from cyclegan_core.networks import build_generator, generator_from_config
+from cyclegan_core.translator import Translator
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4, input_nc=1, output_nc=3)
 
 
 def tiny_model(seed: int = 0) -> SimpleNamespace:
-    """What export_generators needs from a CycleGAN: G_AB, G_BA and model_cfg."""
+    """A CycleGAN's generators: G_AB, G_BA and model_cfg."""
     torch.manual_seed(seed)
     g_ab = generator_from_config(CFG)
     g_ba = generator_from_config(CFG.model_copy(update={"input_nc": 3, "output_nc": 1}))
     return SimpleNamespace(G_AB=g_ab, G_BA=g_ba, model_cfg=CFG)
+
+
+def export_generators(model: SimpleNamespace, dest: Path) -> Path:
+    return Translator(model.G_AB, model.G_BA, model.model_cfg).save_pretrained(dest)
+
+
+def save_generator(net: nn.Module, cfg: ModelConfig, dest: Path, *, direction: str) -> Path:
+    return save_generators({direction: net}, cfg, dest)
+
+
+def load_generator(path: Path, *, direction: str = "AtoB") -> tuple[nn.Module, ModelConfig]:
+    translator = Translator.from_pretrained(path, device="cpu")
+    return translator.generator(direction), translator.config
 
 
 def official_state(ngf: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -148,7 +163,8 @@ def test_load_reports_a_missing_path(tmp_path: Path) -> None:
 def test_official_checkpoint_loads_strictly(tmp_path: Path) -> None:
     state = official_state()
     torch.save(state, tmp_path / "latest_net_G_A.pth")
-    net = import_official_generator(tmp_path / "latest_net_G_A.pth", generator="resnet_6blocks", ngf=4)
+    net, cfg = load_official_generator(tmp_path / "latest_net_G_A.pth")
+    assert cfg == ModelConfig(generator="resnet_6blocks", ngf=4)
     assert not net.training
     for key, value in net.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -163,21 +179,26 @@ def test_official_dataparallel_prefix_and_stale_instance_norm_stats_are_removed(
         old[f"module.{norm}.running_var"] = torch.ones(4)
     old["module.model.5.num_batches_tracked"] = torch.tensor(3)
     torch.save(old, tmp_path / "old.pth")
-    net = import_official_generator(tmp_path / "old.pth", generator="resnet_6blocks", ngf=4)
+    net, cfg = load_official_generator(tmp_path / "old.pth")
+    assert cfg.norm == "instance" and cfg.generator == "resnet_6blocks"
     assert torch.equal(net.state_dict()["model.1.weight"], state["model.1.weight"])
 
 
-def test_load_generator_accepts_an_official_pth(tmp_path: Path) -> None:
+def test_translator_accepts_an_official_pth(tmp_path: Path) -> None:
     torch.save(official_state(), tmp_path / "g.pth")
-    net, cfg = load_generator(tmp_path / "g.pth", generator="resnet_6blocks", ngf=4, direction="BtoA")
-    assert cfg == ModelConfig(generator="resnet_6blocks", ngf=4)
-    assert net(torch.randn(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+    translator = Translator.from_pretrained(tmp_path / "g.pth", device="cpu")
+    assert translator.config == ModelConfig(generator="resnet_6blocks", ngf=4)
+    assert translator.directions == ("AtoB",)
+    assert translator.generator()(torch.randn(1, 3, 8, 8)).shape == (1, 3, 8, 8)
 
 
-def test_official_default_is_resnet_9blocks(tmp_path: Path) -> None:
+def test_a_resnet_6blocks_checkpoint_is_not_read_as_the_9_block_default(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     torch.save(official_state(), tmp_path / "g.pth")
-    with pytest.raises(GeneratorLoadError, match=r"resnet_9blocks \(norm=instance, ngf=64\).*missing keys"):
-        import_official_generator(tmp_path / "g.pth")
+    with caplog.at_level(logging.INFO, logger="cyclegan_core.pretrained"):
+        _, cfg = load_official_generator(tmp_path / "g.pth")
+    assert cfg.generator == "resnet_6blocks"
+    assert "g.pth: inferred resnet_6blocks (norm=instance, ngf=4, 3->3 channels, dropout off)" in caplog.text
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
@@ -186,40 +207,59 @@ def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
     state["model.99.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "g.pth")
     with pytest.raises(GeneratorLoadError) as error:
-        import_official_generator(tmp_path / "g.pth", generator="resnet_6blocks", ngf=4)
+        load_official_generator(tmp_path / "g.pth")
     message = str(error.value)
-    assert "g.pth" in message
+    assert "g.pth" in message and "matches no known generator" in message
+    assert "closest is resnet_6blocks (norm=instance, ngf=4" in message
     assert "missing keys: model.23.bias" in message
     assert "unexpected keys: model.99.weight" in message
 
 
-def test_batch_norm_checkpoint_against_instance_norm_model_is_rejected(tmp_path: Path) -> None:
+def test_batch_norm_checkpoint_is_recognised_by_its_norm_weights(tmp_path: Path) -> None:
     layout = build_generator("resnet_6blocks", ngf=4, norm="batch").state_dict()
     torch.save({k: torch.zeros_like(v) for k, v in layout.items()}, tmp_path / "bn.pth")
-    with pytest.raises(GeneratorLoadError, match="missing keys: model.1.bias"):
-        import_official_generator(tmp_path / "bn.pth", generator="resnet_6blocks", ngf=4)
-    net = import_official_generator(tmp_path / "bn.pth", generator="resnet_6blocks", ngf=4, norm="batch")
+    net, cfg = load_official_generator(tmp_path / "bn.pth")
+    assert cfg.norm == "batch"
     assert "model.2.running_mean" in net.state_dict()
+    incomplete = {k: torch.zeros_like(v) for k, v in layout.items() if k != "model.2.running_var"}
+    torch.save(incomplete, tmp_path / "bn_incomplete.pth")
+    with pytest.raises(GeneratorLoadError, match=r"bn_incomplete\.pth.*missing keys: model\.2\.running_var"):
+        load_official_generator(tmp_path / "bn_incomplete.pth")
+
+
+def test_a_resnet_of_an_unknown_block_count_is_reported(tmp_path: Path) -> None:
+    net = ResnetGenerator(ngf=4, n_blocks=5)
+    torch.save(net.state_dict(), tmp_path / "five.pth")
+    with pytest.raises(GeneratorLoadError, match=r"cannot load .*five\.pth: the state dict matches no known "
+                                                 r"generator .*closest is resnet_6blocks"):
+        load_official_generator(tmp_path / "five.pth")
+
+
+def test_a_state_dict_of_something_else_is_reported(tmp_path: Path) -> None:
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "classifier.pth")
+    with pytest.raises(GeneratorLoadError, match=r"classifier\.pth: not a known generator state dict.*fc\.weight"):
+        load_official_generator(tmp_path / "classifier.pth")
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     (tmp_path / "bad.pth").write_bytes(b"PK\x03\x04 truncated zip")
     with pytest.raises(GeneratorLoadError, match=r"bad\.pth is not a readable PyTorch checkpoint"):
-        import_official_generator(tmp_path / "bad.pth")
+        load_official_generator(tmp_path / "bad.pth")
 
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     torch.save({"net": SimpleNamespace(a=1)}, tmp_path / "pickle.pth")  # weights_only=True refuses this
     with pytest.raises(GeneratorLoadError, match=r"pickle\.pth is not a readable PyTorch checkpoint"):
-        import_official_generator(tmp_path / "pickle.pth")
+        load_official_generator(tmp_path / "pickle.pth")
 
 
 def test_checkpoint_without_a_state_dict_is_reported(tmp_path: Path) -> None:
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(GeneratorLoadError, match="does not hold a state dict"):
-        import_official_generator(tmp_path / "list.pth")
+        load_official_generator(tmp_path / "list.pth")
 
 
-def test_unknown_generator_name_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(GeneratorLoadError, match="unknown generator 'resnet_3blocks'"):
-        import_official_generator(tmp_path / "g.pth", generator="resnet_3blocks")
+def test_a_training_checkpoint_is_pointed_at_from_checkpoint(tmp_path: Path) -> None:
+    torch.save({"format": "cyclegan_core.checkpoint", "state": {}, "extra": {}}, tmp_path / "cyclegan.pt")
+    with pytest.raises(GeneratorLoadError, match="Translator.from_checkpoint"):
+        Translator.from_pretrained(tmp_path / "cyclegan.pt", device="cpu")
