@@ -31,8 +31,8 @@ from typing import Any
 
 from cyclegan_core.synthetic import make_synthetic_dataset
 from pipelines.embedded import free_port
-from pipelines.ingest import ingest_prefix, list_objects, upload_folder
-from pipelines.s3 import make_s3_client
+from pipelines.ingest import ingest_prefix, upload_folder
+from pipelines.s3 import list_objects, make_s3_client
 
 BUCKET = "bench"
 PREFIX = "datasets/synth"
@@ -88,7 +88,7 @@ def run(n: int, workers: int, load_size: int, aws_bin: str | None, work: Path) -
     try:
         n_train, n_test = synth_counts(n)
         source = make_synthetic_dataset(work / "source", size=64, n_train=n_train, n_test=n_test, seed=0)
-        client = make_s3_client(max_pool_connections=workers)
+        client = make_s3_client(endpoint_url=endpoint, max_pool_connections=workers)
         client.create_bucket(Bucket=BUCKET)
         uri = f"s3://{BUCKET}/{PREFIX}"
         upload = upload_folder(source, uri, max_workers=workers, client=client)

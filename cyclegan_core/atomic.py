@@ -6,6 +6,7 @@ file in place and no temporary file behind.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,3 +29,9 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: object, *, indent: int | None = None) -> None:
+    """Write ``payload`` as JSON to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=indent))

@@ -1,46 +1,37 @@
-"""S3 access for the pipeline: ``s3://`` URI parsing, boto3 client construction and the error policy.
+"""S3 access for the pipeline: ``s3://`` URIs, the boto3 client, listing, ETags and the error policy.
 
-- ``make_s3_client`` builds one thread-safe client: endpoint from the argument or ``AWS_ENDPOINT_URL``
-  (MinIO, moto, any S3-compatible store; unset means AWS S3), region and credentials from boto3's usual
-  chain, botocore retries (mode ``standard``), connect/read timeouts and a connection pool sized for the
-  caller's thread pool. Its ISO-8601 timestamps (``LastModified`` of listings) are parsed with
-  ``datetime.fromisoformat`` instead of dateutil: a 1,000-key listing page spends ~35 ms less in the
-  client.
-- Errors are split in two. *Transient* ones (HTTP 5xx, SlowDown/throttling, connection resets, timeouts,
-  a body cut short while streaming) are retried by ``with_retries`` with exponential backoff and full
-  jitter, on top of botocore's own per-request retries (which do not cover reading a response body).
-  *Permanent* ones (NoSuchBucket, AccessDenied, bad credentials, NoSuchKey, ...) fail at once as an
-  ``S3Error`` naming the bucket/key and what to do. ``TRANSIENT_EXCEPTIONS`` and ``is_transient`` let
-  the Prefect flow make the same decision for its task retries.
+- ``make_s3_client`` builds one thread-safe client for the endpoint and region the caller passes
+  (``config.services.s3_endpoint_url`` / ``.s3_region``; None means AWS S3 and boto3's region chain),
+  with botocore retries (mode ``standard``), timeouts and a connection pool sized for the caller's
+  threads. ISO-8601 timestamps are parsed with ``datetime.fromisoformat`` instead of dateutil (a
+  1,000-key listing page spends ~35 ms less in the client).
+- ``with_retries`` re-runs an S3 call on transient failures (``pipelines.retry``), on top of botocore's
+  per-request retries (which do not cover reading a body); what fails is an ``S3Error`` naming the
+  bucket/key and what to do.
+- ``list_objects`` lists a dataset prefix with its sub-folders in parallel; ``etag_matches`` checks a
+  local file against a single-part or multipart ETag.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
-import random
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    IncompleteReadError,
-    NoCredentialsError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-    SSLError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.utils import parse_timestamp
+
+from pipelines.parallel import run_parallel
+from pipelines.retry import RetryPolicy, call_with_retries, is_transient, s3_error_code
 
 log = logging.getLogger(__name__)
 
@@ -50,40 +41,9 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 60.0
-
-# Exceptions raised below the HTTP layer that are worth retrying: the request may succeed next time.
-TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
-    BotoConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError
-    EndpointConnectionError,
-    ConnectTimeoutError,
-    ConnectionClosedError,
-    ReadTimeoutError,
-    ResponseStreamingError,  # the body stream broke mid-read (urllib3 ProtocolError/IncompleteRead)
-    IncompleteReadError,  # the body ended before Content-Length bytes
-    ConnectionError,  # builtin: ConnectionResetError, BrokenPipeError, ... from a raw socket
-    TimeoutError,
-)
-
-# S3 error codes that mean "try again later" (AWS S3 error responses + botocore's throttling list).
-TRANSIENT_ERROR_CODES = frozenset(
-    {
-        "InternalError",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-    }
-)
+S3_RETRY = RetryPolicy(attempts=5, base_delay_s=0.1, max_delay_s=5.0)
+# Part sizes tools use by default (S3 minimum 5 MiB, aws cli/s3transfer 8 MiB), tried to match multipart ETags.
+KNOWN_PART_SIZES = tuple(m * 1024 * 1024 for m in (5, 8, 16, 32, 64, 100, 128, 256, 512))
 
 # Permanent S3 error codes -> what the user should do about them.
 PERMANENT_ERROR_HINTS: dict[str, str] = {
@@ -113,6 +73,15 @@ class S3Error(RuntimeError):
         self.transient = transient
 
 
+@dataclass(frozen=True)
+class RemoteObject:
+    """One listed S3 object."""
+
+    key: str
+    size: int
+    etag: str
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/prefix`` into ``(bucket, prefix)``; the prefix has no leading slash.
 
@@ -128,9 +97,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.lstrip("/")
 
 
-def resolve_endpoint_url(endpoint_url: str | None = None) -> str | None:
-    """The S3 endpoint: the explicit argument, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, else AWS."""
-    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+# --- client --------------------------------------------------------------------------------------
 
 
 def s3_config(*, max_pool_connections: int = 16, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
@@ -172,50 +139,25 @@ def make_s3_client(*, endpoint_url: str | None = None, region: str | None = None
                    max_pool_connections: int = 16, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
                    read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> Any:
-    """A boto3 S3 client (thread-safe; share it across a download pool of ``max_pool_connections``).
+    """A boto3 S3 client (thread-safe; share it across a pool of ``max_pool_connections`` threads).
 
-    The endpoint is ``endpoint_url``, else ``AWS_ENDPOINT_URL``, else AWS S3; the region is ``region``,
-    else boto3's chain (``AWS_REGION``/``AWS_DEFAULT_REGION``/profile), else us-east-1. Credentials come
-    from boto3's standard chain and are never logged.
+    ``endpoint_url``: an S3-compatible endpoint (callers pass ``config.services.s3_endpoint_url``); None
+    leaves it to boto3 (its own ``AWS_ENDPOINT_URL`` lookup, else AWS S3). ``region``: else boto3's chain,
+    else us-east-1. Credentials come from boto3's standard chain and are never logged.
     """
-    endpoint = resolve_endpoint_url(endpoint_url)
     core = botocore.session.get_session()
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_s3_timestamp)
     session = boto3.session.Session(botocore_session=core)
     region_name = region or session.region_name or DEFAULT_REGION
     config = s3_config(max_pool_connections=max_pool_connections, max_attempts=max_attempts,
                        connect_timeout=connect_timeout, read_timeout=read_timeout,
-                       custom_endpoint=endpoint is not None)
-    log.debug("S3 client: endpoint=%s region=%s pool=%d attempts=%d", endpoint or "AWS", region_name,
-              max_pool_connections, max_attempts)
-    return session.client("s3", endpoint_url=endpoint, region_name=region_name, config=config)
+                       custom_endpoint=endpoint_url is not None)
+    log.debug("S3 client: endpoint=%s region=%s pool=%d attempts=%d", endpoint_url or "boto3 default",
+              region_name, max_pool_connections, max_attempts)
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region_name, config=config)
 
 
-def error_code(exc: BaseException) -> str:
-    """The S3 error code of a ClientError ('' for anything else); bare HTTP statuses become e.g. '503'."""
-    if not isinstance(exc, ClientError):
-        return ""
-    error = exc.response.get("Error", {}) or {}
-    code = str(error.get("Code") or "")
-    if not code or code.isdigit():
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(status or code)
-    return code
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when retrying the operation may succeed: 5xx, throttling, connection and timeout errors."""
-    if isinstance(exc, S3Error):
-        return exc.transient
-    if isinstance(exc, SSLError):  # certificate problems do not fix themselves
-        return False
-    if isinstance(exc, ClientError):
-        code = error_code(exc)
-        if code in TRANSIENT_ERROR_CODES:
-            return True
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return int(status) >= 500 or int(status) == 429
-    return isinstance(exc, TRANSIENT_EXCEPTIONS)
+# --- errors and retries --------------------------------------------------------------------------
 
 
 def to_s3_error(exc: BaseException, *, bucket: str, key: str | None = None, action: str = "access") -> S3Error:
@@ -227,7 +169,7 @@ def to_s3_error(exc: BaseException, *, bucket: str, key: str | None = None, acti
         return S3Error(f"cannot {action} {where}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
                        "AWS_SECRET_ACCESS_KEY (or a profile / instance role)", bucket=bucket, key=key,
                        code="NoCredentials")
-    code = error_code(exc)
+    code = s3_error_code(exc)
     transient = is_transient(exc)
     if isinstance(exc, ClientError):
         detail = exc.response.get("Error", {}).get("Message") or str(exc)
@@ -248,31 +190,95 @@ def to_s3_error(exc: BaseException, *, bucket: str, key: str | None = None, acti
     return S3Error(f"cannot {action} {where}: {exc}", bucket=bucket, key=key, code=type(exc).__name__)
 
 
-def backoff_delay(attempt: int, *, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter")."""
-    ceiling = min(max_s, base_s * (2 ** attempt))
-    return (rng or random).uniform(0.0, ceiling)
-
-
 def with_retries(fn: Callable[[], T], *, bucket: str, key: str | None = None, action: str = "access",
-                 attempts: int = 5, base_delay_s: float = 0.1, max_delay_s: float = 5.0,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run ``fn()``; retry transient S3 failures with backoff + jitter, fail fast on permanent ones.
+                 policy: RetryPolicy = S3_RETRY, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run the S3 call ``fn()`` with ``pipelines.retry.call_with_retries``; an S3/network failure that
+    escapes is an ``S3Error`` naming ``s3://bucket/key`` (other exceptions pass through as they are).
 
-    Any failure that escapes is an ``S3Error`` naming ``s3://bucket/key``. ``fn`` must be idempotent
-    (it is re-run from scratch: re-open files, re-issue the request, re-read the body).
+    ``fn`` must be idempotent (it is re-run from scratch: re-open files, re-issue the request, re-read
+    the body).
     """
-    if attempts < 1:
-        raise ValueError(f"attempts must be >= 1, got {attempts}")
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
-            attempt += 1
-            if not is_transient(exc) or attempt >= attempts:
-                raise to_s3_error(exc, bucket=bucket, key=key, action=action) from exc
-            delay = backoff_delay(attempt - 1, base_s=base_delay_s, max_s=max_delay_s)
-            log.debug("transient error on s3://%s/%s (%s), retry %d/%d in %.2fs", bucket, key or "",
-                      error_code(exc) or type(exc).__name__, attempt, attempts - 1, delay)
-            sleep(delay)
+
+    def wrap(exc: BaseException) -> BaseException:
+        if isinstance(exc, ClientError | BotoCoreError | ConnectionError | TimeoutError):
+            return to_s3_error(exc, bucket=bucket, key=key, action=action)
+        return exc
+
+    return call_with_retries(fn, what=f"{action} s3://{bucket}/{key or ''}", policy=policy, wrap=wrap,
+                             sleep=sleep)
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+def list_objects(client: Any, bucket: str, prefix: str, *, max_workers: int = 8) -> list[RemoteObject]:
+    """Every object under ``prefix``, sorted by key.
+
+    One delimited listing finds the sub-folders (``trainA/``, ``trainB/``, ...), which are then listed
+    in parallel (each with the paginator): on a dataset layout that divides the listing latency by the
+    number of splits. Each listing is retried as a whole on transient errors.
+    """
+    top, folders = list_level(client, bucket, prefix, delimiter="/")
+    nested = run_parallel(lambda folder: list_level(client, bucket, folder)[0], folders,
+                          max_workers=max_workers, desc="list")
+    return sorted((obj for objects in [top, *nested] for obj in objects), key=lambda o: o.key)
+
+
+def list_level(client: Any, bucket: str, prefix: str, *, delimiter: str | None = None,
+               ) -> tuple[list[RemoteObject], list[str]]:
+    """Objects under ``prefix`` (all pages) and, with a delimiter, the common prefixes below it."""
+
+    def attempt() -> tuple[list[RemoteObject], list[str]]:
+        paginator = client.get_paginator("list_objects_v2")
+        options = {"Delimiter": delimiter} if delimiter else {}
+        found: list[RemoteObject] = []
+        folders: list[str] = []
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **options):
+            for item in page.get("Contents", []):
+                found.append(RemoteObject(item["Key"], int(item["Size"]), str(item.get("ETag", ""))))
+            folders.extend(common["Prefix"] for common in page.get("CommonPrefixes", []))
+        return found, folders
+
+    return with_retries(attempt, bucket=bucket, key=prefix or None, action="list")
+
+
+# --- ETags ---------------------------------------------------------------------------------------
+
+
+def md5_hex(path: Path) -> str:
+    """MD5 of a file (the ETag of a single-part upload)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def multipart_etag(path: Path, part_size: int) -> str:
+    """The ETag S3 gives a multipart upload of ``path`` in ``part_size`` parts: md5(part md5s)-N."""
+    digests = []
+    with path.open("rb") as handle:
+        while chunk := handle.read(part_size):
+            digests.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+
+
+def etag_matches(path: Path, size: int, remote_etag: str) -> bool:
+    """Whether the local file has the content the remote ETag describes (single or multipart)."""
+    etag = remote_etag.strip('"')
+    if "-" not in etag:
+        return md5_hex(path) == etag
+    parts = int(etag.rsplit("-", 1)[1]) if etag.rsplit("-", 1)[1].isdigit() else 0
+    if parts < 1:
+        return False
+    return any(multipart_etag(path, p) == etag for p in part_size_candidates(size, parts))
+
+
+def part_size_candidates(size: int, parts: int, *, limit: int = 16) -> list[int]:
+    """Part sizes that split ``size`` bytes into ``parts`` parts: common tool defaults, then (when few)
+    every whole MiB in range, since tools choose whole MiB."""
+    if parts == 1:
+        return [max(size, 1)]  # every part size >= size gives the same single part
+    mib = 1 << 20
+    in_range = range(max(math.ceil(size / parts / mib), 1), (size - 1) // (parts - 1) // mib + 1)
+    candidates = [p for p in KNOWN_PART_SIZES if math.ceil(size / p) == parts]
+    if len(in_range) <= limit:
+        candidates += [m * mib for m in in_range if math.ceil(size / (m * mib)) == parts]
+    return sorted(set(candidates))

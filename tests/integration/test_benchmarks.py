@@ -90,6 +90,14 @@ def test_precision_quality_compares_precisions() -> None:
     assert comparison["psnr_difference"] == {"bf16": round(bf16["psnr_AtoB"] - fp32["psnr_AtoB"], 3)}
 
 
+def test_ingest_benchmark_times_cold_and_unchanged_reingest() -> None:
+    (line,) = run_script("ingest.py", "--n", "40", "--workers", "4", "--load-size", "32", "--aws-bin", "/nonexistent/aws")
+    assert line["benchmark"] == "ingest" and line["images"] == line["objects"] - 1  # synthetic.json is not an image
+    assert line["ingest_cold_s"] > 0 and line["ingest_cold_mb_per_s"] > 0 and line["decoded_cache_s"] > 0
+    assert 0 < line["ingest_incremental_s"] and line["list_s"] > 0
+    assert line["aws_sync"] == "skipped" and "does not run" in line["aws_skipped_reason"]
+
+
 @pytest.mark.slow
 def test_train_loop_in_process_and_through_ray(ray_local: None, tmp_path: Path) -> None:
     train_loop = load_script("train_loop.py")
