@@ -22,11 +22,11 @@ RAY_BIN = Path(sys.executable).with_name("ray")
 DRIVER = """
 import json
 import ray
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, resolve
 from pipelines.train import connect_ray
 
 try:
-    local = connect_ray(PipelineConfig(dataset_uri="s3://bucket/prefix"))
+    local = connect_ray(resolve(PipelineConfig(dataset_uri="s3://bucket/prefix")))
 except Exception as exc:
     print(json.dumps({"error": type(exc).__name__, "message": str(exc)[:500]}))
     raise SystemExit(0)

@@ -3,40 +3,46 @@
 Each Ray fit costs ~50 s here (worker processes importing torch on 2 cores), so the slow tests combine
 scenarios: one local run (DDP sync, loss, checkpoints, max_steps, export) and one S3 run (a failing
 fit with max_failures=0, then a re-run that resumes from the bucket and survives a worker crash).
+Workers crash through ``TrainHooks.after_step`` with ``CrashOnce``, defined here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
+import ray.train
 import torch
 
 from cyclegan_core.checkpoint import load_checkpoint
-from cyclegan_core.export import load_generator
+from cyclegan_core.distributed import parameter_checksum
+from cyclegan_core.fit import EpochEnd
 from cyclegan_core.model import CycleGAN
-from pipelines.config import PipelineConfig
+from cyclegan_core.translator import Translator
+from pipelines.config import PipelineConfig, ResolvedConfig, Services, resolve
 from pipelines.ingest import ingest_prefix, upload_folder
 from pipelines.records import DatasetRef
-from pipelines.train import (
+from pipelines.train import TrainHooks, TrainingError, train_on_ray
+from pipelines.train.cluster import check_storage_shared
+from pipelines.train.layout import (
     CHECKPOINT_FILE,
     PROGRESS_FILE,
-    FaultInjection,
-    TrainHooks,
-    TrainingError,
-    check_storage_shared,
-    format_epoch_line,
-    parameter_checksum,
-    resolve_storage,
-    should_checkpoint,
-    train_on_ray,
+    read_progress,
+    restore_from_folder,
+    write_checkpoint_folder,
 )
+from pipelines.train.progress import RunProgress, epoch_metrics, format_epoch_line
+from pipelines.train.storage import resolve_storage
+from pipelines.train.worker import should_checkpoint
 from tests.conftest import RayCluster
 
 IMAGES_PER_WORKER = 12  # 24 training images per domain (the synthetic_dataset fixture), 2 workers
@@ -44,8 +50,8 @@ STEPS_PER_EPOCH = IMAGES_PER_WORKER  # at batch size 1
 
 
 def tiny_config(dataset: DatasetRef, tmp_path: Path, *, run_name: str, storage_path: str, epochs: int,
-                batch_size: int = 1, **run: object) -> PipelineConfig:
-    return PipelineConfig.model_validate({
+                batch_size: int = 1, **run: object) -> ResolvedConfig:
+    return resolve(PipelineConfig.model_validate({
         "dataset_uri": dataset.uri,
         "cache_dir": str(tmp_path / "cache"),
         "output_dir": str(tmp_path / "outputs"),
@@ -54,7 +60,27 @@ def tiny_config(dataset: DatasetRef, tmp_path: Path, *, run_name: str, storage_p
         "data": {"preprocess": "none", "load_size": 32, "crop_size": 32, "num_workers": 0},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "run": {"run_name": run_name, "storage_path": storage_path, **run},
-    })
+    }))
+
+
+@dataclass(frozen=True)
+class CrashOnce:
+    """``TrainHooks.after_step``: the worker of world rank ``rank`` dies hard (``os._exit(1)``, like an
+    OOM-killed or preempted worker) after global step ``at_step``, once across restarts: it creates
+    ``marker`` first (tests run on one node, so every worker sees it). Before dying it waits until Ray
+    Train has committed the checkpoints reported so far, so the crash lands after the last one."""
+
+    at_step: int
+    marker: Path
+    rank: int = 1
+
+    def __call__(self, step: int, rank: int) -> None:
+        if step != self.at_step or rank != self.rank or self.marker.exists():
+            return
+        ray.train.get_all_reported_checkpoints(
+            consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=300)
+        self.marker.write_text(f"rank {rank} exited at step {step}\n")
+        os._exit(1)
 
 
 @pytest.fixture()
@@ -62,6 +88,12 @@ def ingested(synthetic_dataset: Path, s3_bucket: str, tmp_path: Path) -> Dataset
     uri = f"s3://{s3_bucket}/synth"
     upload_folder(synthetic_dataset, uri)
     return ingest_prefix(uri, tmp_path / "cache", load_size=32).dataset
+
+
+def epoch_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The driver's progress lines (logged as the workers' reports arrive)."""
+    return [r.getMessage() for r in caplog.records if r.name == "pipelines.train.progress"
+            and r.getMessage().startswith("epoch ")]
 
 
 # --- fast: the pure parts ------------------------------------------------------------------------
@@ -75,15 +107,19 @@ def test_local_storage_is_refused_on_a_multi_node_cluster() -> None:
 
 
 def test_storage_paths_resolve_for_ray(tmp_path: Path) -> None:
-    local = resolve_storage(str(tmp_path / "runs"))
-    assert local.is_local and local.path == str((tmp_path / "runs").resolve()) and local.uri("/x") == "/x"
+    local = resolve_storage(str(tmp_path / "runs"), Services())
+    assert local.filesystem is None and local.path == str(tmp_path / "runs") and local.uri("/x") == "/x"
+    with pytest.raises(ValueError, match="'runs' is relative"):
+        resolve_storage("runs", Services())
 
-    s3 = resolve_storage("s3://bucket/some/prefix/", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-                                                         "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    services = Services(s3_endpoint_url="http://127.0.0.1:9000", s3_region="eu-west-1")
+    s3 = resolve_storage("s3://bucket/some/prefix/", services)
     assert s3.path == "bucket/some/prefix" and s3.filesystem.type_name == "s3"
+    assert s3.filesystem.region == "eu-west-1"  # from config.services, not the environment
     assert s3.uri("bucket/some/prefix/run") == "s3://bucket/some/prefix/run"
+    assert resolve_storage("s3://bucket", Services()).filesystem.region == "us-east-1"
     with pytest.raises(ValueError, match="gs://b/runs"):
-        resolve_storage("gs://b/runs")
+        resolve_storage("gs://b/runs", services)
 
 
 def test_checkpoint_cadence() -> None:
@@ -98,25 +134,69 @@ def test_epoch_line_is_readable() -> None:
     assert line == "epoch 3/10 step 36 cycle_A=1.235 lr=2.00e-04 41.0 img/s (0.6s)"
 
 
+def test_epoch_metrics_is_one_flat_record() -> None:
+    end = EpochEnd(epoch=1, progress=1.5, steps=6, seconds=2.0, stopped=True, partial=True,
+                   loss_sums={"cycle_A": 3.0}, lr=1e-4, images_per_s=6.0, gpu_mem_peak_gb=None)
+    metrics = epoch_metrics(end, step=18, total_epochs=4, loss_means={"cycle_A": 0.5}, checksums=[2.0, 2.0],
+                            nodes=1)
+    assert metrics == {
+        "loss_cycle_A": 0.5, "G_AB_checksum_rank0": 2.0, "G_AB_checksum_rank1": 2.0, "weights_in_sync": 1.0,
+        "nodes": 1.0, "epoch": 1.5, "total_epochs": 4.0, "step": 18.0, "lr": 1e-4, "epoch_seconds": 2.0,
+        "images_per_s": 6.0, "partial_epoch": 1.0, "world_size": 2.0}
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert epoch_metrics(end, step=18, total_epochs=4, loss_means={}, checksums=[2.0, 2.5],
+                         nodes=1)["weights_in_sync"] == 0.0
+    assert format_epoch_line(metrics).endswith("(stopped at max_steps)")
+
+
+def test_checkpoint_folder_round_trips_the_state_the_progress_and_each_ranks_pools(tmp_path: Path) -> None:
+    config = tiny_config(DatasetRef(uri="s3://b/p", root=tmp_path, manifest=tmp_path / "m.json", version="v"),
+                         tmp_path, run_name="layout", storage_path=str(tmp_path / "runs"), epochs=2)
+    ranks = []
+    for rank in (0, 1):
+        model = CycleGAN(config.model, config.train)
+        model.fake_A_pool.query(torch.full((1, 3, 32, 32), float(rank)))  # per-rank pool contents
+        ranks.append(model)
+    progress = RunProgress(dataset_version="v", dataset_uri="s3://b/p", epoch=1, step=12,
+                           history=[{"epoch": 1.0, "step": 12.0}])
+    for rank, model in enumerate(ranks):
+        write_checkpoint_folder(tmp_path / "ckpt", model, progress, rank=rank)
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {CHECKPOINT_FILE, PROGRESS_FILE, "rank1_pools.pt"}
+    assert read_progress(tmp_path / "ckpt") == progress
+
+    for rank, model in enumerate(ranks):
+        restored = CycleGAN(config.model, config.train)
+        assert restore_from_folder(restored, tmp_path / "ckpt", rank=rank) == progress
+        assert torch.equal(restored.fake_A_pool.state_dict()["images"], model.fake_A_pool.state_dict()["images"])
+    # a rank the run did not have (resumed with more workers) starts from rank 0's pools
+    extra = CycleGAN(config.model, config.train)
+    restore_from_folder(extra, tmp_path / "ckpt", rank=2)
+    assert torch.equal(extra.fake_A_pool.state_dict()["images"], ranks[0].fake_A_pool.state_dict()["images"])
+
+
 # --- slow: real Ray fits -------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_two_workers_train_in_sync_checkpoint_and_export(ray_local: None, ingested: DatasetRef,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     max_steps = 3 * STEPS_PER_EPOCH + 5  # stops 5 steps into epoch 4 of 5
     config = tiny_config(ingested, tmp_path, run_name="sync", storage_path=str(tmp_path / "runs"),
                          epochs=5, checkpoint_every_epochs=2, num_to_keep=2, max_steps=max_steps)
-    seen: list[dict[str, float]] = []
+    caplog.set_level(logging.INFO, logger="pipelines.train")
 
-    result = train_on_ray(config, ingested, hooks=TrainHooks(on_epoch=seen.append))
+    result = train_on_ray(config, ingested)
 
-    assert (result.run_name, result.dataset_version, result.dataset_uri) == ("sync", ingested.version, ingested.uri)
-    assert result.config_hash == config.config_hash()
+    run_name = config.ray_run_name(ingested.version)
+    assert run_name.startswith("sync-")
+    assert (result.run_name, result.dataset_version, result.dataset_uri) == (run_name, ingested.version, ingested.uri)
+    assert result.fingerprint == config.fingerprint
     assert result.steps == max_steps and result.epochs == 3
     assert [int(h["epoch"]) for h in result.history[:-1]] == [1, 2, 3]
     assert result.history[-1]["partial_epoch"] == 1.0 and result.history[-1]["step"] == max_steps
-    assert [h["step"] for h in seen] == [h["step"] for h in result.history]  # the driver saw every epoch
+    # the driver logged every epoch's line as it arrived
+    assert [int(re.search(r" step (\d+) ", line)[1]) for line in epoch_lines(caplog)] == [
+        h["step"] for h in result.history]
     assert result.history[0]["loss_cycle_A"] > result.history[-2]["loss_cycle_A"]
     assert result.history[0]["loss_cycle_B"] > result.history[-2]["loss_cycle_B"]
     for epoch in result.history:  # DDP kept both ranks' weights identical, every epoch
@@ -124,19 +204,20 @@ def test_two_workers_train_in_sync_checkpoint_and_export(ray_local: None, ingest
         assert epoch["world_size"] == 2 and epoch["images_per_s"] > 0 and epoch["nodes"] == 1
 
     checkpoint = Path(result.checkpoint_uri)
-    assert checkpoint.parent == tmp_path / "runs" / "sync"
+    assert checkpoint.parent == tmp_path / "runs" / run_name
     assert checkpoint.name == f"checkpoint_epoch0003_step{max_steps:08d}"
     assert {p.name for p in checkpoint.iterdir()} >= {CHECKPOINT_FILE, PROGRESS_FILE, "rank1_pools.pt"}
     kept = sorted(p.name for p in checkpoint.parent.glob("checkpoint_epoch*"))
     assert kept == [f"checkpoint_epoch0002_step{2 * STEPS_PER_EPOCH:08d}", checkpoint.name]  # num_to_keep=2
+    assert read_progress(checkpoint).history == result.history  # one schema: reported, stored, returned
     model = CycleGAN(config.model, config.train)
     load_checkpoint(model, checkpoint / CHECKPOINT_FILE)
     assert (model.epoch, model.step) == (3, max_steps)
 
-    assert result.generators_dir == (tmp_path / "outputs" / "sync" / "generators").resolve()
-    generator, model_cfg = load_generator(result.generators_dir, direction="AtoB")
-    assert model_cfg == config.model
-    assert parameter_checksum(generator) == result.metrics["G_AB_checksum_rank0"]
+    assert result.generators_dir == tmp_path / "outputs" / run_name / "generators"
+    translator = Translator.from_pretrained(result.generators_dir, device="cpu")
+    assert translator.config == config.model and translator.directions == ("AtoB", "BtoA")
+    assert parameter_checksum(translator.generator("AtoB")) == result.metrics["G_AB_checksum_rank0"]
 
 
 def bucket_keys(bucket: str, prefix: str) -> list[str]:
@@ -146,44 +227,49 @@ def bucket_keys(bucket: str, prefix: str) -> list[str]:
 
 @pytest.mark.slow
 def test_s3_storage_worker_failure_and_resume(ray_local: None, ingested: DatasetRef, s3_bucket: str,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     storage = f"s3://{s3_bucket}/runs"
     # A node without the dataset cache ingests it itself (here: every worker's node, after this).
     shutil.rmtree(ingested.root)
 
     steps = IMAGES_PER_WORKER // 2  # per epoch, at batch size 2 (fewer, cheaper steps)
     # 1. A worker dies in epoch 2 and no failure is tolerated: a clear error, the epoch-1 checkpoint stays.
-    first = tiny_config(ingested, tmp_path, run_name="faulty", storage_path=storage, epochs=3, max_failures=0,
+    first = tiny_config(ingested, tmp_path, run_name="faulty", storage_path=storage, epochs=4, max_failures=0,
                         batch_size=2)
-    crash = FaultInjection(at_step=steps + 3, marker=tmp_path / "crash-1")
-    with pytest.raises(TrainingError, match=r"training run faulty failed \(run.max_failures=0\)") as failed:
-        train_on_ray(first, ingested, hooks=TrainHooks(fault=crash))
+    run_name = first.ray_run_name(ingested.version)
+    crash = CrashOnce(at_step=steps + 3, marker=tmp_path / "crash-1")
+    with pytest.raises(TrainingError, match=rf"training run {run_name} failed \(run.max_failures=0\)") as failed:
+        train_on_ray(first, ingested, hooks=TrainHooks(after_step=crash))
     assert crash.marker.exists() and ingested.root.is_dir()
-    last_good = f"runs/faulty/checkpoint_epoch0001_step{steps:08d}"
+    last_good = f"runs/{run_name}/checkpoint_epoch0001_step{steps:08d}"
     assert failed.value.checkpoint_uri == f"s3://{s3_bucket}/{last_good}"
     assert f"s3://{s3_bucket}/{last_good}" in str(failed.value)
-    assert f"{last_good}/{CHECKPOINT_FILE}" in bucket_keys(s3_bucket, "runs/faulty/")
+    assert f"{last_good}/{CHECKPOINT_FILE}" in bucket_keys(s3_bucket, f"runs/{run_name}/")
     boto3.client("s3").download_file(s3_bucket, f"{last_good}/{CHECKPOINT_FILE}", str(tmp_path / "last-good.pt"))
     model = CycleGAN(first.model, first.train)
     load_checkpoint(model, tmp_path / "last-good.pt")
     assert (model.epoch, model.step) == (1, steps)
 
-    # 2. Same run name + storage, more epochs, one failure tolerated: resumes from the bucket at epoch 2,
-    #    a worker dies in epoch 3, Ray Train restarts the group from the epoch-2 checkpoint, and it ends.
+    # 2. The same config re-run (a retry), one failure tolerated (max_failures is not part of the run's
+    #    identity): resumes from the bucket at epoch 2, a worker dies in epoch 3, Ray Train restarts the
+    #    group from the epoch-2 checkpoint, and it ends.
     second = tiny_config(ingested, tmp_path, run_name="faulty", storage_path=storage, epochs=4, max_failures=1,
                          batch_size=2)
-    crash = FaultInjection(at_step=2 * steps + 5, marker=tmp_path / "crash-2")
-    seen: list[dict[str, float]] = []
-    result = train_on_ray(second, ingested, hooks=TrainHooks(on_epoch=seen.append, fault=crash))
+    assert second.ray_run_name(ingested.version) == run_name
+    crash = CrashOnce(at_step=2 * steps + 5, marker=tmp_path / "crash-2")
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="pipelines.train")
+    result = train_on_ray(second, ingested, hooks=TrainHooks(after_step=crash))
 
     assert crash.marker.exists()
-    assert [int(m["epoch"]) for m in seen] == [2, 3, 4]
+    assert [int(line.split()[1].split("/")[0]) for line in epoch_lines(caplog)] == [2, 3, 4]
+    assert any("worker rank(s) [1] failed" in r.getMessage() for r in caplog.records)
     assert result.epochs == 4 and result.steps == 4 * steps
     assert [int(h["epoch"]) for h in result.history] == [1, 2, 3, 4]
     assert result.history[0]["step"] == steps  # run 1's epoch, carried in the checkpoint
-    final = f"runs/faulty/checkpoint_epoch0004_step{4 * steps:08d}"
+    final = f"runs/{run_name}/checkpoint_epoch0004_step{4 * steps:08d}"
     assert result.checkpoint_uri == f"s3://{s3_bucket}/{final}"
-    assert f"{final}/{PROGRESS_FILE}" in bucket_keys(s3_bucket, "runs/faulty/")
+    assert f"{final}/{PROGRESS_FILE}" in bucket_keys(s3_bucket, f"runs/{run_name}/")
     assert (result.generators_dir / "G_AB").is_dir() and (result.generators_dir / "G_BA").is_dir()
 
 
@@ -200,7 +286,7 @@ def test_two_node_cluster_needs_s3_storage_and_trains_across_nodes(
     config = tiny_config(dataset, tmp_path, run_name="two-nodes", storage_path=f"s3://{s3_bucket}/runs",
                          epochs=1, batch_size=4)
     config_file = tmp_path / "config.json"  # JSON is YAML
-    config_file.write_text(config.model_dump_json())
+    config_file.write_text(config.user_config().model_dump_json())
     cyclegan = str(Path(sys.executable).with_name("cyclegan"))
     env = {**os.environ, **ray_two_nodes.env}
 
@@ -219,25 +305,29 @@ def test_two_node_cluster_needs_s3_storage_and_trains_across_nodes(
     result = json.loads(done.stdout.strip().splitlines()[-1])
     (epoch,) = result["history"]
     assert (epoch["world_size"], epoch["nodes"], epoch["weights_in_sync"]) == (2, 2, 1.0)
-    assert result["checkpoint_uri"].startswith(f"s3://{s3_bucket}/runs/two-nodes/checkpoint_epoch0001")
-    assert any(key.endswith(CHECKPOINT_FILE) for key in bucket_keys(s3_bucket, "runs/two-nodes/"))
+    assert result["run_name"].startswith("two-nodes-") and result["fingerprint"] == config.fingerprint
+    assert result["checkpoint_uri"].startswith(f"s3://{s3_bucket}/runs/{result['run_name']}/checkpoint_epoch0001")
+    assert any(key.endswith(CHECKPOINT_FILE) for key in bucket_keys(s3_bucket, f"runs/{result['run_name']}/"))
 
 
 @pytest.mark.slow
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(ray_local: None, ingested: DatasetRef,
                                                                     tmp_path: Path) -> None:
-    """The foundation's exact-resume guarantee across Ray: stop after epoch 1, start again with the same
-    run name and storage, and the final generators equal those of one uninterrupted run, bit for bit."""
-    storage = str(tmp_path / "runs")
-    straight = train_on_ray(tiny_config(ingested, tmp_path, run_name="straight", storage_path=storage, epochs=2),
-                            ingested)
-    stopped = train_on_ray(tiny_config(ingested, tmp_path, run_name="resumed", storage_path=storage, epochs=2,
-                                       max_steps=STEPS_PER_EPOCH), ingested)
-    assert (stopped.epochs, stopped.steps) == (1, STEPS_PER_EPOCH)
-    resumed = train_on_ray(tiny_config(ingested, tmp_path, run_name="resumed", storage_path=storage, epochs=2),
-                           ingested)
+    """The foundation's exact-resume guarantee across Ray: a run that dies after epoch 1 and is started
+    again (same config, same storage) ends with the generators of one uninterrupted run, bit for bit."""
+    straight = train_on_ray(tiny_config(ingested, tmp_path, run_name="run", storage_path=str(tmp_path / "a"),
+                                        epochs=2), ingested)
+    config = tiny_config(ingested, tmp_path, run_name="run", storage_path=str(tmp_path / "b"), epochs=2,
+                         max_failures=0)
+    with pytest.raises(TrainingError, match="checkpoint_epoch0001"):
+        train_on_ray(config, ingested, hooks=TrainHooks(
+            after_step=CrashOnce(at_step=STEPS_PER_EPOCH + 2, marker=tmp_path / "crash")))
+    resumed = train_on_ray(config, ingested)
     assert (resumed.epochs, resumed.steps) == (straight.epochs, straight.steps) == (2, 2 * STEPS_PER_EPOCH)
+    for before, after in zip(straight.history, resumed.history, strict=True):  # epoch 1 from the crashed run
+        assert {k: v for k, v in after.items() if k.startswith(("loss_", "G_AB_checksum"))} == {
+            k: v for k, v in before.items() if k.startswith(("loss_", "G_AB_checksum"))}
+    expected, got = (Translator.from_pretrained(r.generators_dir, device="cpu") for r in (straight, resumed))
     for direction in ("AtoB", "BtoA"):
-        expected = load_generator(straight.generators_dir, direction=direction)[0].state_dict()
-        got = load_generator(resumed.generators_dir, direction=direction)[0].state_dict()
-        assert all(torch.equal(got[key], expected[key]) for key in expected), f"{direction} differs"
+        want, have = expected.generator(direction).state_dict(), got.generator(direction).state_dict()
+        assert all(torch.equal(have[key], want[key]) for key in want), f"{direction} differs"

@@ -1,0 +1,111 @@
+"""The function every Ray Train worker runs: plain PyTorch around ``cyclegan_core.fit``.
+
+Ray initialises the process group (gloo on CPU, NCCL on GPU) and ``CycleGAN`` wraps its nets in DDP
+itself; the worker shards the data by rank, resumes from ``ray.train.get_checkpoint()`` when there is
+one (a worker-group restart, or a new run with the same name and storage) and reports each epoch's
+metrics, with a checkpoint folder every ``run.checkpoint_every_epochs`` epochs and at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from ray.train.torch import get_device
+
+from cyclegan_core.data import UnpairedDataset, build_dataloader
+from cyclegan_core.distributed import all_gather_float, all_reduce_mean, barrier, parameter_checksum
+from cyclegan_core.fit import EpochEnd, fit
+from cyclegan_core.model import CycleGAN
+from pipelines.config import ResolvedConfig
+from pipelines.ingest import ingest_dataset
+from pipelines.records import DatasetRef
+from pipelines.train.cluster import count_nodes
+from pipelines.train.layout import restore_from_folder, write_checkpoint_folder
+from pipelines.train.progress import RunProgress, epoch_metrics
+
+logger = logging.getLogger(__name__)
+
+AfterStep = Callable[[int, int], None]  # (global step, world rank), on every worker
+
+
+def should_checkpoint(epoch: int, *, every: int, total: int, stopped_early: bool) -> bool:
+    """Checkpoint every ``every`` finished epochs, at the last epoch, and when ``max_steps`` stopped."""
+    return stopped_early or epoch >= total or epoch % every == 0
+
+
+def worker_dataset_root(dataset: DatasetRef, config: ResolvedConfig, *, local_rank: int) -> Path:
+    """The dataset folder on this worker's node: the driver's cache when this node has it, else local
+    rank 0 ingests ``config.dataset_uri`` into the same cache_dir while the node's other workers wait."""
+    if not dataset.root.is_dir() and local_rank == 0:
+        logger.info("dataset %s is not cached on this node; ingesting %s", dataset.root, dataset.uri)
+        ingested = ingest_dataset(config).dataset
+        if ingested.version != dataset.version:
+            raise RuntimeError(
+                f"dataset {dataset.uri} changed during the run: the driver trained on version "
+                f"{dataset.version}, this node ingested version {ingested.version}; re-run the pipeline"
+            )
+        if ingested.root.resolve() != dataset.root.resolve():
+            raise RuntimeError(
+                f"dataset {dataset.uri} was ingested into {ingested.root} on this node, expected "
+                f"{dataset.root}; use the same cache_dir on every node"
+            )
+    barrier()
+    if not dataset.root.is_dir():
+        raise RuntimeError(f"dataset folder {dataset.root} does not exist on this node after ingest")
+    return dataset.root
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """``loop_config``: ``config`` (ResolvedConfig), ``dataset`` (DatasetRef), ``after_step`` (hook or None)."""
+    config: ResolvedConfig = loop_config["config"]
+    dataset: DatasetRef = loop_config["dataset"]
+    after_step: AfterStep | None = loop_config["after_step"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
+    seed, total_epochs = config.train.seed, config.train.total_epochs
+
+    root = worker_dataset_root(dataset, config, local_rank=context.get_local_rank())
+    # CycleGAN seeds with train.seed before building the nets: identical initial weights on every rank.
+    model = CycleGAN(config.model, config.train, device=device)
+    nodes = count_nodes()  # fixed for this worker group (a restart runs this function again)
+    history: list[dict[str, float]] = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            history = list(restore_from_folder(model, Path(directory), rank=rank).history)
+        logger.info("rank %d resumed from %s at epoch %d, step %d", rank, checkpoint.path, model.epoch, model.step)
+
+    # Items are a function of (seed, epoch, index), the shard of (seed, epoch, rank): one common seed.
+    train_set = UnpairedDataset(root, config.data, phase="train", seed=seed)
+    loader = build_dataloader(train_set, batch_size=config.train.batch_size, shuffle=True,
+                              num_workers=config.data.num_workers, rank=rank, world_size=world_size, seed=seed)
+
+    def report(end: EpochEnd) -> None:
+        metrics = epoch_metrics(end, step=model.step, total_epochs=total_epochs, nodes=nodes,
+                                loss_means=all_reduce_mean(end.loss_sums, end.steps, device),
+                                checksums=all_gather_float(parameter_checksum(model.G_AB), device))
+        history.append(metrics)
+        if not should_checkpoint(model.epoch, every=config.run.checkpoint_every_epochs, total=total_epochs,
+                                 stopped_early=end.stopped):
+            ray.train.report(metrics)
+            return
+        progress = RunProgress(dataset_version=dataset.version, dataset_uri=dataset.uri, epoch=model.epoch,
+                               step=model.step, history=history)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_checkpoint_folder(Path(tmp), model, progress, rank=rank)
+            # Every rank reports (V2 synchronises on it); Ray merges the ranks' files into one folder.
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
+
+    fit(model, loader, total_epochs=total_epochs, seed=seed, rank=rank, max_steps=config.run.max_steps,
+        after_step=None if after_step is None else lambda step: after_step(step, rank),
+        on_epoch_end=report)
