@@ -37,12 +37,9 @@ class UnsafeKey(ValueError):
 
 
 @dataclass(frozen=True)
-class PlannedObject:
+class PlannedObject(RemoteObject):
     """A listed object that belongs to the dataset: where it goes locally."""
 
-    key: str
-    size: int
-    etag: str
     split: str
     rel: str  # posix path relative to the dataset root, NFC-normalised
 

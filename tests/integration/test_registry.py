@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -16,41 +15,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mlflow.exceptions import MlflowException
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.export import save_generator
 from cyclegan_core.networks import build_generator
-from pipelines.config import PipelineConfig, RegistrySettings
+from cyclegan_core.translator import Translator
+from pipelines.config import PipelineConfig, RegistrySettings, ResolvedConfig, resolve
 from pipelines.records import EvalReport, TrainResult
 from pipelines.registry import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
-    RetryPolicy,
-    champion_dataset_version,
-    decode_image_value,
+    champion_identity,
     download_model,
     ensure_experiment,
-    flatten_params,
-    gate,
-    is_transient,
     promote,
     register_model,
 )
+from pipelines.retry import RetryPolicy, is_transient
 
-FAST_RETRY = RetryPolicy(attempts=2, base_delay_s=0.05, probe_timeout_s=1.0)
+FAST_RETRY = RetryPolicy(attempts=2, base_delay_s=0.05)
 TINY = ModelConfig(generator="resnet_6blocks", ngf=4, norm="instance")
 
 
 def export_tiny_model(dest: Path, seed: int) -> Path:
     """Two tiny random generators saved like cyclegan_core.export does for a trained model."""
     torch.manual_seed(seed)
-    for folder, direction in (("G_AB", "AtoB"), ("G_BA", "BtoA")):
-        net = build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm)
-        save_generator(net, TINY, dest / folder, direction=direction)
+    nets = [build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm) for _ in range(2)]
+    Translator(nets[0], nets[1], TINY).save_pretrained(dest)
     return dest
 
 
@@ -72,11 +66,15 @@ def model_name(request: pytest.FixtureRequest) -> str:
     return f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"
 
 
-def make_config(model_name: str, **registry: object) -> PipelineConfig:
-    return PipelineConfig(
+def make_config(model_name: str, tracking_uri: str = "sqlite:///unused.db", **registry: object) -> ResolvedConfig:
+    config = PipelineConfig(
         dataset_uri="s3://bucket/synth",
         registry=RegistrySettings(model_name=model_name, experiment=f"exp-{model_name}", **registry),
     )
+    return resolve(config, env={"MLFLOW_TRACKING_URI": tracking_uri})
+
+
+FINGERPRINT = make_config("m").fingerprint
 
 
 def make_train(generators_dir: Path, run_name: str, dataset_version: str = "data-v1") -> TrainResult:
@@ -86,7 +84,7 @@ def make_train(generators_dir: Path, run_name: str, dataset_version: str = "data
         generators_dir=generators_dir,
         dataset_version=dataset_version,
         dataset_uri="s3://bucket/synth",
-        config_hash="abc123",
+        fingerprint=FINGERPRINT,
         steps=20,
         epochs=2,
         metrics={"G_A": 0.5},
@@ -114,12 +112,8 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def direct_translation(generators_dir: Path, image: Image.Image, direction: str = "AtoB") -> np.ndarray:
-    from cyclegan_core.export import load_generator
-    from cyclegan_core.networks import size_multiple
-    from cyclegan_core.translate import translate_images
-
-    generator, cfg = load_generator(generators_dir, direction=direction)
-    return np.asarray(translate_images(generator, [image], multiple=size_multiple(cfg.generator))[0])
+    translator = Translator.from_pretrained(generators_dir, device="cpu")
+    return np.asarray(translator([image], direction=direction)[0])
 
 
 def test_input_image() -> Image.Image:
@@ -130,51 +124,6 @@ def test_input_image() -> Image.Image:
 test_input_image.__test__ = False  # a helper, not a test
 
 
-# --- pure parts ------------------------------------------------------------------------------------
-
-
-def test_gate_compares_with_margin_and_direction() -> None:
-    higher = RegistrySettings(margin=0.5)
-    lower = RegistrySettings(higher_is_better=False)
-    assert gate(21.0, None, higher, metric="psnr")[0]
-    assert gate(21.0, 20.0, higher, metric="psnr")[0]
-    promoted, reason = gate(20.4, 20.0, higher, metric="psnr")
-    assert not promoted and "champion stays" in reason
-    assert gate(30.0, 40.0, lower, metric="fid")[0] and not gate(41.0, 40.0, lower, metric="fid")[0]
-    assert not gate(math.nan, 1.0, higher, metric="psnr")[0]
-
-
-def test_params_are_dotted_strings_within_mlflow_limit() -> None:
-    config = make_config("m").model_copy(update={"dataset_uri": "s3://b/" + "x" * 7000})
-    params = flatten_params(config)
-    assert params["train.lr"] == "0.0002" and params["model.generator"] == "resnet_9blocks"
-    assert params["registry.model_name"] == "m" and params["data.root"] == "null"
-    assert all(isinstance(v, str) and len(v) <= 6000 for v in params.values())
-    assert params["dataset_uri"].endswith("...")
-
-
-def test_transient_errors_are_told_apart() -> None:
-    assert is_transient(
-        MlflowException("API request to http://x/api failed with exception Max retries exceeded")
-    )
-    assert is_transient(RegistryError("down", transient=True))
-    assert is_transient(ConnectionRefusedError())
-    assert not is_transient(MlflowException("no such model", error_code="RESOURCE_DOES_NOT_EXIST"))
-    assert not is_transient(RegistryError("model 'm' has no version '9'"))
-    assert not is_transient(ValueError("bad config"))
-
-
-def test_image_cells_accept_bytes_base64_and_arrays() -> None:
-    import base64
-
-    image = test_input_image()
-    encoded = png_bytes(image)
-    for value in (encoded, base64.b64encode(encoded).decode(), np.asarray(image)):
-        assert np.array_equal(np.asarray(decode_image_value(value, row=0)), np.asarray(image))
-    with pytest.raises(ValueError, match="row 3"):
-        decode_image_value(b"not an image", row=3)
-
-
 # --- against the real MLflow server ----------------------------------------------------------------
 
 
@@ -182,18 +131,18 @@ def test_image_cells_accept_bytes_base64_and_arrays() -> None:
 def gated(mlflow_server: str, models: dict[str, Path], sample_grid: Path) -> dict[str, object]:
     """One model, three registrations: v1 first (champion), v2 worse (stays challenger), v3 better."""
     name = f"gated-{uuid.uuid4().hex[:6]}"
-    config = make_config(name)
+    config = make_config(name, mlflow_server)
     trains = [
         make_train(models["one"], "run-1"),
         make_train(models["two"], "run-2"),
         make_train(models["two"], "run-3", "data-v2"),
     ]
     refs = [
-        register_model(config, trains[0], make_report(20.0, sample_grid), tracking_uri=mlflow_server),
-        register_model(config, trains[1], make_report(19.0), tracking_uri=mlflow_server),
+        register_model(config, trains[0], make_report(20.0, sample_grid)),
+        register_model(config, trains[1], make_report(19.0)),
     ]
     after_worse = aliases(mlflow_server, name)
-    refs.append(register_model(config, trains[2], make_report(22.5), tracking_uri=mlflow_server))
+    refs.append(register_model(config, trains[2], make_report(22.5)))
     return {"name": name, "config": config, "trains": trains, "refs": refs, "after_worse": after_worse}
 
 
@@ -204,13 +153,13 @@ def test_gate_promotes_better_and_keeps_champion_against_worse(mlflow_server: st
     assert worse.version == "2" and not worse.promoted and "champion stays" in worse.reason
     assert gated["after_worse"] == {CHAMPION: "1", CHALLENGER: "2"}
     assert better.version == "3" and better.promoted and "challenger wins" in better.reason
-    assert champion_dataset_version(gated["name"], tracking_uri=mlflow_server) == "data-v2"
+    assert champion_identity(gated["name"], tracking_uri=mlflow_server) == ("data-v2", FINGERPRINT)
 
     client = MlflowClient(mlflow_server, mlflow_server)
     tags = client.get_model_version(gated["name"], "1").tags
     assert tags["primary_metric"] == "psnr_AtoB" and float(tags["primary_metric_value"]) == 20.0
     assert tags["dataset_version"] == "data-v1" and tags["train_run_name"] == "run-1"
-    assert tags["config_hash"] == "abc123" and tags["gate_decision"] == "promoted"
+    assert tags["training_fingerprint"] == FINGERPRINT and tags["gate_decision"] == "promoted"
 
 
 def test_one_run_holds_params_metrics_lineage_and_artifacts(mlflow_server: str, gated: dict) -> None:
@@ -219,29 +168,28 @@ def test_one_run_holds_params_metrics_lineage_and_artifacts(mlflow_server: str, 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "run-1"
     assert run.data.params["train.lr"] == "0.0002" and run.data.params["registry.model_name"] == gated["name"]
+    # the resolved config that trained, as the user wrote it: absolute paths, run.run_name unsuffixed, no services
+    assert run.data.params["run.run_name"] == "cyclegan" and Path(run.data.params["cache_dir"]).is_absolute()
+    assert not any(key.startswith("services.") for key in run.data.params)
     assert run.data.metrics["psnr_AtoB"] == 20.0 and run.data.metrics["cycle_l1_A"] == 0.1
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/G_A")] == [(1, 0.9), (2, 0.5)]
-    assert run.data.tags["dataset_uri"] == "s3://bucket/synth" and run.data.tags["config_hash"] == "abc123"
+    assert run.data.tags["dataset_uri"] == "s3://bucket/synth" and run.data.tags["training_fingerprint"] == FINGERPRINT
     assert run.data.tags["checkpoint_uri"] == "/ckpt/run-1/checkpoint_000002" and run.data.tags["git_sha"]
     assert run.data.tags["dataset_version"] == "data-v1" and run.data.tags["ray_run_name"] == "run-1"
-    logged = {
-        a.path
-        for folder in ("eval", "records", "generators/G_AB", "generators/G_BA")
-        for a in client.list_artifacts(run_id, folder)
-    }
-    assert {
-        "eval/samples_AtoB.png",
-        "records/config.yaml",
-        "records/eval_report.json",
-        "generators/G_AB/model.safetensors",
-        "generators/G_BA/config.json",
-    } <= logged
+    logged = {a.path for folder in ("", "eval", "records") for a in client.list_artifacts(run_id, folder)}
+    assert {"eval/samples_AtoB.png", "records/config.yaml", "records/eval_report.json"} <= logged
+    assert "generators" not in logged, "the generators are logged once, inside the pyfunc model"
+    logged_config = yaml.safe_load((Path(client.download_artifacts(run_id, "records/config.yaml"))).read_text())
+    assert logged_config == gated["config"].user_config().model_dump(mode="json")
+    (model_output,) = run.outputs.model_outputs
+    model_files = client.list_logged_model_artifacts(model_output.model_id, "artifacts/generators/G_AB")
+    assert {Path(f.path).name for f in model_files} == {"config.json", "model.safetensors"}
     experiment = client.get_experiment(run.info.experiment_id)
     assert len(client.search_runs([experiment.experiment_id])) == 3
 
 
 def test_same_training_result_twice_yields_one_version(mlflow_server: str, gated: dict) -> None:
-    again = register_model(gated["config"], gated["trains"][0], make_report(20.0), tracking_uri=mlflow_server)
+    again = register_model(gated["config"], gated["trains"][0], make_report(20.0))
     assert (again.version, again.run_id) == ("1", gated["refs"][0].run_id)
     assert "already registered as version 1" in again.reason
     client = MlflowClient(mlflow_server, mlflow_server)
@@ -299,7 +247,7 @@ def test_download_model_resolves_alias_version_and_run_uris(
     )
     by_version = download_model(f"models:/{gated['name']}/1", tmp_path / "v1", tracking_uri=mlflow_server)
     by_run = download_model(
-        f"runs:/{gated['refs'][0].run_id}/generators", tmp_path / "run", tracking_uri=mlflow_server
+        f"runs:/{gated['refs'][0].run_id}/model", tmp_path / "run", tracking_uri=mlflow_server
     )
     weights = "G_AB/model.safetensors"
     assert (local / weights).read_bytes() == (models["two"] / weights).read_bytes()
@@ -338,7 +286,7 @@ def test_manual_promote_moves_champion_and_checks_the_version(mlflow_server: str
         ref = promote(name, 2, tracking_uri=mlflow_server)
         assert ref.version == "2" and CHAMPION in ref.aliases and "from version 3 to 2" in ref.reason
         assert aliases(mlflow_server, name) == {CHAMPION: "2", CHALLENGER: "3"}
-        assert champion_dataset_version(name, tracking_uri=mlflow_server) == "data-v1"
+        assert champion_identity(name, tracking_uri=mlflow_server) == ("data-v1", FINGERPRINT)
     finally:
         promote(name, 3, tracking_uri=mlflow_server)
     with pytest.raises(RegistryError, match=r"has no version '7'; existing versions: \['1', '2', '3'\]"):
@@ -350,12 +298,11 @@ def test_manual_promote_moves_champion_and_checks_the_version(mlflow_server: str
 def test_register_and_promote_cli(
     mlflow_server: str, gated: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import yaml
     from typer.testing import CliRunner
 
     from pipelines.cli import app
 
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(gated["config"].model_dump(mode="json")))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(gated["config"].user_config().model_dump(mode="json")))
     (tmp_path / "train.json").write_text(gated["trains"][0].model_dump_json())
     (tmp_path / "eval.json").write_text(make_report(20.0).model_dump_json())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -381,37 +328,36 @@ def test_gate_leaves_champion_alone_when_auto_promote_is_off(
     mlflow_server: str, models: dict[str, Path], model_name: str
 ) -> None:
     ref = register_model(
-        make_config(model_name, auto_promote=False),
+        make_config(model_name, mlflow_server, auto_promote=False),
         make_train(models["one"], "run-a"),
         make_report(30.0),
-        tracking_uri=mlflow_server,
     )
     assert not ref.promoted and ref.aliases == [CHALLENGER] and "auto_promote is off" in ref.reason
-    assert champion_dataset_version(model_name, tracking_uri=mlflow_server) is None
+    assert champion_identity(model_name, tracking_uri=mlflow_server) is None
 
 
 def test_half_registered_version_is_completed_on_retry(
     mlflow_server: str, models: dict[str, Path], model_name: str
 ) -> None:
-    config, train = make_config(model_name), make_train(models["one"], "run-half")
-    first = register_model(config, train, make_report(20.0), tracking_uri=mlflow_server)
+    config, train = make_config(model_name, mlflow_server), make_train(models["one"], "run-half")
+    first = register_model(config, train, make_report(20.0))
     client = MlflowClient(mlflow_server, mlflow_server)
     # The state an attempt leaves when it dies after creating the version, before aliases and gate.
     for alias in (CHAMPION, CHALLENGER):
         client.delete_registered_model_alias(model_name, alias)
     client.delete_model_version_tag(model_name, first.version, "gate_decision")
 
-    retried = register_model(config, train, make_report(20.0), tracking_uri=mlflow_server)
+    retried = register_model(config, train, make_report(20.0))
     assert retried.version == first.version and retried.promoted and "no champion yet" in retried.reason
     assert aliases(mlflow_server, model_name) == {CHAMPION: "1", CHALLENGER: "1"}
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 1
 
     # An attempt that died after logging the run, before creating the version: the finished run is
     # reused (shown here by registering the same result under a second model name).
-    second = make_config(f"{model_name}-b").model_copy(
+    second = config.model_copy(
         update={"registry": config.registry.model_copy(update={"model_name": f"{model_name}-b"})}
     )
-    other = register_model(second, train, make_report(20.0), tracking_uri=mlflow_server)
+    other = register_model(second, train, make_report(20.0))
     assert other.run_id == first.run_id and other.version == "1"
     assert (
         len(client.search_runs([client.get_experiment_by_name(config.registry.experiment).experiment_id]))
@@ -437,11 +383,5 @@ def test_unreachable_server_fails_clearly(models: dict[str, Path]) -> None:
     with pytest.raises(
         RegistryError, match=f"tracking server {uri} is unreachable after 2 attempts"
     ) as caught:
-        register_model(
-            make_config("m"),
-            make_train(models["one"], "run-x"),
-            make_report(1.0),
-            tracking_uri=uri,
-            retry=FAST_RETRY,
-        )
+        register_model(make_config("m", uri), make_train(models["one"], "run-x"), make_report(1.0), retry=FAST_RETRY)
     assert is_transient(caught.value)

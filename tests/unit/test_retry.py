@@ -10,6 +10,11 @@ import urllib.error
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, SSLError
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+    TEMPORARILY_UNAVAILABLE,
+)
 from ray.exceptions import RayActorError, RaySystemError
 
 from pipelines.ingest import IngestError
@@ -49,10 +54,11 @@ def test_connection_errors_are_transient_certificate_errors_are_not() -> None:
 
 def test_mlflow_outages_are_transient_missing_objects_are_not() -> None:
     assert is_transient(MlflowException("API request to http://x/api failed with exception Max retries exceeded"))
-    assert is_transient(MlflowException("busy", error_code="TEMPORARILY_UNAVAILABLE"))
+    assert is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
     assert is_transient(MlflowException("(sqlite3.OperationalError) database is locked"))
     assert not is_transient(MlflowException("no such model", error_code="RESOURCE_DOES_NOT_EXIST"))
-    assert not is_transient(MlflowException("invalid value", error_code="INVALID_PARAMETER_VALUE"))
+    assert not is_transient(MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not is_transient(MlflowException("invalid value", error_code=INVALID_PARAMETER_VALUE))
 
 
 def test_http_errors_are_transient_only_for_429_and_5xx() -> None:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp
 
 from pipelines.retry import RetryPolicy
@@ -20,11 +19,7 @@ from pipelines.s3 import (
     part_size_candidates,
     with_retries,
 )
-
-
-def client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       "GetObject")
+from tests.unit.test_retry import client_error
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,26 @@
+"""MLflow logging, model registry and the promotion gate: the last stage of the pipeline.
+
+``session`` (clients, retries, probe), ``run_log`` (the MLflow run), ``pyfunc`` (the served model),
+``gate`` (the promotion decision) and ``operations`` (register, promote, champion, download).
+
+Browse a local store with:
+``mlflow ui --backend-store-uri sqlite:///mlruns.db --default-artifact-root ./mlartifacts``
+"""
+
+from pipelines.registry.gate import CHALLENGER, CHAMPION, gate_decision
+from pipelines.registry.operations import (
+    champion_identity,
+    download_model,
+    find_generators_folder,
+    promote,
+    register_model,
+)
+from pipelines.registry.pyfunc import ImageTranslationModel, decode_image_value
+from pipelines.registry.run_log import ensure_experiment, flatten_params, registration_key
+from pipelines.registry.session import MLFLOW_RETRY, RegistryError, check_reachable
+
+__all__ = [
+    "CHALLENGER", "CHAMPION", "MLFLOW_RETRY", "ImageTranslationModel", "RegistryError", "champion_identity",
+    "check_reachable", "decode_image_value", "download_model", "ensure_experiment", "find_generators_folder",
+    "flatten_params", "gate_decision", "promote", "register_model", "registration_key",
+]

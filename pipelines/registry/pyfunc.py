@@ -1,0 +1,133 @@
+"""The MLflow pyfunc model: both generators behind ``mlflow.pyfunc`` (a thin wrapper over
+``cyclegan_core.translator.Translator``), its image codecs, signature and requirements.
+
+The model ships the project packages as ``code_paths``, so ``mlflow.pyfunc.load_model(
+"models:/<name>@champion")`` works in any environment with the pip requirements, with or without this
+project installed. Input: a DataFrame with a column ``image`` of encoded image bytes (PNG/JPEG; base64
+strings and HWC uint8 arrays are accepted too); the param ``direction`` is ``"AtoB"`` (default) or
+``"BtoA"``; output: a DataFrame with a column ``image`` of PNG bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from PIL import Image
+
+from cyclegan_core.pretrained import DIRECTION_FOLDERS, DIRECTIONS
+from pipelines.registry.session import global_tracking_uri
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CODE_PACKAGES = ("cyclegan_core", "pipelines")
+MODEL_NAME_IN_RUN = "model"
+GENERATORS_ARTIFACT = "generators"
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors", "pydantic", "pyyaml")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_image_value(value: Any, *, row: int) -> Image.Image:
+    """One cell of the ``image`` column as an RGB PIL image: encoded bytes, base64 text or HWC uint8."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"image row {row}: arrays must be HxW or HxWxC (C in 1,3,4) uint8, "
+                             f"got {value.dtype} {value.shape}")
+        array = value[:, :, 0] if value.ndim == 3 and value.shape[2] == 1 else value
+        return Image.fromarray(array).convert("RGB")
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"image row {row}: a text value must be base64-encoded image bytes ({exc})") from exc
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"image row {row}: expected PNG/JPEG bytes, base64 text or a uint8 array, "
+                        f"got {type(value).__name__}")
+    try:
+        with Image.open(io.BytesIO(bytes(value))) as image:
+            image.load()
+            return image.convert("RGB")
+    except Exception as exc:  # PIL raises many types for corrupt input; report them uniformly
+        raise ValueError(f"image row {row}: not a readable image ({exc})") from exc
+
+
+def tiny_png() -> bytes:
+    """An 8x8 gradient PNG: the logged input example."""
+    ramp = np.linspace(0, 255, 8, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (8, 1)), np.tile(ramp[:, None], (1, 8)), np.full((8, 8), 128, np.uint8)], -1)
+    return encode_png(Image.fromarray(pixels))
+
+
+def model_signature() -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        outputs=Schema([ColSpec(DataType.binary, "image")]),
+        params=ParamSchema([ParamSpec("direction", DataType.string, "AtoB")]),
+    )
+
+
+class ImageTranslationModel(mlflow.pyfunc.PythonModel):
+    """Both CycleGAN generators behind MLflow's pyfunc interface (see the module docstring for I/O)."""
+
+    def load_context(self, context: Any) -> None:
+        from cyclegan_core.translator import Translator
+
+        self._translator = Translator.from_pretrained(Path(context.artifacts[GENERATORS_ARTIFACT]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> pd.DataFrame:
+        direction = (params or {}).get("direction") or "AtoB"
+        if direction not in DIRECTIONS:
+            raise ValueError(f"param direction must be one of {DIRECTIONS}, got {direction!r}")
+        if "image" not in model_input.columns:
+            raise ValueError(f"input needs a column 'image', got columns {list(model_input.columns)}")
+        images = [decode_image_value(value, row=row) for row, value in enumerate(model_input["image"])]
+        outputs = self._translator(images, direction=direction) if images else []
+        return pd.DataFrame({"image": [encode_png(image) for image in outputs]})
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the pyfunc model (explicit: inferring them loads the model in a subprocess)."""
+    pins = []
+    for package in REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def log_pyfunc(run_id: str, generators_dir: Path, *, tracking_uri: str) -> str:
+    """Log the pyfunc model (holding the two generator folders, the only copy of them in MLflow) in run
+    ``run_id``; returns its ``models:/<model_id>`` URI."""
+    with tempfile.TemporaryDirectory(prefix="cyclegan-generators-") as tmp:
+        # Only the two generator folders go into the model, whatever else generators_dir holds.
+        staged = Path(tmp) / GENERATORS_ARTIFACT
+        for folder in DIRECTION_FOLDERS.values():
+            shutil.copytree(generators_dir / folder, staged / folder)
+        with global_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN,
+                python_model=ImageTranslationModel(),
+                artifacts={GENERATORS_ARTIFACT: str(staged)},
+                code_paths=[str(PROJECT_ROOT / package) for package in CODE_PACKAGES],
+                signature=model_signature(),
+                input_example=(pd.DataFrame({"image": [tiny_png()]}), {"direction": "AtoB"}),
+                pip_requirements=pip_requirements(),
+            )
+    return info.model_uri

@@ -1,0 +1,200 @@
+"""The MLflow run of one trained, evaluated model: params, metrics, lineage tags, records, the model.
+
+Params and ``records/config.yaml`` are the resolved config that trained, without services
+(``config.user_config()``: ``run.run_name`` as the user gave it); the Ray run name and the training
+fingerprint are tags. The generators are logged once, inside the pyfunc model. A run and its model
+version carry a ``registration_key`` (Ray run name + checkpoint URI + training fingerprint), so a
+retry finds what an earlier attempt logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cyclegan_core.pretrained import DIRECTION_FOLDERS
+from pipelines.config import DEFAULT_ARTIFACT_ROOT, PipelineConfig, ResolvedConfig
+from pipelines.records import EvalReport, TrainResult
+from pipelines.registry.pyfunc import PROJECT_ROOT, log_pyfunc
+from pipelines.registry.session import RegistryError
+
+log = logging.getLogger(__name__)
+
+# MLflow rejects param values longer than this (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH); longer
+# values are truncated in params, the full config is logged as an artifact.
+MAX_PARAM_LENGTH = 6000
+PARAM_BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
+METRIC_BATCH = 1000
+
+# Tags written on runs and versions (read back by the gate, champion_identity and retries).
+TAG_KEY = "registration_key"
+TAG_FINGERPRINT = "training_fingerprint"
+TAG_DATASET_VERSION = "dataset_version"
+TAG_METRIC = "primary_metric"
+TAG_METRIC_VALUE = "primary_metric_value"
+
+
+def flatten_params(config: PipelineConfig, *, max_length: int = MAX_PARAM_LENGTH) -> dict[str, str]:
+    """The typed config as MLflow params: dotted keys, string values, truncated to MLflow's limit."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), child)
+            return
+        text = value if isinstance(value, str) else json.dumps(value)
+        if len(text) > max_length:
+            text = text[: max_length - 3] + "..."
+        flat[prefix] = text
+
+    walk("", config.model_dump(mode="json"))
+    return flat
+
+
+def registration_key(train: TrainResult) -> str:
+    """Identity of one training result: the same result registered twice gets the same key."""
+    payload = json.dumps([train.run_name, train.checkpoint_uri, train.fingerprint])
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def git_sha(cwd: Path = PROJECT_ROOT) -> str:
+    """Commit of the project checkout, or 'unknown' outside a git checkout / without git."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = result.stdout.strip()
+    return sha if result.returncode == 0 and sha else "unknown"
+
+
+def lineage_tags(train: TrainResult) -> dict[str, str]:
+    """Run tags that say where a model came from."""
+    return {
+        "dataset_uri": train.dataset_uri,
+        TAG_DATASET_VERSION: train.dataset_version,
+        "git_sha": git_sha(),
+        "ray_run_name": train.run_name,
+        "checkpoint_uri": train.checkpoint_uri,
+        TAG_FINGERPRINT: train.fingerprint,
+        TAG_KEY: registration_key(train),
+    }
+
+
+def version_tags(train: TrainResult, report: EvalReport) -> dict[str, str]:
+    """Tags every registered version carries (the gate reads the metric back from them)."""
+    return {
+        TAG_DATASET_VERSION: train.dataset_version,
+        "dataset_uri": train.dataset_uri,
+        TAG_METRIC: report.primary_metric,
+        TAG_METRIC_VALUE: repr(float(report.primary_value)),
+        TAG_FINGERPRINT: train.fingerprint,
+        "train_run_name": train.run_name,
+        "checkpoint_uri": train.checkpoint_uri,
+        TAG_KEY: registration_key(train),
+    }
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """Id of the experiment ``name``, created if missing (under ./mlartifacts for a SQLite store)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise RegistryError(f"MLflow experiment {name!r} at {uri} is deleted; "
+                                "restore it in the UI or set registry.experiment to another name")
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        # The embedded default keeps artifacts in ./mlartifacts (what `mlflow ui` is told in the README).
+        artifact_location = Path(DEFAULT_ARTIFACT_ROOT).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # created concurrently
+
+
+def finished_run_id(client: MlflowClient, experiment_id: str, key: str) -> str | None:
+    """A finished run of an earlier attempt with the same registration key (its model fully logged)."""
+    runs = client.search_runs([experiment_id],
+                              filter_string=f"tags.{TAG_KEY} = '{key}' and attributes.status = 'FINISHED'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def check_inputs(config: ResolvedConfig, train: TrainResult, report: EvalReport) -> None:
+    """Refuse early (before any run exists) when the files to log are missing or the config is not the
+    one that trained."""
+    if train.fingerprint != config.fingerprint:
+        raise RegistryError(
+            f"TrainResult.fingerprint {train.fingerprint} is not the fingerprint {config.fingerprint} of the "
+            "config given: register with the config the run was trained with (MLflow logs it as the run's "
+            "params)")
+    for name, path in report.artifacts.items():
+        if not Path(path).exists():
+            raise RegistryError(f"EvalReport.artifacts[{name!r}] = {path} does not exist")
+    generators_dir = Path(train.generators_dir)
+    missing = [f for f in DIRECTION_FOLDERS.values() if not (generators_dir / f / "config.json").is_file()]
+    if missing:
+        raise RegistryError(f"TrainResult.generators_dir {generators_dir} lacks exported generator(s) {missing} "
+                            "(each needs config.json + model.safetensors; see Translator.save_pretrained)")
+
+
+def run_metrics(train: TrainResult, report: EvalReport) -> list[Metric]:
+    """Per-epoch training metrics (``train/<name>`` by epoch), final ones and the evaluation's."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"train/{name}", float(value), now, int(entry.get("epoch", epoch)))
+               for epoch, entry in enumerate(train.history, start=1) for name, value in entry.items()
+               if name != "epoch"]
+    metrics += [Metric(f"train/final/{name}", float(value), now, train.epochs) for name, value in train.metrics.items()]
+    metrics += [Metric(name, float(value), now, train.epochs) for name, value in report.metrics.items()]
+    return metrics
+
+
+def log_run(client: MlflowClient, experiment_id: str, config: ResolvedConfig, train: TrainResult,
+            report: EvalReport) -> tuple[str, str]:
+    """Log one complete run; returns (run_id, model_uri). The run is FINISHED only once all is logged."""
+    run_id = client.create_run(experiment_id, run_name=train.run_name, tags=lineage_tags(train)).info.run_id
+    user_config = config.user_config()
+    try:
+        params = [Param(k, v) for k, v in flatten_params(user_config).items()]
+        for start in range(0, len(params), PARAM_BATCH):
+            client.log_batch(run_id, params=params[start : start + PARAM_BATCH])
+        metrics = run_metrics(train, report)
+        for start in range(0, len(metrics), METRIC_BATCH):
+            client.log_batch(run_id, metrics=metrics[start : start + METRIC_BATCH])
+        for name, path in report.artifacts.items():
+            if Path(path).is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=f"eval/{name}")
+            else:
+                client.log_artifact(run_id, str(path), artifact_path="eval")
+        with tempfile.TemporaryDirectory(prefix="cyclegan-register-") as tmp:
+            records = Path(tmp) / "records"
+            records.mkdir()
+            (records / "config.yaml").write_text(yaml.safe_dump(user_config.model_dump(mode="json"),
+                                                                sort_keys=False))
+            (records / "train_result.json").write_text(train.model_dump_json(indent=2))
+            (records / "eval_report.json").write_text(report.model_dump_json(indent=2))
+            client.log_artifacts(run_id, str(records), artifact_path="records")
+        model_uri = log_pyfunc(run_id, Path(train.generators_dir), tracking_uri=client.tracking_uri)
+    except BaseException:
+        try:
+            client.set_terminated(run_id, status="FAILED")
+        except MlflowException as exc:  # the original error matters more than this bookkeeping
+            log.warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id, model_uri
