@@ -15,10 +15,10 @@ from pipelines.config import ResolvedConfig
 
 logger = logging.getLogger(__name__)
 
-# AWS credential variables forwarded to the workers, so that a worker that must ingest the dataset
-# itself (a node without the driver's cache) authenticates like the driver.
+# AWS credential variables passed on from the driver's environment: to the workers (a worker that must
+# ingest the dataset itself authenticates like the driver) and into the pyarrow filesystem Ray Train's
+# controller writes checkpoint snapshots with (its process does not inherit the driver's environment).
 FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
 
 def connect_ray(config: ResolvedConfig) -> bool:
     """Connect to ``config.services.ray_address``'s cluster, or start a local one; returns True when the
@@ -78,7 +78,11 @@ def count_nodes() -> int:
     return len(set(all_gather_object(ray.get_runtime_context().get_node_id())))
 
 
-def worker_runtime_env() -> dict[str, Any] | None:
-    """The workers' runtime env: the driver's AWS credential variables (see ``FORWARDED_ENV``)."""
-    env_vars = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
-    return {"env_vars": env_vars} if env_vars else None
+def aws_credentials() -> dict[str, str]:
+    """The driver's ``FORWARDED_ENV`` variables that are set."""
+    return {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+
+
+def worker_runtime_env(credentials: dict[str, str]) -> dict[str, Any] | None:
+    """The workers' runtime env: the driver's AWS credential variables (``aws_credentials()``)."""
+    return {"env_vars": dict(credentials)} if credentials else None

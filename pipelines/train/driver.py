@@ -30,7 +30,7 @@ from cyclegan_core.checkpoint import CheckpointError
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
-from pipelines.train.cluster import check_cluster, connect_ray, worker_runtime_env
+from pipelines.train.cluster import aws_credentials, check_cluster, connect_ray, worker_runtime_env
 from pipelines.train.layout import CHECKPOINT_FILE, read_progress, read_progress_in_place
 from pipelines.train.progress import RunProgress, progress_reporter
 from pipelines.train.storage import StorageTarget, last_checkpoint, resolve_storage
@@ -102,7 +102,8 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     run, scaling = config.run, config.scaling
     run_name = config.ray_run_name(dataset.version)
     # dataset.root need not exist here: a worker whose node lacks it ingests the dataset itself.
-    storage = resolve_storage(run.storage_path, config.services)
+    credentials = aws_credentials()
+    storage = resolve_storage(run.storage_path, config.services, credentials=credentials)
     local = connect_ray(config)
     check_cluster(config, local=local)
     check_resumable(storage, run_name, config, dataset)
@@ -118,7 +119,7 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
                 name=run_name, storage_path=storage.path, storage_filesystem=storage.filesystem,
                 checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep),
                 failure_config=FailureConfig(max_failures=run.max_failures),
-                callbacks=[progress_callback], worker_runtime_env=worker_runtime_env(),
+                callbacks=[progress_callback], worker_runtime_env=worker_runtime_env(credentials),
             ),
         )
         logger.info("training run %s: %d worker(s), %s, checkpoints in %s", run_name, scaling.num_workers,

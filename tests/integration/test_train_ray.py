@@ -113,7 +113,8 @@ def test_storage_paths_resolve_for_ray(tmp_path: Path) -> None:
         resolve_storage("runs", Services())
 
     services = Services(s3_endpoint_url="http://127.0.0.1:9000", s3_region="eu-west-1")
-    s3 = resolve_storage("s3://bucket/some/prefix/", services)
+    s3 = resolve_storage("s3://bucket/some/prefix/", services,
+                         credentials={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
     assert s3.path == "bucket/some/prefix" and s3.filesystem.type_name == "s3"
     assert s3.filesystem.region == "eu-west-1"  # from config.services, not the environment
     assert s3.uri("bucket/some/prefix/run") == "s3://bucket/some/prefix/run"
@@ -263,7 +264,9 @@ def test_s3_storage_worker_failure_and_resume(ray_local: None, ingested: Dataset
 
     assert crash.marker.exists()
     assert [int(line.split()[1].split("/")[0]) for line in epoch_lines(caplog)] == [2, 3, 4]
-    assert any("worker rank(s) [1] failed" in r.getMessage() for r in caplog.records)
+    # the driver warned about the crash (rank 0 fails too: its collective lost its peer)
+    assert any(re.match(r"worker rank\(s\) \[(\d, )*1\] failed: .* Ray Train restarts", r.getMessage())
+               for r in caplog.records)
     assert result.epochs == 4 and result.steps == 4 * steps
     assert [int(h["epoch"]) for h in result.history] == [1, 2, 3, 4]
     assert result.history[0]["step"] == steps  # run 1's epoch, carried in the checkpoint
