@@ -225,10 +225,11 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="print the EvalReport as JSON (last line)")] = False,
 ) -> None:
     """Score exported generators on a local dataset's test splits: FID/KID, PSNR/SSIM/L1, cycle error."""
-    from cyclegan_core.export import GeneratorLoadError
+    from cyclegan_core.pretrained import GeneratorLoadError
     from pipelines.config import EvalSettings, RegistrySettings, load_pipeline_config
     from pipelines.evaluate import evaluate_generators
 
+    endpoints = services()
     settings, registry = EvalSettings(), RegistrySettings()
     if config is not None:
         try:
@@ -236,10 +237,13 @@ def evaluate(
         except ValueError as exc:
             fail(str(exc))
         settings, registry = pipeline_config.eval, pipeline_config.registry
-    overrides = {"inception_weights": inception_weights, "max_images": max_images}
-    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if max_images is not None:
+        settings = settings.model_copy(update={"max_images": max_images})
+    weights = inception_weights or settings.inception_weights or endpoints.inception_weights
     try:
-        report = evaluate_generators(model, data, out, settings=settings, registry=registry)
+        report = evaluate_generators(model, data, out, settings=settings, registry=registry,
+                                     inception_weights=weights, s3_endpoint_url=endpoints.s3_endpoint_url,
+                                     s3_region=endpoints.s3_region)
     except (ValueError, GeneratorLoadError) as exc:
         fail(str(exc))
     lines = [f"{name}: {value:.4f}" for name, value in sorted(report.metrics.items())]
@@ -321,9 +325,10 @@ def translate(
     """Translate an image or a folder of images (flat) with a trained generator; writes PNGs."""
     import tempfile
 
-    from cyclegan_core.export import GeneratorLoadError
+    from cyclegan_core.pretrained import GeneratorLoadError
     from cyclegan_core.translate import translate_path
 
+    tracking_uri = services().tracking_uri
     if direction not in ("AtoB", "BtoA"):
         fail(f"--direction must be AtoB or BtoA, got {direction!r}")
     with tempfile.TemporaryDirectory(prefix="cyclegan-model-") as download_dir:
@@ -332,7 +337,7 @@ def translate(
             from pipelines.registry import RegistryError, download_model
 
             try:
-                model_path = download_model(model, Path(download_dir) / "model")
+                model_path = download_model(model, Path(download_dir) / "model", tracking_uri=tracking_uri)
             except RegistryError as exc:
                 fail(str(exc))
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import boto3
@@ -16,15 +17,23 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.export import save_generator
+from cyclegan_core.evaluation import same_size_batches
 from cyclegan_core.networks import generator_from_config
+from cyclegan_core.translator import Translator
 from pipelines.cli import app
-from pipelines.config import EvalSettings, PipelineConfig, RegistrySettings
+from pipelines.config import (
+    EvalSettings,
+    PipelineConfig,
+    RegistrySettings,
+    ResolvedConfig,
+    resolve,
+    services_from_env,
+)
 from pipelines.evaluate import (
     evaluate_generators,
     evaluate_model,
+    load_feature_extractor,
     resolve_inception_weights,
-    same_size_batches,
 )
 from pipelines.records import DatasetRef, EvalReport
 from tests.unit.test_metrics import write_random_inception_weights
@@ -46,9 +55,7 @@ def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def generators_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    for direction, folder in (("AtoB", "G_AB"), ("BtoA", "G_BA")):
-        save_generator(generator_from_config(CFG), CFG, tmp_path / "model" / folder, direction=direction)
-    return tmp_path / "model"
+    return Translator(generator_from_config(CFG), generator_from_config(CFG), CFG).save_pretrained(tmp_path / "model")
 
 
 @pytest.fixture()
@@ -62,9 +69,9 @@ def dataset_ref(root: Path) -> DatasetRef:
     return DatasetRef(uri=root.as_uri(), root=root, manifest=root / "manifest.json", version="local")
 
 
-def pipeline_config(**eval_fields: object) -> PipelineConfig:
+def pipeline_config(**eval_fields: object) -> ResolvedConfig:
     settings = EvalSettings(max_images=IMAGES, kid_subsets=5, grid_images=2, batch_size=2, **eval_fields)
-    return PipelineConfig(dataset_uri="s3://bucket/synth", eval=settings)
+    return resolve(PipelineConfig(dataset_uri="s3://bucket/synth", eval=settings), env={})
 
 
 def test_evaluate_model_computes_every_metric_and_writes_artifacts(
@@ -81,7 +88,6 @@ def test_evaluate_model_computes_every_metric_and_writes_artifacts(
     assert metrics["psnr_gain_AtoB"] == pytest.approx(metrics["psnr_AtoB"] - metrics["psnr_identity_AtoB"])
     assert 0 < metrics["ssim_identity_AtoB"] < 1 and metrics["cycle_l1_A"] > 0
     assert report.primary_metric == "psnr_AtoB" and report.primary_value == metrics["psnr_AtoB"]
-    assert report.higher_is_better
 
     # rows: grid_images; columns: input | translated | reconstructed, 32 px tiles, 2 px padding
     for direction in ("AtoB", "BtoA"):
@@ -115,6 +121,7 @@ def test_without_weights_fid_and_kid_are_skipped_with_the_reason(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="pipelines.evaluate"):
         report = evaluate_model(generators_dir, dataset_ref(synthetic_dataset), pipeline_config(), tmp_path / "out")
+    assert set(report.metrics) == EXPECTED_KEYS - set(report.skipped) - {"kid_AtoB_std", "kid_BtoA_std"}
     assert set(report.skipped) == {"fid_AtoB", "fid_BtoA", "kid_AtoB", "kid_BtoA"}
     assert all("CYCLEGAN_INCEPTION_WEIGHTS" in reason for reason in report.skipped.values())
     assert not {"fid_AtoB", "kid_AtoB"} & report.metrics.keys()
@@ -177,27 +184,30 @@ def test_s3_weights_are_downloaded_once_and_refreshed_when_they_change(
     client = boto3.client("s3")
     client.put_object(Bucket=s3_bucket, Key="fid/inception.pth", Body=b"first version")
     uri = f"s3://{s3_bucket}/fid/inception.pth"
+    endpoint = services_from_env(os.environ).s3_endpoint_url  # the moto server, as the entry resolves it
+    assert endpoint
 
-    local = resolve_inception_weights(uri)
+    local = resolve_inception_weights(uri, s3_endpoint_url=endpoint)
     assert local.read_bytes() == b"first version" and local.is_relative_to(tmp_path / "torch-home")
     first_mtime = local.stat().st_mtime_ns
-    assert resolve_inception_weights(uri) == local and local.stat().st_mtime_ns == first_mtime  # cached
+    assert resolve_inception_weights(uri, s3_endpoint_url=endpoint) == local
+    assert local.stat().st_mtime_ns == first_mtime  # cached
 
     client.put_object(Bucket=s3_bucket, Key="fid/inception.pth", Body=b"second version!")
-    assert resolve_inception_weights(uri).read_bytes() == b"second version!"
+    assert resolve_inception_weights(uri, s3_endpoint_url=endpoint).read_bytes() == b"second version!"
 
 
 def test_s3_weights_end_to_end_load_through_the_real_loader(
     s3_bucket: str, inception_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.evaluate import load_feature_extractor
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     boto3.client("s3").upload_file(str(inception_weights), s3_bucket, "weights/inception.pth")
     monkeypatch.setenv("CYCLEGAN_INCEPTION_WEIGHTS", f"s3://{s3_bucket}/weights/inception.pth")
-    extractor, reason = load_feature_extractor(None, torch.device("cpu"))
+    services = services_from_env(os.environ)  # what the entry resolves
+    s3 = {"s3_endpoint_url": services.s3_endpoint_url, "s3_region": services.s3_region}
+    extractor, reason = load_feature_extractor(services.inception_weights, torch.device("cpu"), **s3)
     assert reason == "" and extractor is not None
-    missing, why = load_feature_extractor(f"s3://{s3_bucket}/weights/absent.pth", torch.device("cpu"))
+    missing, why = load_feature_extractor(f"s3://{s3_bucket}/weights/absent.pth", torch.device("cpu"), **s3)
     assert missing is None and "absent.pth" in why
 
 
@@ -212,5 +222,6 @@ def test_torchvision_weights_come_from_the_torch_hub_cache_without_a_download(
     assert resolve_inception_weights(None) == cached
     assert resolve_inception_weights("torchvision") == cached
     monkeypatch.setenv("CYCLEGAN_INCEPTION_WEIGHTS", str(tmp_path / "mine.pth"))
-    assert resolve_inception_weights(None) == tmp_path / "mine.pth"
+    assert resolve_inception_weights(None) == cached  # below the entry nothing reads the environment
+    assert resolve_inception_weights(services_from_env(os.environ).inception_weights) == tmp_path / "mine.pth"
     assert resolve_inception_weights(str(tmp_path / "explicit.pth")) == tmp_path / "explicit.pth"

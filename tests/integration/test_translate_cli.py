@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.export import export_generators
 from cyclegan_core.networks import generator_from_config
+from cyclegan_core.translator import Translator
 from pipelines.cli import app
 
 CFG = ModelConfig(generator="resnet_unet_adalin", ngf=4)
@@ -24,8 +23,7 @@ CFG = ModelConfig(generator="resnet_unet_adalin", ngf=4)
 @pytest.fixture()
 def model_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = SimpleNamespace(G_AB=generator_from_config(CFG), G_BA=generator_from_config(CFG), model_cfg=CFG)
-    return export_generators(model, tmp_path / "model")
+    return Translator(generator_from_config(CFG), generator_from_config(CFG), CFG).save_pretrained(tmp_path / "model")
 
 
 @pytest.fixture()
