@@ -35,9 +35,8 @@ from cyclegan_core.fit import fit
 from cyclegan_core.images import decode_image, list_images
 from cyclegan_core.metrics import psnr
 from cyclegan_core.model import CycleGAN
-from cyclegan_core.networks import size_multiple
 from cyclegan_core.synthetic import REFERENCE_SPLIT, identity_psnr, make_synthetic_dataset
-from cyclegan_core.translate import pil_to_tensor, translate_tensor
+from cyclegan_core.translator import Translator, pil_to_tensor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,12 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def paired_psnr(generator: torch.nn.Module, root: Path, *, multiple: int) -> float:
+def paired_psnr(translator: Translator, root: Path) -> float:
     """Mean PSNR (dB) of G_AB(testA) against testA_ref, translated in fp32."""
     refs = list_images(root / REFERENCE_SPLIT)
     inputs = torch.stack([pil_to_tensor(decode_image(root / "testA" / ref.name)) for ref in refs])
     targets = torch.stack([pil_to_tensor(decode_image(ref)) for ref in refs])
-    outputs = translate_tensor(generator, inputs, multiple=multiple, precision="fp32").cpu()
+    outputs = translator.translate_tensor(inputs, precision="fp32").cpu()
     return float(psnr(outputs, targets).mean())
 
 
@@ -83,7 +82,7 @@ def train_and_score(args: argparse.Namespace, root: Path, precision: str) -> dic
     last = {key: round(value, 4) for key, value in final.loss_means.items()}
     return {
         "precision": model.precision, "steps": model.step, "train_s": round(seconds, 1),
-        "psnr_AtoB": round(paired_psnr(model.G_AB, root, multiple=size_multiple(args.generator)), 3),
+        "psnr_AtoB": round(paired_psnr(Translator(model.G_AB, model.G_BA, model_cfg), root), 3),
         "final_epoch_losses": last,
     }
 
