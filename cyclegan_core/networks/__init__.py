@@ -4,6 +4,7 @@ Generators: ``resnet_9blocks``, ``resnet_6blocks``, ``unet_128``, ``unet_256`` (
 checkpoint-compatible) and ``resnet_unet_adalin`` (the article's ResNet-U-Net with AdaLIN).
 Discriminators: ``basic`` (70x70 PatchGAN), ``n_layers`` (PatchGAN of any depth), ``pixel`` (1x1).
 Every network is initialised with ``init_weights`` (official semantics) before it is returned.
+``cyclegan_core.networks.official`` tells which generator a bare (official) state dict is.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ __all__ = [
     "count_parameters",
     "discriminator_from_config",
     "generator_from_config",
-    "generators_from_config",
     "init_weights",
     "norm_factory",
     "size_multiple",
@@ -95,10 +95,6 @@ def generator_from_config(cfg: ModelConfig) -> nn.Module:
                            init_gain=cfg.init_gain)
 
 
-# The spelling ARCHITECTURE.md's contract uses.
-generators_from_config = generator_from_config
-
-
 def discriminator_from_config(cfg: ModelConfig, *, input_nc: int | None = None) -> nn.Module:
     """A discriminator of ``cfg``; ``input_nc`` defaults to ``cfg.output_nc`` (D_B judges domain B)."""
     return build_discriminator(cfg.discriminator, input_nc=cfg.output_nc if input_nc is None else input_nc,
@@ -113,6 +109,6 @@ def size_multiple(generator_name: str) -> int:
     return _GENERATORS[generator_name][1]
 
 
-def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
+def count_parameters(module: nn.Module) -> int:
     """Number of parameters (shared ones counted once), like the official ``print_networks``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    return sum(p.numel() for p in module.parameters())
