@@ -69,7 +69,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
             f"{path} is not a cyclegan_core training checkpoint (expected format {CHECKPOINT_FORMAT!r}, "
-            f"found {found}); exported or official generator weights load with cyclegan_core.export"
+            f"found {found}); exported or official generator weights load with Translator.from_pretrained"
         )
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(

@@ -31,14 +31,14 @@ from __future__ import annotations
 import itertools
 import logging
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cyclegan_core.config import ModelConfig, Precision, TrainConfig
+from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 from cyclegan_core.networks import (
     build_generator,
@@ -49,6 +49,7 @@ from cyclegan_core.networks import (
     size_multiple,
 )
 from cyclegan_core.pool import ImagePool
+from cyclegan_core.precision import ResolvedPrecision, autocast, resolve_precision
 from cyclegan_core.rng import capture_rng_state, restore_rng_state, seed_everything
 from cyclegan_core.schedules import build_scheduler, replay_schedule
 
@@ -63,16 +64,8 @@ STATE_KEYS: tuple[str, ...] = (
     "format", "version", "model_config", "train_config", "nets", "optimizers", "schedulers", "pools",
     "scaler", "step", "epoch", "rng",
 )
-ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
 # TrainConfig fields that define the learning-rate schedule (see load_state_dict).
 SCHEDULE_FIELDS: tuple[str, ...] = ("lr", "lr_policy", "n_epochs", "n_epochs_decay", "lr_decay_iters")
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> ResolvedPrecision:
-    """``auto`` is bf16 autocast on CUDA and fp32 elsewhere; explicit choices are kept."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -183,8 +176,7 @@ class CycleGAN:
         return torch.compile(module, mode=self.train_cfg.compile_mode)
 
     def _autocast(self) -> AbstractContextManager[None]:
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=self.precision != "fp32")
+        return autocast(self.device, self.precision)
 
     def _prepare(self, images: Tensor, name: str, channels: int) -> Tensor:
         if images.dim() != 4 or images.shape[1] != channels:
