@@ -171,9 +171,9 @@ def read_generator_config(folder: Path) -> tuple[ModelConfig, str]:
         raise GeneratorLoadError(f"{path}: invalid model config: {exc}") from exc
 
 
-def load_generator_folder(folder: Path) -> tuple[nn.Module, ModelConfig, str]:
-    """An exported generator folder as (module in eval mode on the CPU, its ModelConfig, its direction)."""
-    cfg, direction = read_generator_config(folder)
+def load_generator_folder(folder: Path) -> tuple[nn.Module, ModelConfig]:
+    """An exported generator folder as (module in eval mode on the CPU, the ModelConfig that rebuilds it)."""
+    cfg, _ = read_generator_config(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise GeneratorLoadError(f"{folder} is not a complete export: {WEIGHTS_FILE} is missing")
@@ -181,7 +181,7 @@ def load_generator_folder(folder: Path) -> tuple[nn.Module, ModelConfig, str]:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise GeneratorLoadError(f"{weights} is not a readable safetensors file ({exc})") from exc
-    return build_loaded(cfg, state, weights), cfg, direction
+    return build_loaded(cfg, state, weights), cfg
 
 
 def _load_failure(exc: Exception) -> str:

@@ -104,15 +104,15 @@ class Translator:
         ``.pth`` whose architecture is inferred from its state dict. ``device`` None: CUDA if available."""
         path = Path(path)
         if path.is_dir() and (path / CONFIG_FILE).is_file():
-            net, cfg, _ = load_generator_folder(path)
+            net, cfg = load_generator_folder(path)
             translator = cls(net, None, cfg)
         elif path.is_dir():
             missing = [f"{folder}/" for folder in DIRECTION_FOLDERS.values() if not (path / folder).is_dir()]
             if missing:
                 raise GeneratorLoadError(f"{path} is neither an exported generator (no {CONFIG_FILE}) nor an "
                                          f"exported model (no {' or '.join(missing)})")
-            g_ab, cfg, _ = load_generator_folder(path / DIRECTION_FOLDERS["AtoB"])
-            g_ba, cfg_ba, _ = load_generator_folder(path / DIRECTION_FOLDERS["BtoA"])
+            g_ab, cfg = load_generator_folder(path / DIRECTION_FOLDERS["AtoB"])
+            g_ba, cfg_ba = load_generator_folder(path / DIRECTION_FOLDERS["BtoA"])
             if cfg_ba != swapped_channels(cfg):
                 raise GeneratorLoadError(f"{path}: G_BA/ ({describe_config(cfg_ba)}) is not the B->A twin of "
                                          f"G_AB/ ({describe_config(cfg)}); export the pair together")
