@@ -150,11 +150,8 @@ def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
     logger.info("dataset version %s: %s", dataset.version, dataset.counts)
 
     if not resolved.force:
-        champion = champion_identity_task(resolved)
-        if champion is not None and tuple(champion) == (dataset.version, resolved.fingerprint):
-            reason = (f"the champion of {resolved.registry.model_name!r} was trained on dataset version "
-                      f"{dataset.version} with this config (fingerprint {resolved.fingerprint}); "
-                      "set force=true to retrain")
+        reason = skip_reason(champion_identity_task(resolved), dataset, resolved)
+        if reason:
             logger.info("skipping training: %s", reason)
             outcome = PipelineOutcome(dataset=dataset, skipped=reason)
             publish_summary(resolved, outcome)
@@ -171,6 +168,16 @@ def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
                 ", ".join(model.aliases) or "no alias", report.primary_metric, report.primary_value,
                 model.reason)
     return outcome
+
+
+def skip_reason(champion: tuple[str, str] | None, dataset: DatasetRef, config: ResolvedConfig) -> str:
+    """Why this run need not train ('' when it must): the champion was trained on this dataset version
+    with this training fingerprint. ``champion`` is its (dataset version, fingerprint)."""
+    if champion is None or tuple(champion) != (dataset.version, config.fingerprint):
+        return ""
+    return (f"the champion of {config.registry.model_name!r} was trained on dataset version "
+            f"{dataset.version} with this config (fingerprint {config.fingerprint}); "
+            "set force=true to retrain")
 
 
 def summary_markdown(config: ResolvedConfig, outcome: PipelineOutcome) -> str:

@@ -191,7 +191,9 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     # Scheduled retraining: the champion of flow-e2e-copy was trained on this dataset version,
     # so a run without force skips training and says why.
     skipped = train_cyclegan(again)
-    assert skipped.train is None and "unchanged" in skipped.skipped
+    assert skipped.train is None
+    assert f"dataset version {outcome.dataset.version} with this config" in skipped.skipped
+    assert outcome.train.fingerprint in skipped.skipped
 
 
 def test_a_bad_parameter_fails_before_any_work(prefect_harness):
@@ -201,20 +203,3 @@ def test_a_bad_parameter_fails_before_any_work(prefect_harness):
 
     with pytest.raises(ParameterTypeError, match="dataset_uri"):
         train_cyclegan({"dataset_uri": "not-a-bucket", "cache_dir": "/nonexistent"})
-
-
-def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
-    import yaml
-
-    spec = yaml.safe_load(Path("prefect.yaml").read_text())
-    deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"manual", "nightly"}
-    for deployment in deployments.values():
-        assert deployment["entrypoint"] == "pipelines/flows.py:train_cyclegan"
-        assert deployment["work_pool"]["name"] == "cyclegan-pool"
-        PipelineConfig.model_validate(deployment["parameters"]["config"])
-    (schedule,) = deployments["nightly"]["schedules"]
-    assert schedule == {"cron": "0 3 * * *", "timezone": "UTC", "active": True}
-    from prefect.client.schemas.schedules import CronSchedule
-
-    CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])

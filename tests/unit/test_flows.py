@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect.task_engine import TaskRunTimeoutError
 
 from pipelines.config import PipelineConfig, resolve
-from pipelines.flows import is_transient_failure, summary_markdown
+from pipelines.flows import is_transient_failure, skip_reason, summary_markdown
 from pipelines.ingest import IngestError
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.registry import RegistryError
@@ -61,3 +61,30 @@ def test_summary_lists_metrics_model_and_skipped_metrics(tmp_path):
 def test_summary_of_a_skipped_run_says_why():
     text = summary_markdown(CONFIG, PipelineOutcome(dataset=DATASET, skipped="dataset unchanged"))
     assert "training skipped: dataset unchanged" in text
+
+
+def test_training_is_skipped_only_for_the_champions_data_and_fingerprint():
+    assert "set force=true" in skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, CONFIG)
+    assert skip_reason(None, DATASET, CONFIG) == ""  # no champion yet
+    assert skip_reason(("cd" * 32, CONFIG.fingerprint), DATASET, CONFIG) == ""  # new data
+    changed = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", train={"n_epochs": 7}), env={})
+    assert skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, changed) == ""  # new settings
+    moved = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", cache_dir="/elsewhere"), env={})
+    assert skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, moved)  # paths change nothing
+
+
+def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"manual", "nightly"}
+    for deployment in deployments.values():
+        assert deployment["entrypoint"] == "pipelines/flows.py:train_cyclegan"
+        assert deployment["work_pool"]["name"] == "cyclegan-pool"
+        PipelineConfig.model_validate(deployment["parameters"]["config"])
+    (schedule,) = deployments["nightly"]["schedules"]
+    assert schedule == {"cron": "0 3 * * *", "timezone": "UTC", "active": True}
+    from prefect.client.schemas.schedules import CronSchedule
+
+    CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
