@@ -186,8 +186,12 @@ def register_model(config: ResolvedConfig, train: TrainResult, report: EvalRepor
     check_inputs(config, train, report)
     check_reachable(uri, policy=retry)
     client = mlflow_client(uri)
-    return with_mlflow_retries(lambda: register_once(client, config, train, report),
-                               what=f"registering model {config.registry.model_name}", uri=uri, policy=retry)
+    # The SQL registry store resolves a version's models:/ source with a default MlflowClient (the
+    # global URIs), so the whole registration runs with them pointed at this store.
+    with global_tracking_uri(uri):
+        return with_mlflow_retries(lambda: register_once(client, config, train, report),
+                                   what=f"registering model {config.registry.model_name}", uri=uri,
+                                   policy=retry)
 
 
 def promote(name: str, version: str | int, alias: str = CHAMPION, *, tracking_uri: str,

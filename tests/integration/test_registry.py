@@ -374,6 +374,26 @@ def test_sqlite_store_keeps_artifacts_in_mlartifacts(tmp_path: Path, monkeypatch
     assert ensure_experiment(client, "cyclegan", uri) == experiment_id
 
 
+def test_register_into_a_local_sqlite_store_with_no_tracking_variable(
+    tmp_path: Path, models: dict[str, Path], model_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo's store: a relative sqlite:/// URI, no MLFLOW_TRACKING_URI in the environment."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    config = resolve(make_config(model_name).user_config(), env={})
+    assert config.services.tracking_uri == "sqlite:///mlruns.db"
+    ref = register_model(config, make_train(models["one"], "sqlite-run"), make_report(20.0), retry=FAST_RETRY)
+    assert ref.version == "1" and CHAMPION in ref.aliases
+    assert aliases("sqlite:///mlruns.db", model_name) == {CHALLENGER: "1", CHAMPION: "1"}
+    assert (tmp_path / "mlruns.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the caller's environment is left as it was
+    local = download_model(f"models:/{model_name}@champion", tmp_path / "dl", tracking_uri="sqlite:///mlruns.db")
+    image = test_input_image()
+    translated = np.asarray(Translator.from_pretrained(local, device="cpu")([image])[0])
+    assert np.array_equal(translated, direct_translation(models["one"], image))
+
+
 def test_unreachable_server_fails_clearly(models: dict[str, Path]) -> None:
     import socket
 
