@@ -93,7 +93,8 @@ def test_rgb_jpeg_decodes_unchanged_in_size(tmp_path: Path) -> None:
     gradient(size=(40, 30)).save(path, format="JPEG")
     image = decode_image(path)
     assert image.mode == "RGB" and image.size == (40, 30)
-    image.load()  # usable after decode_image closed the file
+    with Image.open(path) as reference:  # the very pixels of the file, after decode_image closed it
+        assert np.array_equal(np.asarray(image), np.asarray(reference.convert("RGB")))
 
 
 def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
