@@ -252,7 +252,10 @@ def test_generator_output_shape_and_range(name: str, size: int, ngf: int) -> Non
 @pytest.mark.parametrize("norm", ["batch", "none"])
 @pytest.mark.parametrize("name", ["resnet_6blocks", "resnet_unet_adalin"])
 def test_generators_run_with_other_norms(name: str, norm: str) -> None:
-    assert build_generator(name, ngf=8, norm=norm)(torch.randn(2, 3, 16, 16)).shape == (2, 3, 16, 16)
+    net = build_generator(name, ngf=8, norm=norm)
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 3, 16, 16)
+    norm_layers = {type(m) for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d))}
+    assert norm_layers == ({nn.BatchNorm2d} if norm == "batch" else set())  # the norm asked for, only it
 
 
 @pytest.mark.parametrize(
@@ -314,6 +317,10 @@ def test_networks_from_config() -> None:
     )
     generator = generator_from_config(cfg)
     assert generator(torch.randn(2, 1, 16, 16)).shape == (2, 3, 16, 16)
+    first_conv = next(m for m in generator.modules() if isinstance(m, nn.Conv2d))
+    assert (first_conv.in_channels, first_conv.out_channels) == (1, 8)  # input_nc and ngf of the config
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in generator.modules()) > 0
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in generator.modules())
     assert discriminator_from_config(cfg)(torch.randn(2, 3, 32, 32)).shape[1] == 1
     assert discriminator_from_config(cfg, input_nc=1)(torch.randn(2, 1, 32, 32)).shape[1] == 1
 
