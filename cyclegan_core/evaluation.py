@@ -38,6 +38,7 @@ from cyclegan_core.metrics import (
     ssim,
     to_unit_range,
 )
+from cyclegan_core.pretrained import DIRECTIONS
 from cyclegan_core.translator import Translator, pil_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def evaluate_translator(
     """
     data_root = Path(data_root)
     cfg = translator.config
-    if translator.directions != ("AtoB", "BtoA"):
+    if translator.directions != DIRECTIONS:
         raise ValueError(f"evaluation needs both generators (G_AB and G_BA); {translator} has {translator.directions}")
     if cfg.input_nc != 3 or cfg.output_nc != 3:
         raise ValueError(f"evaluation needs RGB generators, the model has input_nc={cfg.input_nc}, "

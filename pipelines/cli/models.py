@@ -79,12 +79,12 @@ def translate(
     """Translate an image or a folder of images (flat) with a trained generator; writes PNGs."""
     import tempfile
 
-    from cyclegan_core.pretrained import GeneratorLoadError
+    from cyclegan_core.pretrained import DIRECTIONS, GeneratorLoadError
     from cyclegan_core.translate import translate_path
 
     tracking_uri = services().tracking_uri
-    if direction not in ("AtoB", "BtoA"):
-        fail(f"--direction must be AtoB or BtoA, got {direction!r}")
+    if direction not in DIRECTIONS:
+        fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     with tempfile.TemporaryDirectory(prefix="cyclegan-model-") as download_dir:
         model_path = Path(model)
         if model.startswith(("models:/", "runs:/")):
