@@ -65,18 +65,32 @@ def _retrying(**options: Any) -> dict[str, Any]:
     )
 
 
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
+
+
 def _train_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """The run identity, plus where its files live: a cached TrainResult points at them (a run moved
+    elsewhere misses the cache, then finds its Ray run by name and resumes it, which costs no training)."""
     config: ResolvedConfig = parameters["config"]
     dataset: DatasetRef = parameters["dataset"]
-    return f"train-{dataset.version}-{config.fingerprint}"
+    where = _digest(config.run.storage_path, str(config.output_dir))
+    return f"train-{dataset.version}-{config.fingerprint}-{where}"
 
 
 def _evaluate_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     config: ResolvedConfig = parameters["config"]
     trained: TrainResult = parameters["trained"]
-    inputs = [trained.checkpoint_uri, trained.dataset_version, config.eval.model_dump_json(),
-              config.registry.primary_metric, config.services.inception_weights or ""]
-    return f"evaluate-{hashlib.sha256(repr(inputs).encode()).hexdigest()[:24]}"
+    return "evaluate-" + _digest(trained.checkpoint_uri, trained.dataset_version, config.eval.model_dump_json(),
+                                 config.registry.primary_metric, config.services.inception_weights or "",
+                                 str(config.output_dir))
+
+
+def files_exist(result: TrainResult | EvalReport) -> bool:
+    """Whether the local files a (possibly cached) stage result points at are still there."""
+    if isinstance(result, TrainResult):
+        return result.generators_dir.is_dir()
+    return all(Path(path).is_file() for path in result.artifacts.values())
 
 
 @task(name="ingest", timeout_seconds=2 * HOUR, cache_policy=NO_CACHE, **_retrying())
@@ -160,7 +174,13 @@ def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
     logger.info("Ray Train run %s (a re-run with the same data and config resumes it)",
                 resolved.ray_run_name(dataset.version))
     trained = train_task.with_options(refresh_cache=resolved.force)(resolved, dataset)
+    if not files_exist(trained):  # a cached result whose exported generators were deleted since
+        logger.info("cached training result lacks %s: running the train stage again", trained.generators_dir)
+        trained = train_task.with_options(refresh_cache=True)(resolved, dataset)
     report = evaluate_task.with_options(refresh_cache=resolved.force)(resolved, trained, dataset)
+    if not files_exist(report):
+        logger.info("cached evaluation lacks some of its artifacts: evaluating again")
+        report = evaluate_task.with_options(refresh_cache=True)(resolved, trained, dataset)
     model = register_task(resolved, trained, report)
     outcome = PipelineOutcome(dataset=dataset, train=trained, report=report, model=model)
     publish_summary(resolved, outcome)

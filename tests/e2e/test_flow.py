@@ -8,6 +8,7 @@ retry. The flow completes, registration ran twice, and no stage before it ran ag
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -194,6 +195,14 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     assert skipped.train is None
     assert f"dataset version {outcome.dataset.version} with this config" in skipped.skipped
     assert outcome.train.fingerprint in skipped.skipped
+
+    # The cached training result points at exported generators that were deleted since: the flow does
+    # not trust it, runs the train stage again, which finds the finished Ray run by its name and
+    # exports the same checkpoint's generators without training further.
+    shutil.rmtree(outcome.train.generators_dir)
+    third = train_cyclegan(tiny_config(f"s3://{s3_bucket}/synth", tmp_path, model_name="flow-e2e-third"))
+    assert third.train is not None and third.train.generators_dir.is_dir()
+    assert (third.train.checkpoint_uri, third.train.steps) == (outcome.train.checkpoint_uri, outcome.train.steps)
 
 
 def test_a_bad_parameter_fails_before_any_work(prefect_harness):
