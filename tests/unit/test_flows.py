@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect.task_engine import TaskRunTimeoutError
 
 from pipelines.config import PipelineConfig, resolve
-from pipelines.flows import is_transient_failure, skip_reason, summary_markdown
+from pipelines.flows import _train_cache_key, files_exist, is_transient_failure, skip_reason, summary_markdown
 from pipelines.ingest import IngestError
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.registry import RegistryError
@@ -39,6 +39,31 @@ def test_the_ray_run_is_named_after_the_data_and_the_config():
     other = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", train={"lr": 1e-3}), env={})
     assert other.ray_run_name(DATASET.version) != name  # new config, new run
     assert CONFIG.run.run_name == "cyclegan"  # the config keeps the name the user gave
+
+
+def test_the_train_cache_key_is_the_run_identity_and_where_its_files_live():
+    def key(**changes: object) -> str:
+        config = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", **changes), env={})
+        return _train_cache_key(None, {"config": config, "dataset": DATASET})
+
+    assert key().startswith(f"train-{DATASET.version}-{CONFIG.fingerprint}-")
+    assert key(cache_dir="/elsewhere/cache") == key()  # the dataset cache is not part of the result
+    assert key(output_dir="/elsewhere/outputs") != key()  # the cached result points at these files
+    assert key(run={"storage_path": "s3://bucket/runs"}) != key()
+    assert key(train={"lr": 1e-3}) != key()
+
+
+def test_a_result_whose_files_are_gone_is_not_trusted(tmp_path):
+    trained = TrainResult(run_name="r", checkpoint_uri="/runs/c", generators_dir=tmp_path / "generators",
+                          dataset_version="v", dataset_uri=DATASET.uri, fingerprint="f" * 16, steps=1, epochs=1)
+    assert not files_exist(trained)
+    (tmp_path / "generators").mkdir()
+    assert files_exist(trained)
+    report = EvalReport(metrics={"psnr_AtoB": 1.0}, primary_metric="psnr_AtoB", primary_value=1.0,
+                        artifacts={"grid_AtoB": tmp_path / "grid.png"})
+    assert not files_exist(report)
+    (tmp_path / "grid.png").write_bytes(b"png")
+    assert files_exist(report)
 
 
 def test_summary_lists_metrics_model_and_skipped_metrics(tmp_path):
