@@ -72,4 +72,4 @@ class PipelineOutcome(Record):
     train: TrainResult | None = None
     report: EvalReport | None = None
     model: ModelVersionRef | None = None
-    skipped: str = Field("", description="why training was skipped (dataset unchanged since the champion)")
+    skipped: str = Field("", description="why training was skipped (the champion has this dataset version and fingerprint)")

@@ -179,7 +179,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     assert outcome.report.primary_metric == "psnr_AtoB"
 
     # A second run on the same data and config under another model name: training and evaluation
-    # come from Prefect's cache (keyed on dataset version + config hash), only registration runs.
+    # come from Prefect's cache (keyed on dataset version + training fingerprint), only registration runs.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setattr(registry, "register_model", real_register)
     again = tiny_config(f"s3://{s3_bucket}/synth", tmp_path, model_name="flow-e2e-copy")

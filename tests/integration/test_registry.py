@@ -41,7 +41,7 @@ TINY = ModelConfig(generator="resnet_6blocks", ngf=4, norm="instance")
 
 
 def export_tiny_model(dest: Path, seed: int) -> Path:
-    """Two tiny random generators saved like cyclegan_core.export does for a trained model."""
+    """Two tiny random generators saved as the train stage exports a trained model."""
     torch.manual_seed(seed)
     nets = [build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm) for _ in range(2)]
     Translator(nets[0], nets[1], TINY).save_pretrained(dest)
