@@ -93,6 +93,16 @@ def files_exist(result: TrainResult | EvalReport) -> bool:
     return all(Path(path).is_file() for path in result.artifacts.values())
 
 
+def run_cached_stage(stage: Any, *args: Any, force: bool) -> Any:
+    """Run a cached stage task; a cached result whose files were deleted since is not trusted: the stage
+    runs again (training then finds its finished Ray run by name and only re-exports it)."""
+    result = stage.with_options(refresh_cache=force)(*args)
+    if files_exist(result):
+        return result
+    get_run_logger().info("%s: the cached result's files are gone; running the stage again", stage.name)
+    return stage.with_options(refresh_cache=True)(*args)
+
+
 @task(name="ingest", timeout_seconds=2 * HOUR, cache_policy=NO_CACHE, **_retrying())
 def ingest_task(config: ResolvedConfig) -> DatasetRef:
     """Bring the S3 prefix into the local cache (incremental) and return the verified dataset."""
@@ -173,14 +183,8 @@ def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
 
     logger.info("Ray Train run %s (a re-run with the same data and config resumes it)",
                 resolved.ray_run_name(dataset.version))
-    trained = train_task.with_options(refresh_cache=resolved.force)(resolved, dataset)
-    if not files_exist(trained):  # a cached result whose exported generators were deleted since
-        logger.info("cached training result lacks %s: running the train stage again", trained.generators_dir)
-        trained = train_task.with_options(refresh_cache=True)(resolved, dataset)
-    report = evaluate_task.with_options(refresh_cache=resolved.force)(resolved, trained, dataset)
-    if not files_exist(report):
-        logger.info("cached evaluation lacks some of its artifacts: evaluating again")
-        report = evaluate_task.with_options(refresh_cache=True)(resolved, trained, dataset)
+    trained = run_cached_stage(train_task, resolved, dataset, force=resolved.force)
+    report = run_cached_stage(evaluate_task, resolved, trained, dataset, force=resolved.force)
     model = register_task(resolved, trained, report)
     outcome = PipelineOutcome(dataset=dataset, train=trained, report=report, model=model)
     publish_summary(resolved, outcome)
