@@ -11,8 +11,6 @@ version whose gate was not applied) instead of duplicating it.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -20,6 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cyclegan_core.atomic import owned_temp, sweep_stale_temps
 from cyclegan_core.pretrained import DIRECTION_FOLDERS
 from pipelines.config import RegistrySettings, ResolvedConfig
 from pipelines.records import EvalReport, ModelVersionRef, TrainResult
@@ -32,6 +31,7 @@ from pipelines.registry.run_log import (
     TAG_METRIC_VALUE,
     check_inputs,
     ensure_experiment,
+    fail_stale_runs,
     finished_run_id,
     log_run,
     registration_key,
@@ -159,6 +159,7 @@ def register_once(client: MlflowClient, config: ResolvedConfig, train: TrainResu
         log.info("model %s: completing half-registered version %s", name, version.version)
     else:
         experiment_id = ensure_experiment(client, config.registry.experiment, client.tracking_uri)
+        fail_stale_runs(client, experiment_id, key)
         run_id = finished_run_id(client, experiment_id, key)
         if run_id is None:
             run_id, model_uri = log_run(client, experiment_id, config, train, report)
@@ -258,9 +259,8 @@ def download_model(uri: str, dest: Path, *, tracking_uri: str, retry: RetryPolic
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise RegistryError(f"download destination {dest} exists and is not an empty folder")
     check_reachable(tracking_uri, policy=retry)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    sweep_stale_temps(dest.parent, name=dest.name)
+    with owned_temp(dest.parent, dest.name, folder=True) as staging:
 
         def fetch() -> str:
             return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging),
@@ -279,8 +279,5 @@ def download_model(uri: str, dest: Path, *, tracking_uri: str, retry: RetryPolic
         if dest.exists():
             dest.rmdir()
         staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("downloaded %s to %s", uri, dest / relative)
     return dest / relative

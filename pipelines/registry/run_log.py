@@ -4,7 +4,7 @@ Params and ``records/config.yaml`` are the resolved config that trained, without
 (``config.user_config()``: ``run.run_name`` as the user gave it); the Ray run name and the training
 fingerprint are tags. The generators are logged once, inside the pyfunc model. A run and its model
 version carry a ``registration_key`` (Ray run name + checkpoint URI + training fingerprint), so a
-retry finds what an earlier attempt logged.
+retry finds what an earlier attempt logged, and marks FAILED a run a killed attempt left RUNNING.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ TAG_FINGERPRINT = "training_fingerprint"
 TAG_DATASET_VERSION = "dataset_version"
 TAG_METRIC = "primary_metric"
 TAG_METRIC_VALUE = "primary_metric_value"
+TAG_FAILED_REASON = "failed_reason"  # on a stale run a retry marked FAILED
 
 
 def flatten_params(config: PipelineConfig, *, max_length: int = MAX_PARAM_LENGTH) -> dict[str, str]:
@@ -133,6 +134,21 @@ def finished_run_id(client: MlflowClient, experiment_id: str, key: str) -> str |
                               filter_string=f"tags.{TAG_KEY} = '{key}' and attributes.status = 'FINISHED'",
                               max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+def fail_stale_runs(client: MlflowClient, experiment_id: str, key: str) -> list[str]:
+    """Mark FAILED the runs with registration key ``key`` still RUNNING: an earlier attempt whose client
+    died mid-registration (SIGKILL skips ``log_run``'s own FAILED marking). Returns their ids."""
+    runs = client.search_runs([experiment_id],
+                              filter_string=f"tags.{TAG_KEY} = '{key}' and attributes.status = 'RUNNING'",
+                              max_results=100)
+    for run in runs:
+        client.set_tag(run.info.run_id, TAG_FAILED_REASON, "interrupted registration; a retry with the same "
+                       f"{TAG_KEY} replaced it")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("marked MLflow run %s FAILED: a registration attempt with the same %s %s was interrupted "
+                    "while it was RUNNING", run.info.run_id, TAG_KEY, key)
+    return [run.info.run_id for run in runs]
 
 
 def check_inputs(config: ResolvedConfig, train: TrainResult, report: EvalReport) -> None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import time
 import uuid
 from pathlib import Path
 
@@ -363,6 +364,62 @@ def test_half_registered_version_is_completed_on_retry(
         len(client.search_runs([client.get_experiment_by_name(config.registry.experiment).experiment_id]))
         == 1
     )
+
+
+# A registering client that stops inside log_run, its run RUNNING, until the test SIGKILLs it.
+PAUSED_REGISTRATION = """
+import sys, time
+from pathlib import Path
+import yaml
+from pipelines.config import PipelineConfig, resolve
+from pipelines.records import EvalReport, TrainResult
+from pipelines.registry import register_model, run_log
+
+config_file, train_file, report_file, uri, marker = sys.argv[1:]
+def paused(run_id, *args, **kwargs):  # the hook point: the params and metrics are logged, the model not
+    Path(marker).write_text(run_id)
+    time.sleep(600)
+run_log.log_pyfunc = paused
+config = resolve(PipelineConfig.model_validate(yaml.safe_load(open(config_file))), env={"MLFLOW_TRACKING_URI": uri})
+register_model(config, TrainResult.model_validate_json(open(train_file).read()),
+               EvalReport.model_validate_json(open(report_file).read()))
+"""
+
+
+def test_a_retry_marks_the_run_of_a_killed_registration_failed(
+    mlflow_server: str, models: dict[str, Path], model_name: str, tmp_path: Path
+) -> None:
+    config, train, report = make_config(model_name, mlflow_server), make_train(models["one"], "run-killed"), make_report(20.0)
+    files = {"config.yaml": yaml.safe_dump(config.user_config().model_dump(mode="json")),
+             "train.json": train.model_dump_json(), "report.json": report.model_dump_json()}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    marker = tmp_path / "paused"
+    client_process = subprocess.Popen([sys.executable, "-c", PAUSED_REGISTRATION, *(str(tmp_path / n) for n in files),
+                                       mlflow_server, str(marker)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert client_process.poll() is None, client_process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the registering client never reached log_pyfunc"
+            time.sleep(0.1)
+    finally:
+        client_process.kill()  # SIGKILL: no except/finally of the client runs
+        client_process.wait(timeout=30)
+    killed_run = marker.read_text()
+    client = MlflowClient(mlflow_server, mlflow_server)
+    assert client.get_run(killed_run).info.status == "RUNNING"
+
+    ref = register_model(config, train, report)
+
+    assert ref.version == "1" and ref.run_id != killed_run
+    stale = client.get_run(killed_run)
+    assert stale.info.status == "FAILED" and stale.info.end_time is not None
+    assert "interrupted registration" in stale.data.tags["failed_reason"]
+    experiment_id = client.get_experiment_by_name(config.registry.experiment).experiment_id
+    statuses = {r.info.run_id: r.info.status for r in client.search_runs([experiment_id])}
+    assert statuses == {killed_run: "FAILED", ref.run_id: "FINISHED"}
 
 
 def test_sqlite_store_keeps_artifacts_in_mlartifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
