@@ -3,14 +3,16 @@
 ``epoch_metrics`` builds the flat ``{name: float}`` record of one epoch; the same record is what a
 worker reports to Ray Train, what ``progress.json`` keeps in its history and what
 ``TrainResult.history`` holds. ``progress_reporter`` logs one line per epoch on the driver as the
-reports arrive (through a Ray Train callback and a small actor) and warns about worker failures.
+reports arrive (through a Ray Train callback and a small actor), hands each record to the listeners of
+``epoch_listener`` (the Prefect flow's progress artifact) and warns about worker failures.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +23,9 @@ from ray.train import UserCallback
 from cyclegan_core.fit import EpochEnd
 
 logger = logging.getLogger(__name__)
+
+EpochListener = Callable[[dict[str, float]], None]
+_listeners: list[EpochListener] = []
 
 
 def epoch_metrics(end: EpochEnd, *, step: int, total_epochs: int, loss_means: dict[str, float],
@@ -55,16 +60,50 @@ class RunProgress(BaseModel):
 
 
 def format_epoch_line(metrics: dict[str, float]) -> str:
-    """One readable progress line for an epoch's metrics."""
+    """One readable progress line for an epoch's metrics: epoch k/n, step, losses, the ``eval_<name>``
+    metrics of an epoch that was evaluated, learning rate, images/s, the epoch's time and the ETA
+    (the remaining epochs at this epoch's pace)."""
     losses = " ".join(
         f"{key[len('loss_'):]}={value:.3f}" for key, value in sorted(metrics.items()) if key.startswith("loss_")
     )
+    scores = "".join(
+        f" {key[len('eval_'):]}={value:.4g}" for key, value in sorted(metrics.items()) if key.startswith("eval_")
+    )
     partial = " (stopped at max_steps)" if metrics.get("partial_epoch") else ""
+    remaining = max(0.0, metrics["total_epochs"] - metrics["epoch"])
+    eta = f" ETA {format_duration(remaining * metrics['epoch_seconds'])}" if remaining and not partial else ""
     return (
         f"epoch {int(metrics['epoch'])}/{int(metrics['total_epochs'])} step {int(metrics['step'])} "
-        f"{losses} lr={metrics['lr']:.2e} {metrics['images_per_s']:.1f} img/s "
-        f"({metrics['epoch_seconds']:.1f}s){partial}"
+        f"{losses}{scores} lr={metrics['lr']:.2e} {metrics['images_per_s']:.1f} img/s "
+        f"({metrics['epoch_seconds']:.1f}s){eta}{partial}"
     )
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress_percent(metrics: dict[str, float]) -> float:
+    """How far the run is, 0-100, from an epoch's ``epoch`` and ``total_epochs``."""
+    return round(100.0 * min(1.0, metrics["epoch"] / max(metrics["total_epochs"], 1.0)), 2)
+
+
+@contextmanager
+def epoch_listener(listener: EpochListener) -> Iterator[None]:
+    """Call ``listener(metrics)`` on the driver with rank 0's record of every epoch reported while the
+    block runs (in the context that entered ``progress_reporter``). A listener that raises is logged
+    and does not stop training."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 class ForwardProgress(UserCallback):
@@ -103,11 +142,18 @@ def log_item(item: dict[str, Any]) -> None:
                        "if run.max_failures allows", item["ranks"], item["error"])
     else:
         logger.info(format_epoch_line(item["metrics"]) + (" [checkpoint]" if item["checkpoint"] else ""))
+        for listener in _listeners.copy():  # the flow thread may remove one meanwhile
+            try:
+                listener(item["metrics"])
+            except Exception:  # a progress display must never stop training
+                logger.warning("epoch listener %r failed", listener, exc_info=True)
 
 
 @contextmanager
 def progress_reporter() -> Iterator[UserCallback]:
-    """Yields the Ray Train callback to pass to RunConfig; a driver thread logs what it forwards."""
+    """Yields the Ray Train callback to pass to RunConfig; a driver thread logs what it forwards. The
+    thread runs in a copy of the caller's context, so its lines and listeners belong to the caller's
+    run (a Prefect task run's logs and artifacts are found through context variables)."""
     inbox = ProgressInbox.remote()
     stop = threading.Event()
 
@@ -123,7 +169,8 @@ def progress_reporter() -> Iterator[UserCallback]:
             if finished:
                 return
 
-    thread = threading.Thread(target=pump, name="ray-train-progress", daemon=True)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(pump,), name="ray-train-progress",
+                              daemon=True)
     thread.start()
     try:
         yield ForwardProgress(inbox)

@@ -132,7 +132,7 @@ def test_checkpoint_cadence() -> None:
 def test_epoch_line_is_readable() -> None:
     line = format_epoch_line({"epoch": 3, "total_epochs": 10, "step": 36, "loss_cycle_A": 1.23456,
                               "lr": 2e-4, "images_per_s": 41.0, "epoch_seconds": 0.6, "partial_epoch": 0.0})
-    assert line == "epoch 3/10 step 36 cycle_A=1.235 lr=2.00e-04 41.0 img/s (0.6s)"
+    assert line == "epoch 3/10 step 36 cycle_A=1.235 lr=2.00e-04 41.0 img/s (0.6s) ETA 4s"
 
 
 def test_epoch_metrics_is_one_flat_record() -> None:
