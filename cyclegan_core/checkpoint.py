@@ -49,22 +49,39 @@ def save_checkpoint(model: CycleGAN, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def torch_reason(error: BaseException, *, limit: int = 200) -> str:
+    """The informative line of a ``torch.load`` error, short: torch's messages run to a paragraph of
+    advice, and a message that Ray or a log truncates must keep the file name in front of it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError) and len(lines) > 1:
+        lines = lines[1:]  # line 0 is the "Weights only load failed ..." preamble, line 1 the global
+    reason = lines[0].split(". ")[0] if lines else type(error).__name__
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+def load_weights_file(path: str | os.PathLike[str], *, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; every failure is a CheckpointError that
+    starts with ``what`` and the file name."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes): an interrupted copy?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{what} {path} holds objects that weights_only loading refuses ({torch_reason(error)}): "
+            "not a file this code wrote"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{what} {path} is corrupt or truncated ({torch_reason(error)})") from error
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The validated payload of a checkpoint file (its ``state`` dict), tensors on the CPU."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy?")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"checkpoint {path} holds objects that weights_only loading refuses "
-            f"(not a cyclegan_core training checkpoint?): {error}"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {error}") from error
+    payload = load_weights_file(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(

@@ -13,6 +13,7 @@ from cyclegan_core.checkpoint import (
     CheckpointError,
     atomic_torch_save,
     load_checkpoint,
+    load_weights_file,
     read_checkpoint,
     save_checkpoint,
 )
@@ -176,6 +177,28 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path) -> None:
     torch.save({"format": "cyclegan_core.checkpoint", "obj": NotAllowed()}, path)
     with pytest.raises(CheckpointError, match="weights_only"):
         read_checkpoint(path)
+
+
+class RunsACommand:
+    def __reduce__(self):
+        return os.system, ("echo should-never-run",)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "malicious"])
+def test_a_bad_file_is_one_short_line_that_starts_with_its_name(saved, damage: str) -> None:
+    """Ray and log viewers cut long messages: the file name comes first, torch's advice is left out."""
+    if damage == "truncated":
+        saved.write_bytes(saved.read_bytes()[:100])
+    else:
+        torch.save({"format": "cyclegan_core.checkpoint", "state": RunsACommand()}, saved)
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(saved)
+    message = str(caught.value)
+    assert message.startswith(f"checkpoint {saved} ") and "\n" not in message and len(message) < 400
+    expected = "failed finding central directory" if damage == "truncated" else "GLOBAL posix.system"
+    assert expected in message, message
+    with pytest.raises(CheckpointError, match=f"^rank1 pools {saved} "):
+        load_weights_file(saved, what="rank1 pools")
 
 
 def test_another_architecture_names_the_differing_field(saved) -> None:
