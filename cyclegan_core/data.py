@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from cyclegan_core.atomic import atomic_path
+from cyclegan_core.atomic import atomic_path, sweep_stale_temps
 from cyclegan_core.config import DataConfig
 from cyclegan_core.images import IMAGE_EXTENSIONS, decode_image, list_images
 
@@ -150,12 +150,14 @@ def write_decoded_cache(root: str | os.PathLike[str], *, load_size: int) -> Path
     """Write (or refresh) the pre-decoded uint8 arrays of every split of ``root``; return the cache folder.
 
     Splits already up to date are skipped. Each array and the index are written to a temp file and
-    renamed, so a reader never sees a half-written file (and re-checks freshness against the index).
+    renamed, so a reader never sees a half-written file (and re-checks freshness against the index);
+    temp files a killed writer left in the cache folder are removed first.
     Raises ``InvalidImage`` naming the file if an image does not decode (ingestion quarantines those).
     """
     root = Path(root)
     directory = cache_dir(root, load_size)
     directory.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(directory)
     previous = _read_index(directory)
     index = copy.deepcopy(previous) or {"version": CACHE_FORMAT_VERSION, "load_size": load_size, "splits": {}}
     splits: dict[str, Any] = index["splits"]

@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, get_args
 
@@ -31,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cyclegan_core.atomic import owned_temp, replace_folder, sweep_stale_temps
 from cyclegan_core.config import Direction, ModelConfig
 from cyclegan_core.networks import generator_from_config
 from cyclegan_core.networks.official import (
@@ -79,23 +76,6 @@ def swapped_channels(cfg: ModelConfig) -> ModelConfig:
 # --- writing --------------------------------------------------------------------------------------
 
 
-def _replace_dir_atomically(build: Path, dest: Path) -> None:
-    """Move the complete folder ``build`` to ``dest``, replacing what is there."""
-    if not dest.exists():
-        os.replace(build, dest)
-        return
-    if not dest.is_dir():
-        raise FileExistsError(f"{dest} exists and is not a folder; refusing to replace it with an export")
-    retired = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(dest, retired)
-    try:
-        os.replace(build, dest)
-    except OSError:
-        os.replace(retired, dest)  # put the previous export back
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def _write_generator_files(module: nn.Module, cfg: ModelConfig, folder: Path, direction: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().to("cpu").contiguous() for key, value in unwrap(module).state_dict().items()}
@@ -115,16 +95,13 @@ def save_generators(generators: dict[str, nn.Module], cfg: ModelConfig, dest: Pa
     for direction in generators:
         check_direction(direction)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    sweep_stale_temps(dest.parent, name=dest.name)
+    with owned_temp(dest.parent, dest.name, folder=True) as build:
         for direction, module in generators.items():
             stored = cfg if direction == "AtoB" else swapped_channels(cfg)
             folder = build / DIRECTION_FOLDERS[direction] if len(generators) > 1 else build
             _write_generator_files(module, stored, folder, direction)
-        _replace_dir_atomically(build, dest)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+        replace_folder(build, dest)
     logger.info("saved generator(s) %s to %s", ", ".join(generators), dest)
     return dest
 

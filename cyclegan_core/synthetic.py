@@ -32,13 +32,13 @@ import colorsys
 import json
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from cyclegan_core.atomic import owned_temp, replace_folder, sweep_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,8 @@ def make_synthetic_dataset(
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise FileExistsError(f"{dest} is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    sweep_stale_temps(dest.parent, name=dest.name)
+    with owned_temp(dest.parent, dest.name, folder=True) as tmp:
         counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
         for split in SPLITS:
             _write_split(tmp, split, counts[split], size=size, seed=seed)
@@ -100,9 +99,7 @@ def make_synthetic_dataset(
             "identity_psnr_testA_ref_db": round(identity, 3),
         }
         (tmp / "synthetic.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        _replace_folder(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        replace_folder(tmp, dest)
     logger.info(
         "wrote synthetic dataset %s (%d px, %d train / %d test per domain, identity PSNR %.2f dB)",
         dest,
@@ -185,14 +182,3 @@ def _write_reference(root: Path) -> None:
     for path in sorted((root / "testA").glob("*.png")):
         with Image.open(path) as scene:
             synthetic_mapping(scene).save(folder / path.name)
-
-
-def _replace_folder(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``; an existing ``dest`` is renamed aside first and removed after."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        dest.rename(old)
-    new.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from pipelines.ingest.download import fetch_to_staging, sweep_stray_files, validate_and_place
+from pipelines.ingest.download import (
+    fetch_to_staging,
+    sweep_dead_temps,
+    sweep_stray_files,
+    validate_and_place,
+)
 from pipelines.ingest.manifest import (
     MANIFEST_FILE,
     QUARANTINE_FILE,
@@ -161,6 +166,7 @@ def ingest_into(root: Path, uri: str, prefix: str, bucket: str, plan: Plan, clie
     staging = root / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted run
     staging.mkdir()
+    sweep_dead_temps(root)
     manifest_path = root / MANIFEST_FILE
     previous = load_manifest(manifest_path)
     old_entries = {e.key: e for e in previous.objects} if previous else {}

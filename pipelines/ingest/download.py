@@ -6,7 +6,8 @@ place. Files that are already 8-bit RGB keep their original bytes; any other mod
 RGBA, CMYK, 16-bit) or an EXIF rotation is stored as the RGB PNG ``decode_image`` produces, named
 ``<stem>.png``, so every clean file decodes to RGB in any reader. Invalid files (zero-byte, not an
 image, corrupt/truncated, too many pixels, unsupported mode) go to ``.quarantine/`` with the reason.
-``sweep_stray_files`` removes whatever the manifest does not list.
+``sweep_stray_files`` removes whatever the manifest does not list, ``sweep_dead_temps`` the temporaries
+a killed run left in the cache root and the decoded-cache folders.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from botocore.exceptions import IncompleteReadError
 from PIL import Image
 
+from cyclegan_core.atomic import sweep_stale_temps
 from cyclegan_core.images import InvalidImage, decode_image
 from pipelines.ingest.manifest import ManifestEntry, file_sha256
 from pipelines.ingest.planning import QUARANTINE_DIR, SPLITS, PlannedObject, ensure_inside
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 KEEP_ORIGINAL_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM"})
 EXIF_ORIENTATION = 0x0112
+DECODED_DIR = ".decoded"  # cyclegan_core.data.CACHE_DIRNAME (importing that module imports torch)
 
 
 def fetch_to_staging(client: Any, bucket: str, obj: PlannedObject, staging: Path) -> tuple[Path, int, str, str]:
@@ -138,3 +141,12 @@ def sweep_stray_files(root: Path, keep: set[str]) -> int:
             if here != folder and not any(here.iterdir()):
                 here.rmdir()
     return removed
+
+
+def sweep_dead_temps(root: Path) -> int:
+    """Remove the temporaries dead processes left in ``root`` (manifest, quarantine list) and in each
+    ``root/.decoded/<size>/`` (cache arrays, index); return how many. Live writers' are kept."""
+    decoded = root / DECODED_DIR
+    folders = [root, *(sorted(p for p in decoded.iterdir() if p.is_dir() and not p.is_symlink())
+                       if decoded.is_dir() and not decoded.is_symlink() else [])]
+    return sum(len(sweep_stale_temps(folder)) for folder in folders)

@@ -9,7 +9,6 @@ metrics, with a checkpoint folder every ``run.checkpoint_every_epochs`` epochs a
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import ray.train
 import torch
 from ray.train.torch import get_device
 
+from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.data import UnpairedDataset, build_dataloader
 from cyclegan_core.distributed import all_gather_float, all_reduce_mean, barrier, parameter_checksum
 from cyclegan_core.fit import EpochEnd, fit
@@ -100,8 +100,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             return
         progress = RunProgress(dataset_version=dataset.version, dataset_uri=dataset.uri, epoch=model.epoch,
                                step=model.step, history=history)
-        with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint_folder(Path(tmp), model, progress, rank=rank)
+        # <tmp>/cyclegan-checkpoints/: a killed worker's folder is swept by the next checkpoint on the node
+        with scratch_folder("checkpoints", name=f"rank{rank}") as tmp:
+            write_checkpoint_folder(tmp, model, progress, rank=rank)
             # Every rank reports (V2 synchronises on it); Ray merges the ranks' files into one folder.
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
