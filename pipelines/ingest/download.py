@@ -17,14 +17,13 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from botocore.exceptions import IncompleteReadError
 from PIL import Image
 
-from cyclegan_core.atomic import sweep_stale_temps
+from cyclegan_core.atomic import sweep_stale_temps, temp_name
 from cyclegan_core.images import InvalidImage, decode_image
 from pipelines.ingest.manifest import ManifestEntry, file_sha256
 from pipelines.ingest.planning import QUARANTINE_DIR, SPLITS, PlannedObject, ensure_inside
@@ -38,6 +37,12 @@ EXIF_ORIENTATION = 0x0112
 DECODED_DIR = ".decoded"  # cyclegan_core.data.CACHE_DIRNAME (importing that module imports torch)
 
 
+def staging_file(staging: Path, rel: str, *, suffix: str) -> tuple[int, Path]:
+    """A new file in ``staging`` named for its owner (``temp_name``); the ingest lock guards the folder."""
+    path = staging / temp_name(PurePosixPath(rel).name, suffix=suffix)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), path
+
+
 def fetch_to_staging(client: Any, bucket: str, obj: PlannedObject, staging: Path) -> tuple[Path, int, str, str]:
     """Download one object into a staging file: ``(path, size, etag, sha256)``; retries transient errors."""
 
@@ -45,7 +50,7 @@ def fetch_to_staging(client: Any, bucket: str, obj: PlannedObject, staging: Path
         response = client.get_object(Bucket=bucket, Key=obj.key)
         expected = int(response["ContentLength"])
         digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=staging, suffix=".part")
+        fd, tmp = staging_file(staging, obj.rel, suffix=".part")
         received = 0
         try:
             with os.fdopen(fd, "wb") as handle, contextlib.closing(response["Body"]) as body:
@@ -103,7 +108,7 @@ def validate_and_place(staged: Path, obj: PlannedObject, root: Path, claimed: fr
             reason = f"converted_name_collision: its RGB copy {rel} is also an object in the bucket"
         else:
             if convert:
-                fd, png = tempfile.mkstemp(dir=staging, suffix=".png")
+                fd, png = staging_file(staging, obj.rel, suffix=".png")
                 os.close(fd)
                 image.save(png, format="PNG")
                 staged.unlink()

@@ -1,0 +1,73 @@
+"""Run a ``cyclegan`` command, or a Ray training, that stops for good inside a write, for SIGKILL tests.
+
+Test-only (tests/integration/test_crash_leftovers.py). ``os.replace`` is wrapped: when it is about to
+move a temporary onto a file named NAME, the process writes READY (JSON: its pid and the temporary's
+path) and waits for ever, with the temporary complete on disk and nothing committed. The test then
+SIGKILLs it there. Production code has no hook for this; the pause is installed here only.
+
+    python paused_writer.py NAME READY cli ARGS...            # `cyclegan ARGS...` in this process
+    python paused_writer.py NAME READY train CONFIG DATASET RESULT  # train_on_ray, paused in rank 0's worker
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def install_pause(name: str, ready: Path) -> None:
+    """Make this process block for ever in the first ``os.replace`` onto a file called ``name``."""
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).name == name:
+            note = ready.with_name(ready.name + ".part")
+            note.write_text(json.dumps({"pid": os.getpid(), "temp": str(Path(src).resolve())}))
+            real_replace(note, ready)
+            threading.Event().wait()
+        real_replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+
+
+@dataclass(frozen=True)
+class PauseInWorker:
+    """``TrainHooks.after_step``: rank 0's worker installs the pause once, unless a previous worker
+    already paused there (READY exists), so the worker Ray restarts after the kill runs normally."""
+
+    name: str
+    ready: Path
+
+    def __call__(self, step: int, rank: int) -> None:
+        if rank == 0 and step == 1 and not self.ready.exists():
+            install_pause(self.name, self.ready)
+
+
+def main(argv: list[str]) -> None:
+    name, ready, mode, *rest = argv
+    if mode == "cli":
+        from pipelines.cli import app
+
+        install_pause(name, Path(ready))
+        app(args=rest, prog_name="cyclegan")
+    elif mode == "train":
+        from pipelines.config import load_pipeline_config, resolve
+        from pipelines.records import DatasetRef
+        from pipelines.train import TrainHooks, train_on_ray
+
+        config_path, dataset_path, result_path = rest
+        config = resolve(load_pipeline_config(Path(config_path)))
+        dataset = DatasetRef.model_validate_json(Path(dataset_path).read_text())
+        result = train_on_ray(config, dataset, hooks=TrainHooks(after_step=PauseInWorker(name, Path(ready))))
+        Path(result_path).write_text(result.model_dump_json())
+    else:
+        raise SystemExit(f"unknown mode {mode!r}: cli or train")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
