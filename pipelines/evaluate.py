@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cyclegan_core.atomic import atomic_path
+from cyclegan_core.atomic import atomic_path, sweep_stale_temps
 from cyclegan_core.evaluation import evaluate_translator
 from cyclegan_core.metrics import (
     InceptionFeatureExtractor,
@@ -64,6 +64,7 @@ def download_s3_weights(uri: str, *, endpoint_url: str | None = None, region: st
         logger.info("using cached copy %s of %s", target, uri)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(target.parent)  # what a killed download left
     with atomic_path(target) as tmp:
         with_retries(lambda: client.download_file(bucket, key, str(tmp)), bucket=bucket, key=key,
                      action="download")
@@ -156,6 +157,7 @@ def evaluate_generators(
                          f"computed metrics: {', '.join(sorted(metrics))}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out_dir)  # what a killed evaluation left
     artifacts: dict[str, Path] = {}
     for direction, image in evaluation.grids.items():
         grid_path = out_dir / f"grid_{direction}.png"

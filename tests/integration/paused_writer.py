@@ -6,6 +6,7 @@ path) and waits for ever, with the temporary complete on disk and nothing commit
 SIGKILLs it there. Production code has no hook for this; the pause is installed here only.
 
     python paused_writer.py NAME READY cli ARGS...            # `cyclegan ARGS...` in this process
+    python paused_writer.py NAME READY export DEST            # save_pretrained of a tiny Translator
     python paused_writer.py NAME READY train CONFIG DATASET RESULT  # train_on_ray, paused in rank 0's worker
 """
 
@@ -55,6 +56,14 @@ def main(argv: list[str]) -> None:
 
         install_pause(name, Path(ready))
         app(args=rest, prog_name="cyclegan")
+    elif mode == "export":
+        from cyclegan_core.config import ModelConfig
+        from cyclegan_core.networks import generator_from_config
+        from cyclegan_core.translator import Translator
+
+        install_pause(name, Path(ready))
+        cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
+        Translator(generator_from_config(cfg), generator_from_config(cfg), cfg).save_pretrained(Path(rest[0]))
     elif mode == "train":
         from pipelines.config import load_pipeline_config, resolve
         from pipelines.records import DatasetRef
@@ -66,7 +75,7 @@ def main(argv: list[str]) -> None:
         result = train_on_ray(config, dataset, hooks=TrainHooks(after_step=PauseInWorker(name, Path(ready))))
         Path(result_path).write_text(result.model_dump_json())
     else:
-        raise SystemExit(f"unknown mode {mode!r}: cli or train")
+        raise SystemExit(f"unknown mode {mode!r}: cli, export or train")
 
 
 if __name__ == "__main__":

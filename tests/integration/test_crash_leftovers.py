@@ -19,10 +19,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from cyclegan_core.atomic import SCRATCH_PREFIX, parse_temp_name, pid_running, sweep_stale_temps
+from cyclegan_core.config import ModelConfig
 from cyclegan_core.data import CACHE_SPLITS, fresh_cache_array, write_decoded_cache
+from cyclegan_core.networks import generator_from_config
+from cyclegan_core.translator import Translator
 from pipelines.ingest import MANIFEST_FILE, ingest_prefix, upload_folder
 from pipelines.ingest.download import sweep_dead_temps
 from pipelines.records import DatasetRef, TrainResult
@@ -191,6 +195,47 @@ def test_an_atomic_write_killed_while_a_forked_child_holds_its_temporary(tmp_pat
 
     assert sweep_stale_temps(dest.parent) == [paused.temp]
     assert list(dest.parent.iterdir()) == []
+
+
+def test_an_export_killed_before_its_rename_leaves_a_folder_the_next_export_removes(tmp_path: Path) -> None:
+    dest = tmp_path / "models" / "model"
+    ready = tmp_path / "paused-export.json"
+    paused = Paused([sys.executable, str(PAUSED_WRITER), "model", str(ready), "export", str(dest)], ready,
+                    tmp_path / "export.log")
+    paused.kill()
+    build = paused.temp
+    assert build.parent == dest.parent.resolve() and {p.name for p in build.iterdir()} == {"G_AB", "G_BA"}
+    assert not dest.exists()
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
+    Translator(generator_from_config(cfg), generator_from_config(cfg), cfg).save_pretrained(dest)
+
+    assert [p.name for p in dest.parent.iterdir()] == ["model"]
+    assert Translator.from_pretrained(dest, device="cpu").directions == ("AtoB", "BtoA")
+
+
+def test_an_evaluation_killed_inside_its_report_write_is_cleaned_up_by_the_next(
+        synthetic_dataset: Path, tmp_path: Path) -> None:
+    model, out = tmp_path / "model", tmp_path / "eval"
+    cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
+    Translator(generator_from_config(cfg), generator_from_config(cfg), cfg).save_pretrained(model)
+    args = ["evaluate", "--model", str(model), "--data", str(synthetic_dataset), "--out", str(out),
+            "--max-images", "3"]
+    ready = tmp_path / "paused-eval.json"
+    env = os.environ | {"TORCH_HOME": str(tmp_path / "torch")}  # no cached Inception file: FID is skipped
+    paused = Paused([sys.executable, str(PAUSED_WRITER), "eval_report.json", str(ready), "cli", *args], ready,
+                    tmp_path / "eval.log", env=env)
+    paused.kill()
+    assert paused.temp.parent == out.resolve() and parse_temp_name(paused.temp.name).pid == paused.pid
+    assert not (out / "eval_report.json").exists()
+
+    done = subprocess.run([str(Path(sys.executable).with_name("cyclegan")), *args], env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert temporaries(out) == []
+    assert "psnr_AtoB" in json.loads((out / "eval_report.json").read_text())["metrics"]
 
 
 def tiny_training_config(dataset: DatasetRef, tmp_path: Path) -> Path:
