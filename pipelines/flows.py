@@ -3,7 +3,9 @@
 Thin orchestration over plain functions: the flow resolves its config once (``pipelines.config.resolve``)
 and hands the ResolvedConfig to each stage's task. Tasks add what orchestration owns: retries with
 backoff and jitter on transient failures only (``pipelines.retry.is_transient``), timeouts, caching of
-finished stages on the run identity (dataset version + training fingerprint) and the summary artifact.
+finished stages on the run identity (dataset version + training fingerprint), the flow run's logs (the
+``pipelines`` loggers' INFO lines, per-epoch progress included), a training progress artifact and the
+summary artifact. A run created from a deployment refuses to start without a tracking server.
 A re-run does not redo finished work: ingest is incremental, training is cached or resumes its Ray run,
 evaluation is cached on the checkpoint and registration is idempotent.
 """
@@ -11,15 +13,20 @@ evaluation is cached on the checkpoint and registration is idempotent.
 import base64
 import hashlib
 import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.flow_engine import FlowRunTimeoutError
+from prefect.logging.handlers import APILogHandler
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
 
@@ -28,6 +35,65 @@ from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineO
 
 FLOW_NAME = "train-cyclegan"
 HOUR = 3600
+PROGRESS_ARTIFACT_KEY = "train-cyclegan-progress"
+
+
+class DeploymentSetupError(RuntimeError):
+    """A deployment's worker lacks a service the run needs; raised before any work."""
+
+
+def deployment_problem(deployment: str | None, env: Mapping[str, str]) -> str:
+    """Why a flow run may not start ('' when it may). A run created from ``deployment`` (None: not a
+    deployment run) needs a tracking server: the embedded SQLite default would register the model
+    into a file in the worker's working folder that nobody looks at, and report success."""
+    if deployment is None or env.get("MLFLOW_TRACKING_URI"):
+        return ""
+    return (f"flow run of deployment {deployment!r}: MLFLOW_TRACKING_URI is not set in the worker's "
+            "environment, so the model would be registered into a local SQLite file nobody sees; set "
+            "MLFLOW_TRACKING_URI (e.g. http://mlflow:5000) on the worker or in the deployment's "
+            "job_variables env and run it again")
+
+
+@contextmanager
+def pipeline_logs_in_run() -> Iterator[None]:
+    """Send the ``pipelines.*`` loggers' INFO lines to the current flow run's logs (Prefect API and UI)
+    while the block runs: what ``PREFECT_LOGGING_EXTRA_LOGGERS=pipelines`` does (Prefect's API log
+    handler on the logger), plus the INFO level a flow-run process lacks (its root logger is at
+    WARNING). Lines from other threads reach the run when the thread runs in a copy of the run's
+    context (``pipelines.train.progress`` does)."""
+    pipeline_logger = logging.getLogger("pipelines")
+    handler = None
+    if not any(isinstance(existing, APILogHandler) for existing in pipeline_logger.handlers):
+        handler = APILogHandler()
+        pipeline_logger.addHandler(handler)
+    level = pipeline_logger.level
+    if pipeline_logger.getEffectiveLevel() > logging.INFO:
+        pipeline_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        pipeline_logger.setLevel(level)
+        if handler is not None:
+            pipeline_logger.removeHandler(handler)
+
+
+class TrainingProgressArtifact:
+    """The Prefect progress artifact of one training run: 0 when training starts, updated with every
+    epoch's report (its description is the epoch's progress line), 100 when training returns."""
+
+    def __init__(self, run_name: str) -> None:
+        self.run_name = run_name
+        self.artifact_id: UUID = create_progress_artifact(
+            0.0, key=PROGRESS_ARTIFACT_KEY, description=f"training run `{run_name}`: starting")
+
+    def __call__(self, metrics: dict[str, float]) -> None:
+        from pipelines.train.progress import format_epoch_line, progress_percent
+
+        update_progress_artifact(self.artifact_id, progress_percent(metrics),
+                                 description=f"training run `{self.run_name}`: {format_epoch_line(metrics)}")
+
+    def finished(self) -> None:
+        update_progress_artifact(self.artifact_id, 100.0, description=f"training run `{self.run_name}`: done")
 
 
 def is_transient_failure(exc: BaseException) -> bool:
@@ -120,10 +186,16 @@ def ingest_task(config: ResolvedConfig) -> DatasetRef:
     **_retrying(),
 )
 def train_task(config: ResolvedConfig, dataset: DatasetRef) -> TrainResult:
-    """Train on Ray (resumes from the run's last checkpoint if an earlier attempt died)."""
+    """Train on Ray (resumes from the run's last checkpoint if an earlier attempt died); the progress
+    artifact follows the epochs."""
     from pipelines.train import train_on_ray
+    from pipelines.train.progress import epoch_listener
 
-    return train_on_ray(config, dataset)
+    progress = TrainingProgressArtifact(config.ray_run_name(dataset.version))
+    with epoch_listener(progress):
+        trained = train_on_ray(config, dataset)
+    progress.finished()
+    return trained
 
 
 @task(
@@ -163,10 +235,21 @@ def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
     """Ingest an unpaired dataset from S3, train CycleGAN on Ray, evaluate, register in MLflow.
 
     Training is skipped when the champion was trained on the same dataset version with the same
-    training fingerprint, unless ``config.force`` is set.
+    training fingerprint, unless ``config.force`` is set. A run created from a deployment fails before
+    any work when the worker has no MLFLOW_TRACKING_URI.
     """
+    from prefect.runtime import deployment
+
+    problem = deployment_problem(deployment.name if deployment.id else None, os.environ)
+    if problem:
+        raise DeploymentSetupError(problem)
+    with pipeline_logs_in_run():
+        return run_stages(resolve(config))
+
+
+def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
+    """The flow's body, in its run context: ingest, the skip decision, train, evaluate, register."""
     logger = get_run_logger()
-    resolved = resolve(config)
     logger.info("train-cyclegan: dataset %s, model %s, %d Ray worker(s), fingerprint %s",
                 resolved.dataset_uri, resolved.registry.model_name, resolved.scaling.num_workers,
                 resolved.fingerprint)

@@ -1,13 +1,23 @@
-"""The flow's pure parts: which failures are retried, how runs are named, the summary artifact."""
+"""The flow's pure parts: which failures are retried, how runs are named, the summary artifact, what a
+deployment run refuses, where the pipeline's log lines go."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect.task_engine import TaskRunTimeoutError
 
 from pipelines.config import PipelineConfig, resolve
-from pipelines.flows import _train_cache_key, files_exist, is_transient_failure, skip_reason, summary_markdown
+from pipelines.flows import (
+    _train_cache_key,
+    deployment_problem,
+    files_exist,
+    is_transient_failure,
+    pipeline_logs_in_run,
+    skip_reason,
+    summary_markdown,
+)
 from pipelines.ingest import IngestError
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.registry import RegistryError
@@ -92,8 +102,9 @@ def test_training_is_skipped_only_for_the_champions_data_and_fingerprint():
     assert "set force=true" in skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, CONFIG)
     assert skip_reason(None, DATASET, CONFIG) == ""  # no champion yet
     assert skip_reason(("cd" * 32, CONFIG.fingerprint), DATASET, CONFIG) == ""  # new data
-    changed = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", train={"n_epochs": 7}), env={})
-    assert skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, changed) == ""  # new settings
+    for setting in ({"n_epochs": 7}, {"lr": 1e-3}, {"lambda_A": 5.0}):  # a manual re-run with new settings
+        changed = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", train=setting), env={})
+        assert skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, changed) == "", setting
     moved = resolve(PipelineConfig(dataset_uri="s3://bucket/horses", cache_dir="/elsewhere"), env={})
     assert skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, moved)  # paths change nothing
 
@@ -109,7 +120,28 @@ def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
         assert deployment["work_pool"]["name"] == "cyclegan-pool"
         PipelineConfig.model_validate(deployment["parameters"]["config"])
     (schedule,) = deployments["nightly"]["schedules"]
-    assert schedule == {"cron": "0 3 * * *", "timezone": "UTC", "active": True}
+    assert schedule == {"cron": "0 3 * * *", "timezone": "UTC", "active": False}  # deployed paused
     from prefect.client.schemas.schedules import CronSchedule
 
     CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
+
+
+def test_a_deployment_run_without_a_tracking_server_is_refused():
+    problem = deployment_problem("manual", {"RAY_ADDRESS": "auto"})
+    assert "MLFLOW_TRACKING_URI" in problem and "'manual'" in problem
+    assert "MLFLOW_TRACKING_URI" in deployment_problem("nightly", {"MLFLOW_TRACKING_URI": ""})  # empty is unset
+    assert deployment_problem("manual", {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) == ""
+    assert deployment_problem(None, {}) == ""  # `cyclegan run` and the demo keep the embedded SQLite store
+
+
+def test_pipeline_info_lines_go_to_the_run_only_while_the_flow_runs():
+    from prefect.logging.handlers import APILogHandler
+
+    pipeline_logger = logging.getLogger("pipelines")
+    before = (pipeline_logger.level, list(pipeline_logger.handlers))
+    with pipeline_logs_in_run():
+        assert logging.getLogger("pipelines.train.progress").isEnabledFor(logging.INFO)
+        assert sum(isinstance(h, APILogHandler) for h in pipeline_logger.handlers) == 1
+        with pipeline_logs_in_run():  # nested (or PREFECT_LOGGING_EXTRA_LOGGERS=pipelines): no second handler
+            assert sum(isinstance(h, APILogHandler) for h in pipeline_logger.handlers) == 1
+    assert (pipeline_logger.level, pipeline_logger.handlers) == before
