@@ -1,25 +1,59 @@
-"""The ``cyclegan`` Typer app and what its commands share: logging set-up, errors without tracebacks,
-the JSON summary line, and the entry-point resolution of config and services (the CLI, like the flow,
-is an entry point: the only places that read the environment)."""
+"""The ``cyclegan`` Typer app and what its commands share: the exit codes, logging set-up, errors
+without tracebacks, the JSON summary line, and the entry-point resolution of config and services (the
+CLI, like the flow, is an entry point: the only places that read the environment)."""
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig, ResolvedConfig, Services
 
+
+class ExitCode(enum.IntEnum):
+    """What ``cyclegan`` exits with (README "Exit codes"); scripts may rely on these values."""
+
+    OK = 0
+    FAILED = 1  # an error while working: a service, training, an unexpected exception
+    USAGE = 2  # the command line itself is wrong (click's own code: unknown option, bad value)
+    PARTIAL = 3  # translate: some inputs were skipped (more than --max-skipped); the others were written
+    REFUSED = 4  # an input, path, config, device or model is missing or invalid: checked first, nothing written
+
+
+_VERBOSE = "cyclegan.verbose"
+
+
+class CycleganGroup(TyperGroup):
+    """The app's command group: an exception no command expected becomes one ``error:`` line and exit 1
+    (the traceback only with ``--verbose``), never a screen of traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.meta.get(_VERBOSE):
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            fail(f"{type(exc).__name__}: {first_line} (`cyclegan --verbose ...` shows the traceback)")
+
+
 app = typer.Typer(
     name="cyclegan",
+    cls=CycleganGroup,
     help="CycleGAN image-to-image translation: synthesise, ingest, train, evaluate, register, translate.",
     no_args_is_help=True,
     add_completion=False,
@@ -27,10 +61,15 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Print a clear error (no traceback) and exit non-zero."""
-    console.print(Text.assemble(("error: ", "bold red"), message))
-    raise typer.Exit(code)
+def fail(message: str, code: ExitCode = ExitCode.FAILED) -> NoReturn:
+    """Print one clear error line (no traceback, not wrapped) and exit with ``code``."""
+    console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    raise typer.Exit(int(code))
+
+
+def refuse(message: str) -> NoReturn:
+    """``fail`` with ExitCode.REFUSED: a bad input, path, config, device or model, before any work."""
+    fail(message, ExitCode.REFUSED)
 
 
 def services() -> Services:
@@ -47,7 +86,11 @@ def print_json(payload: Any) -> None:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging; tracebacks of unexpected errors")] = False,
+) -> None:
+    ctx.meta[_VERBOSE] = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -67,13 +110,12 @@ def config_from_cli(config: Path, assignments: list[str] | None) -> PipelineConf
     for item in assignments or []:
         key, sep, value = item.partition("=")
         if not sep:
-            fail(f"--set expects KEY=VALUE, got {item!r}")
+            fail(f"--set expects KEY=VALUE, got {item!r}", ExitCode.USAGE)
         overrides[key] = yaml_value(value)
     try:
         return load_pipeline_config(config, overrides)
     except ValueError as exc:
-        fail(str(exc))
-        raise  # unreachable: fail() exits
+        refuse(str(exc))
 
 
 def resolved_from_cli(config: Path, assignments: list[str] | None) -> ResolvedConfig:

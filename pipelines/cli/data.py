@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import app, console, fail, print_json, services
+from pipelines.cli.app import app, console, fail, print_json, refuse, services
 
 
 # --- data: synth (cyclegan_core.synthetic) -------------------------------------------------------
@@ -28,7 +28,7 @@ def synth(
         root = make_synthetic_dataset(dest, size=size, n_train=train, n_test=test, seed=seed,
                                       overwrite=overwrite)
     except (FileExistsError, ValueError) as exc:
-        fail(str(exc))
+        refuse(str(exc))
     summary = {"root": str(root.resolve()), "size": size, "train": train, "test": test, "seed": seed,
                "identity_psnr_db": round(identity_psnr(root), 3)}
     typer.echo(f"wrote {root}: {train} train / {test} test images per domain at {size}x{size}; "
@@ -50,8 +50,14 @@ def upload(
 ) -> None:
     """Upload every file under LOCAL_DIR to s3://bucket/prefix, skipping objects that are unchanged."""
     from pipelines.ingest import IngestError, upload_folder
-    from pipelines.s3 import S3Error, make_s3_client
+    from pipelines.s3 import S3Error, make_s3_client, parse_s3_uri
 
+    if not local_dir.is_dir():
+        refuse(f"cannot upload {local_dir}: not a folder")
+    try:
+        parse_s3_uri(uri)
+    except ValueError as exc:
+        refuse(str(exc))
     try:
         endpoints = services()
         client = make_s3_client(endpoint_url=endpoint_url or endpoints.s3_endpoint_url,
@@ -83,8 +89,12 @@ def ingest(
 ) -> None:
     """Download, validate and cache an S3 dataset prefix incrementally; print its version and local root."""
     from pipelines.ingest import IngestError, ingest_prefix
-    from pipelines.s3 import S3Error, make_s3_client
+    from pipelines.s3 import S3Error, make_s3_client, parse_s3_uri
 
+    try:
+        parse_s3_uri(uri)
+    except ValueError as exc:
+        refuse(str(exc))
     try:
         endpoints = services()
         client = make_s3_client(endpoint_url=endpoint_url or endpoints.s3_endpoint_url,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.cli.app import app, fail, print_json, services
+from pipelines.cli.app import ExitCode, app, fail, print_json, refuse, services
 
 
 # --- register, promote (pipelines.registry) ------------------------------------------------------
@@ -30,9 +30,12 @@ def register(
         try:
             records.append(record_type.model_validate_json(path.read_text()))
         except (OSError, ValidationError) as exc:
-            fail(f"cannot read {record_type.__name__} from {path}: {exc}")
+            refuse(f"cannot read {record_type.__name__} from {path}: {exc}")
     try:
         pipeline_config = resolve(load_pipeline_config(config))
+    except ValueError as exc:
+        refuse(str(exc))
+    try:
         ref = register_model(pipeline_config, records[0], records[1])
     except (ValueError, RegistryError) as exc:
         fail(str(exc))
@@ -54,10 +57,15 @@ def promote(
     from pipelines.registry import RegistryError
     from pipelines.registry import promote as promote_version
 
+    tracking_uri = services().tracking_uri
+    missing = missing_local_store(tracking_uri)
+    if missing is not None:
+        refuse(f"cannot promote {name} version {version}: the MLflow store {tracking_uri} does not exist "
+               f"({missing}); set MLFLOW_TRACKING_URI to the store that holds the model")
     try:
-        ref = promote_version(name, version, alias, tracking_uri=services().tracking_uri)
-    except RegistryError as exc:
-        fail(str(exc))
+        ref = promote_version(name, version, alias, tracking_uri=tracking_uri)
+    except RegistryError as exc:  # a version or model that does not exist, or a store that refuses: 4
+        fail(str(exc), ExitCode.FAILED if exc.transient else ExitCode.REFUSED)
     typer.echo(f"{ref.uri}: {ref.reason}")
     if json_out:
         print_json(ref.model_dump(mode="json"))
@@ -67,41 +75,88 @@ def promote(
 @app.command()
 def translate(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="an image file or a folder of images")],
-    output_path: Annotated[Path, typer.Argument(metavar="OUTPUT", help="output folder (or a .png file name)")],
+    output_path: Annotated[Path, typer.Argument(
+        metavar="OUTPUT", help="output folder, or for one file an image file name (.png, .jpg ...: that format)",
+    )],
     model: Annotated[str, typer.Option(
         "--model", help="exported model folder, generator folder, official .pth, or models:/NAME@ALIAS, runs:/ID/PATH",
     )],
     direction: Annotated[str, typer.Option(help="AtoB or BtoA (picks G_AB or G_BA of a model folder)")] = "AtoB",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
+    max_skipped: Annotated[int, typer.Option(
+        "--max-skipped", min=0, help="unreadable inputs tolerated: more exit 3 (partial)",
+    )] = 0,
+    allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="exit 0 however many inputs are skipped")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the TranslateSummary as JSON (last line)")] = False,
 ) -> None:
-    """Translate an image or a folder of images (flat) with a trained generator; writes PNGs."""
+    """Translate an image or a folder of images (flat) with a trained generator (a folder: PNGs).
+
+    Exits 3 when inputs were skipped as unreadable (beyond --max-skipped), 4 on a bad path, device or model.
+    """
     import tempfile
 
     from cyclegan_core.pretrained import DIRECTIONS, GeneratorLoadError
-    from cyclegan_core.translate import translate_path
+    from cyclegan_core.translate import check_device, plan_translation, translate_path
 
-    tracking_uri = services().tracking_uri
     if direction not in DIRECTIONS:
-        fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}", ExitCode.USAGE)
+    try:  # the cheap checks before any download or model load
+        plan_translation(input_path, output_path)
+        check_device(device)
+    except (OSError, ValueError) as exc:
+        refuse(str(exc))
     with tempfile.TemporaryDirectory(prefix="cyclegan-model-") as download_dir:
-        model_path = Path(model)
-        if model.startswith(("models:/", "runs:/")):
-            from pipelines.registry import RegistryError, download_model
-
-            try:
-                model_path = download_model(model, Path(download_dir) / "model", tracking_uri=tracking_uri)
-            except RegistryError as exc:
-                fail(str(exc))
+        model_path = fetch_model(model, Path(download_dir))
         try:
             summary = translate_path(model_path, input_path, output_path, direction=direction,
                                      batch_size=batch_size, device=device)
         except (GeneratorLoadError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
-            fail(str(exc))
-    typer.echo(f"translated {summary.translated} image(s) into {output_path} in {summary.seconds:.1f}s"
+            refuse(str(exc))
+        except OSError as exc:
+            fail(f"cannot write the translations: {exc}")
+    where = summary.outputs[0] if input_path.is_file() and summary.outputs else output_path
+    typer.echo(f"translated {summary.translated} image(s) into {where} in {summary.seconds:.1f}s"
                + (f"; skipped {len(summary.skipped)}:" if summary.skipped else ""))
     for skipped in summary.skipped:
         typer.echo(f"  {skipped.path}: {skipped.reason}")
     if json_out:
         print_json(summary.model_dump(mode="json"))
+    if not allow_skipped and len(summary.skipped) > max_skipped:
+        fail(f"skipped {len(summary.skipped)} unreadable input(s) (more than --max-skipped {max_skipped}); "
+             f"{summary.translated} translated; --allow-skipped accepts skips", ExitCode.PARTIAL)
+
+
+def fetch_model(model: str, download_dir: Path) -> Path:
+    """The local path of ``--model``: a models:/ or runs:/ URI is downloaded (the only use of MLflow here)."""
+    if not model.startswith(("models:/", "runs:/")):
+        return Path(model)
+    tracking_uri = services().tracking_uri
+    missing = missing_local_store(tracking_uri)
+    if missing is not None:
+        refuse(f"--model {model}: the MLflow store {tracking_uri} does not exist ({missing}); set "
+               "MLFLOW_TRACKING_URI to the tracking server or store that holds the model")
+    from pipelines.registry import RegistryError, download_model
+
+    try:
+        return download_model(model, download_dir / "model", tracking_uri=tracking_uri)
+    except RegistryError as exc:
+        fail(str(exc), ExitCode.FAILED if exc.transient else ExitCode.REFUSED)
+
+
+def missing_local_store(tracking_uri: str) -> Path | None:
+    """The file or folder of a local MLflow store (sqlite:///..., file:..., a path) when it does not exist.
+
+    Reading a model from a store that does not exist cannot succeed, and MLflow would create it (an empty
+    ``mlruns.db`` left in the working folder)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        database = tracking_uri[len("sqlite:///"):].partition("?")[0] if tracking_uri.startswith("sqlite:///") else ""
+        location = Path(database) if database and database != ":memory:" else None
+    elif parsed.scheme in ("", "file"):
+        location = Path(parsed.path if parsed.scheme else tracking_uri)
+    else:
+        return None
+    return location if location is not None and not location.exists() else None

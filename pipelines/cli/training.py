@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import app, fail, print_json, resolved_from_cli, services
+from pipelines.cli.app import app, fail, print_json, refuse, resolved_from_cli, services
 
 
 # --- train (pipelines.train) ---------------------------------------------------------------------
@@ -38,7 +38,7 @@ def train(
             # `cyclegan ingest --json` prints the ingest summary, whose "dataset" is the DatasetRef
             dataset_ref = DatasetRef.model_validate(payload.get("dataset", payload))
         except (OSError, ValueError, AttributeError, ValidationError) as exc:
-            fail(f"cannot read DatasetRef from {dataset}: {exc}")
+            refuse(f"cannot read DatasetRef from {dataset}: {exc}")
     else:
         from pipelines.ingest import IngestError, ingest_dataset
         from pipelines.s3 import S3Error
@@ -49,7 +49,9 @@ def train(
             fail(f"cannot ingest {pipeline_config.dataset_uri}: {exc}")
     try:
         result = train_on_ray(pipeline_config, dataset_ref)
-    except (ValueError, TrainingError) as exc:
+    except ValueError as exc:  # the config or the run folder does not fit (checked before training starts)
+        refuse(str(exc))
+    except TrainingError as exc:
         fail(str(exc))
     final = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k.startswith("loss_"))
     typer.echo(f"run {result.run_name}: {result.epochs} epochs, {result.steps} steps ({final})\n"
@@ -76,6 +78,7 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="print the EvalReport as JSON (last line)")] = False,
 ) -> None:
     """Score exported generators on a local dataset's test splits: FID/KID, PSNR/SSIM/L1, cycle error."""
+    from cyclegan_core.evaluation import split_paths
     from cyclegan_core.pretrained import GeneratorLoadError
     from pipelines.config import EvalSettings, RegistrySettings, load_pipeline_config
     from pipelines.evaluate import evaluate_generators
@@ -86,17 +89,18 @@ def evaluate(
         try:
             pipeline_config = load_pipeline_config(config)
         except ValueError as exc:
-            fail(str(exc))
+            refuse(str(exc))
         settings, registry = pipeline_config.eval, pipeline_config.registry
     if max_images is not None:
         settings = settings.model_copy(update={"max_images": max_images})
     weights = inception_weights or settings.inception_weights or endpoints.inception_weights
     try:
+        split_paths(data)  # the test splits exist before the model and the FID weights are loaded
         report = evaluate_generators(model, data, out, settings=settings, registry=registry,
                                      inception_weights=weights, s3_endpoint_url=endpoints.s3_endpoint_url,
                                      s3_region=endpoints.s3_region)
-    except (ValueError, GeneratorLoadError) as exc:
-        fail(str(exc))
+    except (ValueError, GeneratorLoadError, FileNotFoundError, NotADirectoryError) as exc:
+        refuse(str(exc))
     lines = [f"{name}: {value:.4f}" for name, value in sorted(report.metrics.items())]
     lines += [f"{name}: SKIPPED ({reason})" for name, reason in sorted(report.skipped.items())]
     typer.echo("\n".join(lines) + f"\nprimary {report.primary_metric} = {report.primary_value:.4f}\n"
