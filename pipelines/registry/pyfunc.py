@@ -14,7 +14,6 @@ import base64
 import binascii
 import io
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
+from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.pretrained import DIRECTION_FOLDERS, DIRECTIONS
 from pipelines.registry.session import global_tracking_uri
 
@@ -115,9 +115,9 @@ def pip_requirements() -> list[str]:
 def log_pyfunc(run_id: str, generators_dir: Path, *, tracking_uri: str) -> str:
     """Log the pyfunc model (holding the two generator folders, the only copy of them in MLflow) in run
     ``run_id``; returns its ``models:/<model_id>`` URI."""
-    with tempfile.TemporaryDirectory(prefix="cyclegan-generators-") as tmp:
+    with scratch_folder("register", name=GENERATORS_ARTIFACT) as tmp:
         # Only the two generator folders go into the model, whatever else generators_dir holds.
-        staged = Path(tmp) / GENERATORS_ARTIFACT
+        staged = tmp / GENERATORS_ARTIFACT
         for folder in DIRECTION_FOLDERS.values():
             shutil.copytree(generators_dir / folder, staged / folder)
         with global_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):

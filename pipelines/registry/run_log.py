@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.pretrained import DIRECTION_FOLDERS
 from pipelines.config import DEFAULT_ARTIFACT_ROOT, PipelineConfig, ResolvedConfig
 from pipelines.records import EvalReport, TrainResult
@@ -197,8 +197,8 @@ def log_run(client: MlflowClient, experiment_id: str, config: ResolvedConfig, tr
                 client.log_artifacts(run_id, str(path), artifact_path=f"eval/{name}")
             else:
                 client.log_artifact(run_id, str(path), artifact_path="eval")
-        with tempfile.TemporaryDirectory(prefix="cyclegan-register-") as tmp:
-            records = Path(tmp) / "records"
+        with scratch_folder("register", name="records") as tmp:
+            records = tmp / "records"
             records.mkdir()
             (records / "config.yaml").write_text(yaml.safe_dump(user_config.model_dump(mode="json"),
                                                                 sort_keys=False))
