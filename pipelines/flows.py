@@ -93,7 +93,10 @@ class TrainingProgressArtifact:
                                  description=f"training run `{self.run_name}`: {format_epoch_line(metrics)}")
 
     def finished(self) -> None:
-        update_progress_artifact(self.artifact_id, 100.0, description=f"training run `{self.run_name}`: done")
+        try:
+            update_progress_artifact(self.artifact_id, 100.0, description=f"training run `{self.run_name}`: done")
+        except Exception:  # training is done; a failed display update must not make the task retry it
+            logging.getLogger(__name__).warning("could not mark the progress artifact done", exc_info=True)
 
 
 def is_transient_failure(exc: BaseException) -> bool:

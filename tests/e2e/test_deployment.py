@@ -169,7 +169,8 @@ def test_manual_deployment_trains_on_a_process_worker_and_reports_each_epoch_to_
     from pipelines.ingest import upload_folder
 
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
-    flow_run_id, output = run_manual(worker, tiny_config(s3_bucket, tmp_path))
+    config = tiny_config(s3_bucket, tmp_path)
+    flow_run_id, output = run_manual(worker, config)
     with api_client(worker) as client:
         assert client.read_flow_run(flow_run_id).state.is_completed(), output
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -178,6 +179,7 @@ def test_manual_deployment_trains_on_a_process_worker_and_reports_each_epoch_to_
     champion = MlflowClient(tracking_uri=mlflow_server).get_model_version_by_alias("deployed-cyclegan", "champion")
     assert champion.version == "1"
     assert champion.tags.get("dataset_version")
+    assert_a_rerun_skips_only_with_the_same_settings(config, mlflow_server)
 
     # The per-epoch lines of the driver (a Ray Train callback's thread in the flow-run process) are
     # the train task run's logs in the API, with losses, speed and the ETA of the epochs left.
@@ -185,8 +187,27 @@ def test_manual_deployment_trains_on_a_process_worker_and_reports_each_epoch_to_
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"], lines
     assert " G_A=" in epochs[0] and " img/s " in epochs[0] and " ETA " in epochs[0]
+    assert "epoch 2/2 step" in Path(worker["WORKER_LOG"]).read_text()  # and the worker's terminal shows them
 
     (progress,) = [a for a in artifacts if a.type == "progress"]
     assert progress.key == "train-cyclegan-progress"
     assert progress.data == 100.0
     assert any(a.type == "markdown" and a.key == "train-cyclegan-summary" for a in artifacts)
+
+
+def assert_a_rerun_skips_only_with_the_same_settings(config: dict[str, Any], tracking_uri: str) -> None:
+    """What a re-run of train-cyclegan/manual decides from the champion the deployment run registered
+    on the MLflow server: the same config skips training, a changed training setting trains."""
+    from pipelines.config import PipelineConfig, resolve
+    from pipelines.flows import skip_reason
+    from pipelines.records import DatasetRef
+    from pipelines.registry import champion_identity
+
+    champion = champion_identity("deployed-cyclegan", tracking_uri=tracking_uri)
+    assert champion is not None
+    dataset = DatasetRef(uri=config["dataset_uri"], root=Path(config["cache_dir"]),
+                         manifest=Path(config["cache_dir"]) / "manifest.json", version=champion[0])
+    same = resolve(PipelineConfig.model_validate(config), env={})
+    assert "set force=true" in skip_reason(champion, dataset, same)
+    changed = resolve(PipelineConfig.model_validate({**config, "train": {**config["train"], "lr": 1e-3}}), env={})
+    assert skip_reason(champion, dataset, changed) == ""
