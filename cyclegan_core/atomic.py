@@ -87,7 +87,7 @@ def pid_running(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no procfs (macOS) or it just exited: kill(0) said it ran
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])  # zombie, dead
 
 
 def is_stale(owner: TempOwner, *, locked: bool | None, age_s: float, host: str,
