@@ -262,3 +262,16 @@ def test_replace_folder_refuses_a_file(tmp_path: Path, built: Path) -> None:
     (tmp_path / "out").write_text("a file")
     with pytest.raises(FileExistsError, match="not a folder"):
         replace_folder(built, tmp_path / "out")
+
+
+def test_ingest_sweeps_its_root_and_every_decoded_cache_folder(tmp_path: Path, dead_pid: int) -> None:
+    from cyclegan_core.data import cache_dir
+    from pipelines.ingest.download import sweep_dead_temps
+
+    stale = [named_temp(tmp_path, "manifest.json", pid=dead_pid, suffix=".tmp")]
+    for load_size in (32, 286):  # the decoded cache's own folders, whatever size this run decodes at
+        cache_dir(tmp_path, load_size).mkdir(parents=True)
+        stale.append(named_temp(cache_dir(tmp_path, load_size), "trainA.npy", pid=dead_pid, suffix=".npy"))
+    with owned_temp(cache_dir(tmp_path, 32), "trainB.npy", suffix=".npy") as live:
+        assert sweep_dead_temps(tmp_path) == 3
+        assert live.exists() and not any(path.exists() for path in stale)
