@@ -11,7 +11,7 @@ from PIL import Image
 
 from cyclegan_core.config import ModelConfig
 from cyclegan_core.networks import build_generator, generator_from_config
-from cyclegan_core.translate import translate_path
+from cyclegan_core.translate import DeviceError, check_device, plan_translation, translate_path
 from cyclegan_core.translator import Translator
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
@@ -126,3 +126,63 @@ def test_single_channel_model_reads_and_writes_greyscale(tmp_path: Path) -> None
     translate_path(tmp_path / "grey", source, tmp_path / "out")
     result = Image.open(tmp_path / "out" / "rgb.png")
     assert result.mode == "L" and result.size == (8, 12)
+
+
+# --- the cheap checks: device, paths, output format ----------------------------------------------------
+
+
+def test_check_device_refuses_a_device_this_machine_lacks() -> None:
+    with pytest.raises(DeviceError, match="no CUDA GPU on this machine; use cpu"):
+        check_device("cuda", cuda_devices=0)
+    with pytest.raises(DeviceError, match="sees 2 CUDA GPU"):
+        check_device("cuda:2", cuda_devices=2)
+    with pytest.raises(DeviceError, match="not a device name"):
+        check_device("gpu", cuda_devices=0)
+    with pytest.raises(DeviceError, match="no Apple MPS"):
+        check_device("mps", cuda_devices=0, mps=False)
+    with pytest.raises(DeviceError, match="not supported"):
+        check_device("meta", cuda_devices=0)
+
+
+def test_check_device_accepts_what_exists_and_defaults_to_cuda_when_there_is_one() -> None:
+    assert check_device(None, cuda_devices=0) == torch.device("cpu")
+    assert check_device(None, cuda_devices=1) == torch.device("cuda")
+    assert check_device("cuda:1", cuda_devices=2) == torch.device("cuda:1")
+    assert check_device("mps", cuda_devices=0, mps=True) == torch.device("mps")
+    assert check_device("cpu", cuda_devices=0) == torch.device("cpu")
+
+
+def test_paths_are_checked_before_the_model_is_loaded(tmp_path: Path) -> None:
+    source = write_image(tmp_path / "a.png", (8, 8))
+    (tmp_path / "file").write_text("x")
+    missing_model = tmp_path / "no-such-model"
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        translate_path(missing_model, source, tmp_path / "file" / "out")
+    with pytest.raises(DeviceError):
+        translate_path(missing_model, source, tmp_path / "out", device="cuda:99")
+
+
+def test_an_input_folder_without_images_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        plan_translation(tmp_path / "in", tmp_path / "out")
+
+
+def test_a_single_output_is_written_in_the_format_of_its_extension(tmp_path: Path, model_dir: Path) -> None:
+    source = write_image(tmp_path / "photo.png", (10, 14))
+    for name, image_format in (("r.jpg", "JPEG"), ("r.JPEG", "JPEG"), ("r.tif", "TIFF"), ("r.bmp", "BMP")):
+        summary = translate_path(model_dir, source, tmp_path / name)
+        assert summary.outputs == [str(tmp_path / name)]
+        with Image.open(tmp_path / name) as written:
+            assert written.format == image_format and written.size == (10, 14)
+
+
+def test_an_output_name_with_another_extension_is_refused_and_a_plain_name_is_a_folder(tmp_path: Path) -> None:
+    source = write_image(tmp_path / "photo.jpg", (8, 8))
+    with pytest.raises(ValueError, match=r"'\.txt' is not an image extension"):
+        plan_translation(source, tmp_path / "result.txt")
+    assert plan_translation(source, tmp_path / "out").targets == {source: tmp_path / "out" / "photo.png"}
+    (tmp_path / "folder.png").mkdir()  # an existing folder stays a folder, whatever its name
+    assert plan_translation(source, tmp_path / "folder.png").targets == {source: tmp_path / "folder.png" / "photo.png"}
+    assert not (tmp_path / "out").exists()  # planning writes nothing
