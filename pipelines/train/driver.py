@@ -5,7 +5,8 @@ of ``config.scaling.num_workers`` workers (``worker.train_loop_per_worker``) und
 ``config.ray_run_name(dataset.version)`` and exports the generators of the final checkpoint into
 ``config.output_dir/<run name>/generators``. Ray Train V2 resumes a run with the same name and storage
 from its latest checkpoint by itself: after a worker failure (``run.max_failures``) and when a
-retried call starts the same run again.
+retried call starts the same run again. Before it starts, ``check_resumable`` makes sure that
+checkpoint loads and otherwise resumes from the newest one that does (``resume``).
 """
 
 from __future__ import annotations
@@ -19,21 +20,25 @@ from pathlib import Path
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
+    ControllerError,
     FailureConfig,
     RunConfig,
     ScalingConfig,
     TrainingFailedError,
+    WorkerGroupError,
 )
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
 from cyclegan_core.checkpoint import CheckpointError
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
 from pipelines.train.cluster import aws_credentials, check_cluster, connect_ray, worker_runtime_env
-from pipelines.train.layout import CHECKPOINT_FILE, read_progress, read_progress_in_place
+from pipelines.train.layout import CHECKPOINT_FILE, read_progress
 from pipelines.train.progress import RunProgress, progress_reporter
-from pipelines.train.storage import StorageTarget, last_checkpoint, resolve_storage
+from pipelines.train.resume import find_resume_point, set_snapshot_aside, snapshot_exists
+from pipelines.train.storage import StorageTarget, resolve_storage
 from pipelines.train.worker import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -69,16 +74,27 @@ def export_final(checkpoint: Checkpoint, dest: Path) -> RunProgress:
     return progress
 
 
-def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfig, dataset: DatasetRef) -> None:
-    """Log where the run resumes from, or refuse a run folder trained on another dataset version."""
-    previous = last_checkpoint(storage, run_name)
-    if previous is None:
-        return
-    uri = storage.uri(previous.path)
-    try:
-        done = read_progress_in_place(previous)
-    except CheckpointError as exc:
-        raise TrainingError(str(exc), checkpoint_uri=uri) from exc
+def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfig,
+                    dataset: DatasetRef) -> Checkpoint | None:
+    """Find the checkpoint the run resumes from (the newest that loads), refuse a run folder trained on
+    another dataset version or one whose checkpoints all fail to load. Returns the checkpoint the
+    workers must be handed when it is not the one Ray Train hands them (Ray's snapshot then set
+    aside), else None."""
+    point = find_resume_point(storage, run_name)
+    if point.snapshot_problem:
+        logger.warning("run %s: %s; using the checkpoint folders instead", run_name, point.snapshot_problem)
+    for damaged in point.damaged:
+        logger.warning("run %s: skipping checkpoint %s, it does not load: %s", run_name, damaged.uri, damaged.reason)
+    if point.checkpoint is None or point.progress is None:
+        if point.damaged:
+            folder = storage.uri(f"{storage.path}/{run_name}")
+            raise TrainingError(
+                f"run {run_name} cannot resume: none of its {len(point.damaged)} checkpoint(s) in {folder} "
+                f"loads (newest: {point.damaged[0].reason}); restore a good checkpoint folder there, or delete "
+                "the run folder to train from scratch")
+        return None
+    uri = storage.uri(point.checkpoint.path)
+    done = point.progress
     if done.dataset_version != dataset.version:
         raise TrainingError(
             f"run {run_name} in {config.run.storage_path} was trained on dataset version "
@@ -86,7 +102,59 @@ def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfi
             "folder or use another run.storage_path",
             checkpoint_uri=uri,
         )
-    logger.info("run %s resumes from its checkpoint %s (epoch %d, step %d)", run_name, uri, done.epoch, done.step)
+    if point.damaged:
+        logger.warning("run %s falls back to its previous checkpoint that loads: %s (epoch %d, step %d)",
+                       run_name, uri, done.epoch, done.step)
+    else:
+        logger.info("run %s resumes from its checkpoint %s (epoch %d, step %d)", run_name, uri, done.epoch,
+                    done.step)
+    if point.ray_latest:
+        return None
+    if snapshot_exists(storage, run_name):
+        logger.warning("run %s: Ray's checkpoint snapshot set aside as %s (it would resume from the "
+                       "damaged checkpoint or not start)", run_name, set_snapshot_aside(storage, run_name))
+    return point.checkpoint
+
+
+def one_line(text: str, *, limit: int = 300) -> str:
+    """The first non-empty line of ``text``, at most ``limit`` characters."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def worker_error(error: BaseException) -> str:
+    """``Type: first line`` of an exception; Ray Train wraps a worker's exception with its traceback as
+    text (UserExceptionWithTraceback): the exception it holds is the one named."""
+    base = getattr(error, "_base_exc", None)
+    error = base if isinstance(base, BaseException) else error
+    return one_line(f"{type(error).__name__}: {error}")
+
+
+def failure_summary(exc: TrainingFailedError) -> str:
+    """What failed, in one line: the worker ranks that died, else the first rank's exception (Ray's own
+    message embeds every rank's traceback and worker metadata)."""
+    if isinstance(exc, WorkerGroupError) and exc.worker_failures:
+        failures = exc.worker_failures
+        died = sorted(rank for rank, error in failures.items() if isinstance(error, WorkerHealthCheckFailedError))
+        if died:  # the others' errors (a collective that lost its peer) follow from it
+            return (f"worker rank(s) {died} died (the process exited: killed, out of memory or crashed; "
+                    "see its Ray worker log)")
+        first, *others = sorted(failures)
+        also = f" (rank(s) {others} failed too)" if others else ""
+        return f"worker rank {first} raised {worker_error(failures[first])}{also}"
+    if isinstance(exc, ControllerError):
+        return f"Ray Train's controller failed: {worker_error(exc.controller_failure)}"
+    return worker_error(exc)
+
+
+def last_good_checkpoint(storage: StorageTarget, run_name: str) -> str | None:
+    """URI of the newest checkpoint of the run that loads (None when there is none)."""
+    try:
+        good = find_resume_point(storage, run_name).checkpoint
+    except OSError as exc:  # the storage is unreachable: the failure message still goes out
+        logger.warning("cannot look for the last good checkpoint of run %s: %s", run_name, exc)
+        return None
+    return storage.uri(good.path) if good is not None else None
 
 
 def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHooks | None = None) -> TrainResult:
@@ -106,12 +174,13 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     storage = resolve_storage(run.storage_path, config.services, credentials=credentials)
     local = connect_ray(config)
     check_cluster(config, local=local)
-    check_resumable(storage, run_name, config, dataset)
+    resume_from = check_resumable(storage, run_name, config, dataset)
 
     with progress_reporter() as progress_callback:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": config, "dataset": dataset, "after_step": hooks.after_step},
+            train_loop_config={"config": config, "dataset": dataset, "after_step": hooks.after_step,
+                               "resume_from": resume_from},
             scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                          resources_per_worker={"CPU": scaling.cpus_per_worker,
                                                                **({"GPU": 1} if scaling.use_gpu else {})}),
@@ -127,21 +196,24 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
         try:
             result = trainer.fit()
         except TrainingFailedError as exc:
-            good = last_checkpoint(storage, run_name)
-            good_uri = storage.uri(good.path) if good is not None else None
+            good_uri = last_good_checkpoint(storage, run_name)
+            resume = (f"last good checkpoint {good_uri}; re-run the same config (same run.storage_path) to "
+                      "resume from it") if good_uri else "no checkpoint to resume from"
             raise TrainingError(
-                f"training run {run_name} failed (run.max_failures={run.max_failures}): {exc}\n"
-                f"last good checkpoint: {good_uri or 'none'}; re-run the same config (same "
-                "run.storage_path) to resume from it",
+                f"training run {run_name} failed (run.max_failures={run.max_failures}): {failure_summary(exc)}; "
+                f"{resume}\n\nRay Train's report:\n{exc}",
                 checkpoint_uri=good_uri,
             ) from exc
 
-    if result.checkpoint is None:
+    # No report at all: the checkpoint resumed from was already the run's last (Ray's own record of
+    # it was set aside).
+    final = result.checkpoint or resume_from
+    if final is None:
         raise TrainingError(f"training run {run_name} finished without reporting a checkpoint")
-    checkpoint_uri = storage.uri(result.checkpoint.path)
+    checkpoint_uri = storage.uri(final.path)
     generators_dir = config.output_dir / run_name / "generators"
     try:
-        progress = export_final(result.checkpoint, generators_dir)
+        progress = export_final(final, generators_dir)
     except CheckpointError as exc:
         raise TrainingError(f"cannot export the final checkpoint of run {run_name}: {exc}",
                             checkpoint_uri=checkpoint_uri) from exc

@@ -9,15 +9,25 @@ reseeded from (seed, epoch, rank) every epoch). Ray merges the ranks' files into
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from ray.train import Checkpoint
 
 from cyclegan_core.atomic import atomic_path, write_json_atomic
-from cyclegan_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cyclegan_core.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights_file,
+    read_checkpoint,
+    save_checkpoint,
+)
 from cyclegan_core.model import CycleGAN
 from pipelines.train.progress import RunProgress
+
+T = TypeVar("T")
 
 CHECKPOINT_FILE = "cyclegan.pt"
 PROGRESS_FILE = "progress.json"
@@ -55,15 +65,12 @@ def read_progress(directory: Path) -> RunProgress:
     return parse_progress(text, str(path))
 
 
-def read_progress_in_place(checkpoint: Checkpoint) -> RunProgress:
-    """``progress.json`` of a reported checkpoint, read on its filesystem (no download of the weights)."""
-    path = f"{checkpoint.path}/{PROGRESS_FILE}"
-    try:
-        with checkpoint.filesystem.open_input_stream(path) as stream:
-            text = stream.read().decode()
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint progress file {path} is missing or unreadable: {exc}") from exc
-    return parse_progress(text, path)
+def read_pools(path: Path) -> dict[str, Any]:
+    """A ``rank<r>_pools.pt`` file: ``{"fake_A": pool state, "fake_B": pool state}``."""
+    pools = load_weights_file(path, what="checkpoint pools file")
+    if not isinstance(pools, dict) or not {"fake_A", "fake_B"} <= set(pools):
+        raise CheckpointError(f"checkpoint pools file {path} lacks the fake_A/fake_B pools")
+    return pools
 
 
 def restore_from_folder(model: CycleGAN, directory: Path, *, rank: int) -> RunProgress:
@@ -73,7 +80,32 @@ def restore_from_folder(model: CycleGAN, directory: Path, *, rank: int) -> RunPr
     load_checkpoint(model, directory / CHECKPOINT_FILE)
     pools_path = directory / rank_pools_file(rank)
     if rank and pools_path.is_file():
-        pools = torch.load(pools_path, map_location="cpu", weights_only=True)
-        model.fake_A_pool.load_state_dict(pools["fake_A"])
-        model.fake_B_pool.load_state_dict(pools["fake_B"])
+        pools = read_pools(pools_path)
+        try:
+            model.fake_A_pool.load_state_dict(pools["fake_A"])
+            model.fake_B_pool.load_state_dict(pools["fake_B"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint pools file {pools_path} does not fit this model: {exc}") from exc
     return progress
+
+
+def check_folder(directory: Path) -> RunProgress:
+    """Read every file of a checkpoint folder as a resume would (``weights_only``), without a model:
+    the progress, the training state and the pools of every rank the run had (its last epoch's
+    ``world_size``). Raises CheckpointError naming the first file that does not load."""
+    progress = read_progress(directory)
+    read_checkpoint(directory / CHECKPOINT_FILE)
+    world_size = int(progress.history[-1].get("world_size", 1)) if progress.history else 1
+    for rank in range(1, world_size):
+        read_pools(directory / rank_pools_file(rank))
+    return progress
+
+
+def read_in_checkpoint(checkpoint: Checkpoint, read: Callable[[Path], T]) -> T:
+    """``read(folder)`` on a reported checkpoint (downloaded first when it is remote); a CheckpointError
+    names the file by its place in the checkpoint's storage, not by the temporary download folder."""
+    with checkpoint.as_directory() as directory:
+        try:
+            return read(Path(directory))
+        except CheckpointError as exc:
+            raise CheckpointError(str(exc).replace(str(directory), checkpoint.path)) from exc

@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs
-from ray.train import Checkpoint, Result
 
 from pipelines.config import Services
 from pipelines.s3 import DEFAULT_REGION, parse_s3_uri
@@ -67,10 +66,3 @@ def resolve_storage(storage_path: str, services: Services, *,
         raise ValueError(f"run.storage_path {storage_path!r} is relative: pass a config built by resolve()")
     return StorageTarget(path=storage_path, filesystem=None, uri_prefix="")
 
-
-def last_checkpoint(storage: StorageTarget, run_name: str) -> Checkpoint | None:
-    """The latest checkpoint Ray Train recorded for a run (None when the run has none)."""
-    try:
-        return Result.from_path(f"{storage.path}/{run_name}", storage_filesystem=storage.filesystem).checkpoint
-    except RuntimeError:  # no run folder or no checkpoint snapshot in it yet
-        return None

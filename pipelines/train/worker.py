@@ -26,7 +26,7 @@ from pipelines.config import ResolvedConfig
 from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef
 from pipelines.train.cluster import count_nodes
-from pipelines.train.layout import restore_from_folder, write_checkpoint_folder
+from pipelines.train.layout import read_in_checkpoint, restore_from_folder, write_checkpoint_folder
 from pipelines.train.progress import RunProgress, epoch_metrics
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def worker_dataset_root(dataset: DatasetRef, config: ResolvedConfig, *, local_ra
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """``loop_config``: ``config`` (ResolvedConfig), ``dataset`` (DatasetRef), ``after_step`` (hook or None)."""
+    """``loop_config``: ``config`` (ResolvedConfig), ``dataset`` (DatasetRef), ``after_step`` (hook or None),
+    ``resume_from`` (a Checkpoint to resume from when Ray Train hands none, or None)."""
     config: ResolvedConfig = loop_config["config"]
     dataset: DatasetRef = loop_config["dataset"]
     after_step: AfterStep | None = loop_config["after_step"]
@@ -78,10 +79,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = CycleGAN(config.model, config.train, device=device)
     nodes = count_nodes()  # fixed for this worker group (a restart runs this function again)
     history: list[dict[str, float]] = []
-    checkpoint = ray.train.get_checkpoint()
+    # Ray's latest checkpoint of this run, else the one the driver chose when Ray's was damaged.
+    checkpoint = ray.train.get_checkpoint() or loop_config["resume_from"]
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            history = list(restore_from_folder(model, Path(directory), rank=rank).history)
+        history = list(read_in_checkpoint(
+            checkpoint, lambda directory: restore_from_folder(model, directory, rank=rank)).history)
         logger.info("rank %d resumed from %s at epoch %d, step %d", rank, checkpoint.path, model.epoch, model.step)
 
     # Items are a function of (seed, epoch, index), the shard of (seed, epoch, rank): one common seed.
