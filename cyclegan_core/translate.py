@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from cyclegan_core.atomic import atomic_path
+from cyclegan_core.atomic import atomic_path, sweep_stale_temps
 from cyclegan_core.images import IMAGE_EXTENSIONS, InvalidImage, decode_image, list_images
 from cyclegan_core.translator import Translator
 
@@ -193,6 +193,11 @@ def translate_path(model: Translator | str | Path, input_path: Path, output_path
         use = translator.directions[0]
         logger.info("%s is one generator: translating with it (direction %s does not apply)", model, direction)
     translator.generator(use)  # an unknown direction fails before any file is read
+    # A killed translate leaves its temporaries beside the outputs: remove those of dead processes.
+    if input_path.is_file():
+        sweep_stale_temps(targets[input_path].parent, name=targets[input_path].name)
+    else:
+        sweep_stale_temps(output_path)
     summary = TranslateSummary(model=str(model), direction=direction)
 
     buckets: dict[tuple[int, int], list[tuple[Path, Image.Image]]] = {}

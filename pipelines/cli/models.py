@@ -94,8 +94,7 @@ def translate(
 
     Exits 3 when inputs were skipped as unreadable (beyond --max-skipped), 4 on a bad path, device or model.
     """
-    import tempfile
-
+    from cyclegan_core.atomic import scratch_folder
     from cyclegan_core.pretrained import DIRECTIONS, GeneratorLoadError
     from cyclegan_core.translate import check_device, plan_translation, translate_path
 
@@ -106,8 +105,8 @@ def translate(
         check_device(device)
     except (OSError, ValueError) as exc:
         refuse(str(exc))
-    with tempfile.TemporaryDirectory(prefix="cyclegan-model-") as download_dir:
-        model_path = fetch_model(model, Path(download_dir))
+    with scratch_folder("translate", name="model") as download_dir:  # a killed run's is swept by the next
+        model_path = fetch_model(model, download_dir)
         try:
             summary = translate_path(model_path, input_path, output_path, direction=direction,
                                      batch_size=batch_size, device=device)

@@ -19,6 +19,7 @@ from cyclegan_core.networks import build_generator, size_multiple
 from cyclegan_core.networks.official import ArchitectureError, infer_generator_config
 from cyclegan_core.translator import Translator
 from pipelines.cli import app
+from pipelines.cli.app import ExitCode
 
 NGF = 8
 CASES = [
@@ -119,5 +120,5 @@ def test_the_cli_names_the_file_that_fits_no_architecture(tmp_path: Path) -> Non
     (tmp_path / "in.png").write_bytes(b"")
     result = CliRunner().invoke(app, ["translate", "--model", str(tmp_path / "classifier.pth"),
                                       str(tmp_path / "in.png"), str(tmp_path / "out")])
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.REFUSED
     assert "classifier.pth: not a known generator state dict" in " ".join(result.output.split())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +189,18 @@ def test_an_output_name_with_another_extension_is_refused_and_a_plain_name_is_a_
     (tmp_path / "folder.png").mkdir()  # an existing folder stays a folder, whatever its name
     assert plan_translation(source, tmp_path / "folder.png").targets == {source: tmp_path / "folder.png" / "photo.png"}
     assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_a_killed_translation_leaves_temporaries_the_next_one_removes(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "out"
+    script = ("import time; from cyclegan_core.atomic import atomic_path\n"
+              f"with atomic_path({str(out / 'a.png')!r}) as tmp:\n    print(tmp, flush=True); time.sleep(300)")
+    # holds an output's temporary, as a translate killed mid-write would
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    left = Path(writer.stdout.readline().strip())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert left.exists() and left.parent == out
+    write_image(tmp_path / "in" / "a.png", (8, 8))
+    translate_path(model_dir, tmp_path / "in", out)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
