@@ -1,95 +1,24 @@
-"""Resuming after damage: checkpoint files that do not load, a truncated Ray snapshot, and the one-line
-failure message, on a real local Ray (`ray_local`) with the fixtures of test_train_ray."""
+"""Resuming after damage on a real local Ray (`ray_local`, the fixtures of test_train_ray): a checkpoint
+replaced by a malicious pickle, a truncated Ray snapshot, and the failure message's first line. The
+pure parts (file checks, folder choice, the summary line) are in tests/unit/test_resume.py."""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
 import pytest
-import torch
-from ray.train import ControllerError, WorkerGroupError
-from ray.train.v2._internal.exceptions import (
-    CheckpointManagerInitializationError,
-    UserExceptionWithTraceback,
-    WorkerHealthCheckFailedError,
-)
 
-from cyclegan_core.checkpoint import CheckpointError
-from cyclegan_core.model import CycleGAN
 from pipelines.config import Services
 from pipelines.records import DatasetRef
 from pipelines.train import TrainHooks, TrainingError, train_on_ray
-from pipelines.train.driver import failure_summary, last_good_checkpoint
-from pipelines.train.layout import CHECKPOINT_FILE, check_folder, write_checkpoint_folder
-from pipelines.train.progress import RunProgress
+from pipelines.train.driver import last_good_checkpoint
+from pipelines.train.layout import CHECKPOINT_FILE, check_folder
 from pipelines.train.resume import find_resume_point
 from pipelines.train.storage import resolve_storage
 from tests.integration.test_train_ray import STEPS_PER_EPOCH, CrashOnce, ingested, tiny_config  # noqa: F401
-
-
-class RunsACommand:
-    """Unpickled without weights_only, this runs a shell command (it creates ``marker``)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def plant_malicious_checkpoint(path: Path, marker: Path) -> None:
-    torch.save({"format": "cyclegan_core.checkpoint", "version": 1, "state": RunsACommand(marker)}, path)
-
-
-# --- fast: the pure parts ------------------------------------------------------------------------
-
-
-def test_check_folder_names_the_first_file_that_does_not_load(tmp_path: Path) -> None:
-    config = tiny_config(DatasetRef(uri="s3://b/p", root=tmp_path, manifest=tmp_path / "m.json", version="v"),
-                         tmp_path, run_name="check", storage_path=str(tmp_path / "runs"), epochs=1)
-    folder = tmp_path / "ckpt"
-    progress = RunProgress(dataset_version="v", dataset_uri="s3://b/p", epoch=1, step=12,
-                           history=[{"epoch": 1.0, "step": 12.0, "world_size": 2.0}])
-    for rank in (0, 1):
-        write_checkpoint_folder(folder, CycleGAN(config.model, config.train), progress, rank=rank)
-    assert check_folder(folder) == progress
-
-    pools = folder / "rank1_pools.pt"
-    pools.write_bytes(pools.read_bytes()[:64])
-    with pytest.raises(CheckpointError, match=rf"^checkpoint pools file {pools} is corrupt or truncated"):
-        check_folder(folder)
-    pools.unlink()  # a rank's upload that never landed: the run had 2 ranks
-    with pytest.raises(CheckpointError, match=rf"^checkpoint pools file {pools} does not exist"):
-        check_folder(folder)
-    plant_malicious_checkpoint(folder / CHECKPOINT_FILE, tmp_path / "pwned")
-    with pytest.raises(CheckpointError, match=rf"^checkpoint {folder / CHECKPOINT_FILE} holds objects that "
-                                              "weights_only loading refuses"):
-        check_folder(folder)
-    assert not (tmp_path / "pwned").exists()
-
-
-def test_failure_summary_is_one_line_naming_what_failed() -> None:
-    died = WorkerGroupError("(Ray's long text)", {
-        0: RuntimeError("[gloo/pair.cc:545] Read error: Connection reset by peer.\nGLHF"),
-        1: WorkerHealthCheckFailedError("A worker health check failed.\nWorker info: ...", RuntimeError("gone")),
-    })
-    assert failure_summary(died).startswith("worker rank(s) [1] died (the process exited")
-    error = CheckpointError("checkpoint /runs/r/checkpoint_epoch0002_step00000024/cyclegan.pt is corrupt")
-    wrapped = {rank: UserExceptionWithTraceback(error, f"Traceback (most recent call last):\n  ...\n{error}")
-               for rank in (0, 1)}
-    assert failure_summary(WorkerGroupError("...", wrapped)) == (
-        f"worker rank 0 raised CheckpointError: {error} (rank(s) [1] failed too)")
-    controller = ControllerError(CheckpointManagerInitializationError("Expecting value: line 1 column 1"))
-    assert failure_summary(controller) == (
-        "Ray Train's controller failed: CheckpointManagerInitializationError: Expecting value: line 1 column 1")
-    for exc in (died, WorkerGroupError("...", wrapped), controller):
-        assert "\n" not in failure_summary(exc)
-
-
-# --- slow: real Ray fits -------------------------------------------------------------------------
+from tests.unit.test_resume import plant_malicious_checkpoint
 
 
 @pytest.mark.slow
