@@ -129,6 +129,9 @@ def yaml_value(text: str) -> Any:
     """Parse an override value the way YAML would (numbers, booleans, null, strings)."""
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        fail(f"--set value {text!r} is not valid YAML: {' '.join(str(exc).split())}", ExitCode.USAGE)
 
 

@@ -60,6 +60,7 @@ def test_verbose_lets_the_traceback_through() -> None:
     (["train", "--config", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
     (["run", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
     (["train", "--config", "missing.yaml", "--set", "no-equals"], ExitCode.USAGE, "--set expects KEY=VALUE"),
+    (["run", "missing.yaml", "--set", "train.lr=[1"], ExitCode.USAGE, "--set value '[1' is not valid YAML"),
     (["upload", "missing-folder", "s3://bucket/prefix"], ExitCode.REFUSED, "cannot upload missing-folder: not a folder"),
     (["ingest", "bucket/prefix"], ExitCode.REFUSED, "expected an S3 URI like s3://bucket/prefix"),
     (["translate", "--model", "m", "in", "out", "--direction", "AB"], ExitCode.USAGE, "--direction must be one of"),
