@@ -34,12 +34,19 @@ ENVIRONMENT: dict[str, str] = {
     "RAY_ADDRESS": "existing Ray cluster ('auto', 'ray://host:10001'); unset means a local Ray",
     "RAY_TRAIN_V2_ENABLED": "Ray Train V2 (the pipeline sets 1 unless it is set; 0 is refused)",
     "MLFLOW_TRACKING_URI": "MLflow tracking server; unset means sqlite:///mlruns.db",
+    "MLFLOW_TRACKING_USERNAME": "MLflow basic-auth user (read by MLflow itself; unset: no auth)",
+    "MLFLOW_TRACKING_PASSWORD": "MLflow basic-auth password (read by MLflow itself)",
     "PREFECT_API_URL": "Prefect server API; unset means Prefect's ephemeral API",
+    "PREFECT_API_AUTH_STRING": "Prefect server basic auth 'user:password' (read by Prefect itself)",
     "CYCLEGAN_INCEPTION_WEIGHTS": "path or s3:// URI of the FID Inception weights",
 }
 
 # Read when set, left unset by the deployments in infra/ (their defaults are what a deployment wants).
 OPTIONAL_ENVIRONMENT = frozenset({"AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "RAY_TRAIN_V2_ENABLED"})
+
+# Credentials MLflow and Prefect read themselves; a deployment sets them only where a process talks to
+# that server (the flow runs), never on the Ray nodes. Nothing here reads or logs them.
+CREDENTIAL_ENVIRONMENT = frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"})
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 DEFAULT_ARTIFACT_ROOT = "./mlartifacts"

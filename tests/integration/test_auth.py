@@ -267,3 +267,49 @@ def test_the_events_websocket_refuses_a_client_without_the_auth_string(auth_pref
     with connect(url, subprotocols=["prefect"], open_timeout=30) as socket:
         socket.send(json.dumps({"type": "auth", "token": auth_prefect["auth"]}))
         assert json.loads(socket.recv(timeout=30))["type"] == "auth_success"
+
+
+@pytest.mark.slow
+def test_the_demo_flow_runs_against_the_authenticated_servers(
+    auth_mlflow, auth_prefect, ray_local, s3_server, s3_bucket, synthetic_dataset, tmp_path, monkeypatch
+) -> None:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
+    from pipelines.config import (
+        EvalSettings,
+        PipelineConfig,
+        RegistrySettings,
+        ScalingSettings,
+        TrainingRunSettings,
+    )
+    from pipelines.flows import train_cyclegan
+    from pipelines.ingest import upload_folder
+
+    upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_mlflow.uri)
+    as_user(monkeypatch, auth_mlflow.pipeline)
+    config = PipelineConfig(
+        dataset_uri=f"s3://{s3_bucket}/synth", cache_dir=tmp_path / "cache", output_dir=tmp_path / "outputs",
+        model=ModelConfig(generator="resnet_6blocks", ngf=8, ndf=8),
+        train=TrainConfig(n_epochs=1, n_epochs_decay=0, batch_size=4, pool_size=10),
+        data=DataConfig(preprocess="none", load_size=32, crop_size=32, num_workers=0),
+        scaling=ScalingSettings(num_workers=1, cpus_per_worker=1),
+        run=TrainingRunSettings(run_name="auth-flow", storage_path=str(tmp_path / "runs"), max_failures=0),
+        eval=EvalSettings(max_images=4),
+        registry=RegistrySettings(model_name=FLOW_MODEL, experiment="auth-flow"),
+    )
+    with temporary_settings(updates={PREFECT_API_URL: auth_prefect["url"],
+                                     PREFECT_API_AUTH_STRING: auth_prefect["auth"]}):
+        state = train_cyclegan(config, return_state=True)
+    outcome = state.result()
+    assert outcome.model is not None and "champion" in outcome.model.aliases
+    # The task runs reached the authenticated server (their states travel over the events websocket).
+    with prefect_client(auth_prefect["url"], auth_prefect["auth"]) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert flow_run.state.is_completed()
+    assert {run.name.rsplit("-", 1)[0] for run in runs} >= {"ingest", "train", "evaluate", "register"}
+    assert auth_prefect["auth"] not in Path(auth_prefect["log"]).read_text(errors="replace")
+    assert auth_mlflow.pipeline.password not in auth_mlflow.log.read_text(errors="replace")

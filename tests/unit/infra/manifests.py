@@ -18,7 +18,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from pipelines.config import ENVIRONMENT, OPTIONAL_ENVIRONMENT
+from pipelines.config import CREDENTIAL_ENVIRONMENT, ENVIRONMENT, OPTIONAL_ENVIRONMENT
+from pipelines.registry.access import BOOTSTRAP_ENVIRONMENT
 
 REPO = Path(__file__).resolve().parents[3]
 INFRA = REPO / "infra"
@@ -40,15 +41,24 @@ AWS_ENV_EXAMPLE = RAY_DIR / "aws" / "cyclegan.env.example"
 SERVICE_SIDE_VARIABLES = {
     "MLFLOW_S3_ENDPOINT_URL": "the MLflow server's endpoint for its S3 artifact store",
     "PREFECT_API_DATABASE_CONNECTION_URL": "the Prefect server's database",
+    "MLFLOW_AUTH_CONFIG_PATH": "the MLflow server's basic-auth configuration file",
+    "MLFLOW_AUTH_ADMIN_USERNAME": "the MLflow server's admin user (created on first start)",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "the MLflow server's admin password",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "the MLflow server's CSRF signing key",
+    # The users bootstrap (python -m pipelines.registry.access) reads these.
+    **{name: what for name, what in BOOTSTRAP_ENVIRONMENT.items() if name not in ENVIRONMENT},
 }
-# What every deployment sets: the pipeline's variables less those it reads only when set.
-DEPLOYED_ENVIRONMENT = set(ENVIRONMENT) - OPTIONAL_ENVIRONMENT
+# What every deployment sets: the pipeline's endpoints, less what it reads only when set and less the
+# credentials, which only the processes that talk to MLflow / Prefect get (CREDENTIAL_ENVIRONMENT).
+DEPLOYED_ENVIRONMENT = set(ENVIRONMENT) - OPTIONAL_ENVIRONMENT - CREDENTIAL_ENVIRONMENT
 PIPELINE_LIKE = re.compile(r"^(AWS_|MLFLOW_|CYCLEGAN_|PREFECT_API_)|^RAY_ADDRESS$")
 # The two keys of the Kubernetes Secret cyclegan-s3-credentials (documented in infra/README.md).
 S3_CREDENTIAL_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 # Read by Ray itself (token authentication of the cluster), set beside the pipeline's variables.
 RAY_AUTH = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
-SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|(^|_)KEY($|_)", re.IGNORECASE)
+# The keys of the Kubernetes Secret cyclegan-mlflow-credentials (the pipeline identity).
+MLFLOW_CREDENTIAL_KEYS = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|AUTH_STRING|(^|_)KEY($|_)", re.IGNORECASE)
 
 
 # --- files -----------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ from typing import Any
 
 from tests.unit.infra.manifests import (
     AWS_ENV_EXAMPLE,
+    CREDENTIAL_ENVIRONMENT,
     DEPLOYED_ENVIRONMENT,
     ENVIRONMENT,
+    MLFLOW_CREDENTIAL_KEYS,
     PIPELINE_LIKE,
     RAY_AUTH,
     README,
@@ -41,7 +43,14 @@ def test_manifests_set_no_pipeline_variable_the_pipeline_does_not_read() -> None
 
 
 def test_compose_worker_gets_exactly_the_pipeline_environment() -> None:
-    assert manifest_env_names()["compose:prefect-worker"] == DEPLOYED_ENVIRONMENT | RAY_AUTH
+    assert manifest_env_names()["compose:prefect-worker"] == DEPLOYED_ENVIRONMENT | RAY_AUTH | CREDENTIAL_ENVIRONMENT
+
+
+def test_ray_nodes_get_no_mlflow_or_prefect_credentials() -> None:
+    # Ray Train workers never talk to MLflow or Prefect: their credentials stay with the flow runs.
+    for where, names in manifest_env_names().items():
+        if where.startswith(("compose:ray-", "raycluster.yaml:", "rayjob.yaml:", "aws/", "ConfigMap ")):
+            assert not names & CREDENTIAL_ENVIRONMENT, f"{where} sets {sorted(names & CREDENTIAL_ENVIRONMENT)}"
 
 
 def test_every_ray_process_of_the_stack_shares_one_token(compose: dict[str, Any]) -> None:
@@ -66,9 +75,11 @@ def test_kuberay_pods_get_every_pipeline_variable() -> None:
 
 
 def test_prefect_cluster_flow_runs_get_every_pipeline_variable() -> None:
-    names = manifest_env_names()["kubernetes-job-variables.yaml"] | S3_CREDENTIAL_KEYS | {"RAY_AUTH_TOKEN"}
-    assert names == DEPLOYED_ENVIRONMENT | RAY_AUTH
-    assert not (manifest_env_names()["kubernetes-job-variables.yaml"] & S3_CREDENTIAL_KEYS), (
+    # From the Secrets of the template's envFrom, and PREFECT_API_AUTH_STRING from the worker's own settings.
+    from_secrets = S3_CREDENTIAL_KEYS | {"RAY_AUTH_TOKEN"} | MLFLOW_CREDENTIAL_KEYS | {"PREFECT_API_AUTH_STRING"}
+    names = manifest_env_names()["kubernetes-job-variables.yaml"] | from_secrets
+    assert names == DEPLOYED_ENVIRONMENT | RAY_AUTH | CREDENTIAL_ENVIRONMENT
+    assert not (manifest_env_names()["kubernetes-job-variables.yaml"] & from_secrets), (
         "credentials in job vars"
     )
 
@@ -100,6 +111,7 @@ def test_readme_documents_every_variable_and_names_existing_files() -> None:
     assert secrets.get("cyclegan-ray-token") == {"auth_token", "RAY_AUTH_TOKEN"}, (
         f"{README}: the Ray token Secret"
     )
+    assert secrets.get("cyclegan-mlflow-credentials") == MLFLOW_CREDENTIAL_KEYS, f"{README}: the MLflow Secret"
     # Every Secret key a pod reads is one the README's commands create.
     for _, doc in kubernetes_documents():
         for where, container in pod_containers(doc):

@@ -68,7 +68,7 @@ def test_versions_agree_across_manifests() -> None:
     assert image_tag(images["compose:prefect-server"]).startswith(f"{pins['prefect']}-"), (
         "Prefect server != worker"
     )
-    assert f"mlflow=={pins['mlflow']}" in (INFRA / "docker" / "mlflow-server.Dockerfile").read_text()
+    assert f"mlflow[auth]=={pins['mlflow']}" in (INFRA / "docker" / "mlflow-server.Dockerfile").read_text()
     assert image_tag(images["compose:mlflow"]) == str(pins["mlflow"])
     raycluster = ray_cluster_document()
     assert raycluster["spec"]["rayVersion"] == str(pins["ray"]), (

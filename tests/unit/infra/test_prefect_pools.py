@@ -63,4 +63,5 @@ def test_kubernetes_job_variables_validate_against_the_pool_template() -> None:
     assert container["envFrom"] == [
         {"secretRef": {"name": "{{ s3_credentials_secret }}"}},
         {"secretRef": {"name": "{{ ray_token_secret }}"}},
+        {"secretRef": {"name": "{{ mlflow_credentials_secret }}"}},
     ]
