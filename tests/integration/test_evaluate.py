@@ -173,7 +173,7 @@ def test_cli_evaluate_prints_the_report_as_json(
 def test_cli_evaluate_reports_a_missing_model_without_traceback(synthetic_dataset: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "none"), "--data",
                                       str(synthetic_dataset), "--out", str(tmp_path / "cli")])
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # ExitCode.REFUSED
     assert "none does not exist" in " ".join(result.output.split())  # rich wraps long lines
 
 

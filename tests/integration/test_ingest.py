@@ -329,7 +329,7 @@ def test_cli_upload_and_ingest_json(synthetic_dataset: Path, s3_bucket: str, tmp
     assert DatasetRef.model_validate(payload["dataset"]).version == payload["version"]
 
     bad_uri = runner.invoke(app, ["ingest", "/not/s3", "--cache", str(tmp_path)])
-    assert bad_uri.exit_code == 1 and "s3://bucket" in bad_uri.stderr
+    assert bad_uri.exit_code == 4 and "s3://bucket"  # ExitCode.REFUSED in bad_uri.stderr
 
 
 def test_cli_reports_errors_without_traceback(s3_server: str, tmp_path: Path) -> None:

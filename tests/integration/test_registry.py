@@ -316,13 +316,13 @@ def test_register_and_promote_cli(
     assert ref["version"] == "1" and ref["run_id"] == gated["refs"][0].run_id  # idempotent: no new version
 
     missing = CliRunner().invoke(app, ["promote", gated["name"], "5"])
-    assert missing.exit_code == 1 and "existing versions" in " ".join(missing.output.split())
+    assert missing.exit_code == 4 and "existing versions"  # ExitCode.REFUSED in " ".join(missing.output.split())
     moved = CliRunner().invoke(app, ["promote", gated["name"], "1", "--alias", "staging", "--json"])
     assert moved.exit_code == 0, moved.output
     assert json.loads(moved.stdout.strip().splitlines()[-1])["aliases"] == ["staging"]
 
     broken = CliRunner().invoke(app, ["register", *records, "--config", str(tmp_path / "missing.yaml")])
-    assert broken.exit_code == 1 and "missing.yaml" in " ".join(broken.output.split())
+    assert broken.exit_code == 4 and "missing.yaml"  # ExitCode.REFUSED in " ".join(broken.output.split())
 
 
 def test_gate_leaves_champion_alone_when_auto_promote_is_off(

@@ -121,4 +121,4 @@ def test_cli_synth_writes_the_dataset_and_prints_json(tmp_path: Path) -> None:
     assert summary["root"] == str(dest.resolve()) and summary["identity_psnr_db"] < 13
     assert (dest / "testA_ref" / "00000.png").exists()
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert again.exit_code == 4 and "--overwrite"  # ExitCode.REFUSED in again.output
