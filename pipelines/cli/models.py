@@ -58,10 +58,7 @@ def promote(
     from pipelines.registry import promote as promote_version
 
     tracking_uri = services().tracking_uri
-    missing = missing_local_store(tracking_uri)
-    if missing is not None:
-        refuse(f"cannot promote {name} version {version}: the MLflow store {tracking_uri} does not exist "
-               f"({missing}); set MLFLOW_TRACKING_URI to the store that holds the model")
+    require_store(tracking_uri, f"cannot promote {name} version {version}")
     try:
         ref = promote_version(name, version, alias, tracking_uri=tracking_uri)
     except RegistryError as exc:  # a version or model that does not exist, or a store that refuses: 4
@@ -131,10 +128,7 @@ def fetch_model(model: str, download_dir: Path) -> Path:
     if not model.startswith(("models:/", "runs:/")):
         return Path(model)
     tracking_uri = services().tracking_uri
-    missing = missing_local_store(tracking_uri)
-    if missing is not None:
-        refuse(f"--model {model}: the MLflow store {tracking_uri} does not exist ({missing}); set "
-               "MLFLOW_TRACKING_URI to the tracking server or store that holds the model")
+    require_store(tracking_uri, f"--model {model}")
     from pipelines.registry import RegistryError, download_model
 
     try:
@@ -143,11 +137,17 @@ def fetch_model(model: str, download_dir: Path) -> Path:
         fail(str(exc), ExitCode.FAILED if exc.transient else ExitCode.REFUSED)
 
 
-def missing_local_store(tracking_uri: str) -> Path | None:
-    """The file or folder of a local MLflow store (sqlite:///..., file:..., a path) when it does not exist.
+def require_store(tracking_uri: str, what: str) -> None:
+    """Refuse to read from a local MLflow store that does not exist (MLflow would create it, e.g. an empty
+    ``mlruns.db`` in the working folder, and then find nothing in it)."""
+    missing = missing_local_store(tracking_uri)
+    if missing is not None:
+        refuse(f"{what}: the MLflow store {tracking_uri} does not exist ({missing}); set "
+               "MLFLOW_TRACKING_URI to the tracking server or store that holds the model")
 
-    Reading a model from a store that does not exist cannot succeed, and MLflow would create it (an empty
-    ``mlruns.db`` left in the working folder)."""
+
+def missing_local_store(tracking_uri: str) -> Path | None:
+    """The file or folder of a local MLflow store (sqlite:///..., file:..., a path) when it does not exist."""
     from urllib.parse import urlparse
 
     parsed = urlparse(tracking_uri)

@@ -89,7 +89,7 @@ def test_promote_without_a_store_creates_none(tmp_path: Path, monkeypatch: pytes
     code, lines = invoke("promote", "cyclegan", "3")
     assert code == ExitCode.REFUSED
     assert lines == [("error: cannot promote cyclegan version 3: the MLflow store sqlite:///mlruns.db does not exist "
-                      "(mlruns.db); set MLFLOW_TRACKING_URI to the store that holds the model")]
+                      "(mlruns.db); set MLFLOW_TRACKING_URI to the tracking server or store that holds the model")]
     assert list(tmp_path.iterdir()) == []
 
 
