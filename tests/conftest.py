@@ -86,8 +86,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """One local Ray cluster (2 CPUs) shared by the session's Ray tests."""
+def ray_local(s3_server: str) -> Iterator[None]:
+    """One local Ray cluster (2 CPUs) shared by the session's Ray tests. Started inside ``s3_server``'s
+    environment: its processes inherit the AWS variables, as a local Ray started by a driver does (the
+    pipeline never sends credentials through Ray)."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -156,9 +158,11 @@ class RayCluster(NamedTuple):
 
 
 @contextmanager
-def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1) -> Iterator[RayCluster]:
+def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1,
+                without: tuple[str, ...] = ()) -> Iterator[RayCluster]:
     """A real Ray cluster from `ray start --head` (with a Ray Client server) plus ``nodes - 1``
-    `ray start --address` nodes on this machine, token authentication as in infra/.
+    `ray start --address` nodes on this machine, token authentication as in infra/. The nodes (and
+    ``RayCluster.env``) lack the variables named in ``without`` (e.g. a node without AWS credentials).
 
     Ray 2.60 turns token authentication on wherever ~/.ray/auth_token exists, so the nodes and their
     drivers get an explicit token and a private HOME. Each node runs in its own process group and is
@@ -168,7 +172,8 @@ def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1) -> Iterator[R
 
     port, client_port = free_port(), free_port()
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's unix socket paths must stay < 108 chars
-    env = clean_ray_env(home) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {k: v for k, v in clean_ray_env(home).items() if k not in without}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     ray_bin = str(Path(sys.executable).with_name("ray"))
     common = ["--block", f"--num-cpus={cpus_per_node}", "--num-gpus=0", "--node-ip-address=127.0.0.1",
               "--disable-usage-stats"]

@@ -1,24 +1,27 @@
 """The Ray cluster a run trains on: connect (``config.services.ray_address`` or a local Ray), check
-that it can run the configuration, count the nodes a worker group spans, the workers' runtime env.
+that it can run the configuration (resources, shared storage, S3 credentials on the nodes that need
+them), count the nodes a worker group spans.
+
+Credentials never travel through Ray (runtime_env, task arguments, pickled filesystems): Ray logs and
+stores those. Every process finds them in its own node's standard AWS chain (README.md, "Credentials
+on a cluster"); ``node_credentials_problem`` says which node lacks them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
 
+import botocore.session
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cyclegan_core.distributed import all_gather_object
 from pipelines.config import ResolvedConfig
 
 logger = logging.getLogger(__name__)
 
-# AWS credential variables passed on from the driver's environment: to the workers (a worker that must
-# ingest the dataset itself authenticates like the driver) and into the pyarrow filesystem Ray Train's
-# controller writes checkpoint snapshots with (its process does not inherit the driver's environment).
-FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+CREDENTIALS_DOC = 'README.md, "Credentials on a cluster"'
+
 
 def connect_ray(config: ResolvedConfig) -> bool:
     """Connect to ``config.services.ray_address``'s cluster, or start a local one; returns True when the
@@ -51,9 +54,11 @@ def check_storage_shared(storage_path: str, alive_nodes: int) -> None:
 
 
 def check_cluster(config: ResolvedConfig, *, local: bool) -> None:
-    """Fail fast (instead of waiting forever for resources) on what the cluster cannot run."""
+    """Fail fast (instead of waiting forever for resources or failing mid-run) on what the cluster
+    cannot run."""
     alive = sum(1 for node in ray.nodes() if node.get("Alive"))
     check_storage_shared(config.run.storage_path, alive)
+    check_controller_credentials(config, local=local)
     if not local:
         return  # an autoscaling cluster may add nodes; Ray Train waits for them
     resources = ray.cluster_resources()
@@ -78,11 +83,68 @@ def count_nodes() -> int:
     return len(set(all_gather_object(ray.get_runtime_context().get_node_id())))
 
 
-def aws_credentials() -> dict[str, str]:
-    """The driver's ``FORWARDED_ENV`` variables that are set."""
-    return {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+def s3_uses(config: ResolvedConfig, *, ingests: bool) -> list[str]:
+    """What a process of the run reads or writes on S3: the checkpoint storage, the dataset it ingests."""
+    uses = [f"run.storage_path {config.run.storage_path}"] if config.run.storage_path.startswith("s3://") else []
+    if ingests:
+        uses.append(f"ingesting {config.dataset_uri} (no dataset cache on this node)")
+    return uses
 
 
-def worker_runtime_env(credentials: dict[str, str]) -> dict[str, Any] | None:
-    """The workers' runtime env: the driver's AWS credential variables (``aws_credentials()``)."""
-    return {"env_vars": dict(credentials)} if credentials else None
+def has_aws_credentials() -> bool:
+    """Whether this process's standard AWS chain (environment, shared files, web identity, container or
+    instance role) yields credentials; botocore's chain, the one pyarrow's S3 client also walks."""
+    return botocore.session.Session().get_credentials() is not None
+
+
+def missing_credentials_message(uses: list[str], *, process: str, node: str) -> str:
+    """The one-line error of a process that needs S3 (``uses``) on a node without credentials."""
+    return (f"{process} on Ray node {node} found no AWS credentials for {' and '.join(uses)}: give every "
+            "Ray node credentials of its own (instance/pod role, the node's environment or a Kubernetes "
+            f"Secret; see {CREDENTIALS_DOC}); the pipeline does not send them through Ray")
+
+
+def this_node() -> str:
+    """This process's Ray node: IP and node ID."""
+    return f"{ray.util.get_node_ip_address()} (node ID {ray.get_runtime_context().get_node_id()})"
+
+
+def node_credentials_problem(uses: list[str], *, process: str) -> str | None:
+    """None when this process needs no S3 or its node's chain has credentials, else the error."""
+    if not uses or has_aws_credentials():
+        return None
+    return missing_credentials_message(uses, process=process, node=this_node())
+
+
+class NodeCredentialsError(RuntimeError):
+    """A Ray node that needs S3 for this run has no AWS credentials."""
+
+
+def require_node_credentials(config: ResolvedConfig, *, ingests: bool, process: str) -> None:
+    """Raise NodeCredentialsError (one line) when this process needs S3 and its node has no credentials."""
+    problem = node_credentials_problem(s3_uses(config, ingests=ingests), process=process)
+    if problem:
+        raise NodeCredentialsError(problem)
+
+
+@ray.remote(num_cpus=0)
+def _probe_node_credentials(uses: list[str], process: str) -> str | None:
+    return node_credentials_problem(uses, process=process)
+
+
+def check_controller_credentials(config: ResolvedConfig, *, local: bool) -> None:
+    """Ray Train's controller runs on the driver's Ray node and writes its run state to
+    ``run.storage_path``: with S3 storage, check that node's credentials. A local Ray's processes
+    inherit this driver's environment, so the check runs here; on a cluster (Ray Client included) the
+    node's environment is its own, so a zero-CPU task on that node checks it (a few seconds, once)."""
+    uses = s3_uses(config, ingests=False)
+    if not uses:
+        return
+    process = "Ray Train's controller"
+    if local:
+        problem = node_credentials_problem(uses, process=process)
+    else:
+        node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        problem = ray.get(_probe_node_credentials.options(scheduling_strategy=node).remote(uses, process))
+    if problem:
+        raise NodeCredentialsError(problem)

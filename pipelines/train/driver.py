@@ -34,7 +34,7 @@ from cyclegan_core.checkpoint import CheckpointError
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
-from pipelines.train.cluster import aws_credentials, check_cluster, connect_ray, worker_runtime_env
+from pipelines.train.cluster import check_cluster, connect_ray
 from pipelines.train.layout import CHECKPOINT_FILE, read_progress
 from pipelines.train.progress import RunProgress, progress_reporter
 from pipelines.train.resume import find_resume_point, set_snapshot_aside, snapshot_exists
@@ -170,8 +170,7 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     run, scaling = config.run, config.scaling
     run_name = config.ray_run_name(dataset.version)
     # dataset.root need not exist here: a worker whose node lacks it ingests the dataset itself.
-    credentials = aws_credentials()
-    storage = resolve_storage(run.storage_path, config.services, credentials=credentials)
+    storage = resolve_storage(run.storage_path, config.services)
     local = connect_ray(config)
     check_cluster(config, local=local)
     resume_from = check_resumable(storage, run_name, config, dataset)
@@ -188,7 +187,7 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
                 name=run_name, storage_path=storage.path, storage_filesystem=storage.filesystem,
                 checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep),
                 failure_config=FailureConfig(max_failures=run.max_failures),
-                callbacks=[progress_callback], worker_runtime_env=worker_runtime_env(credentials),
+                callbacks=[progress_callback],
             ),
         )
         logger.info("training run %s: %d worker(s), %s, checkpoints in %s", run_name, scaling.num_workers,

@@ -25,7 +25,7 @@ from cyclegan_core.model import CycleGAN
 from pipelines.config import ResolvedConfig
 from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef
-from pipelines.train.cluster import count_nodes
+from pipelines.train.cluster import count_nodes, require_node_credentials
 from pipelines.train.layout import read_in_checkpoint, restore_from_folder, write_checkpoint_folder
 from pipelines.train.progress import RunProgress, epoch_metrics
 
@@ -74,6 +74,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
     seed, total_epochs = config.train.seed, config.train.total_epochs
 
+    require_node_credentials(config, ingests=not dataset.root.is_dir(), process=f"Ray Train worker rank {rank}")
     root = worker_dataset_root(dataset, config, local_rank=context.get_local_rank())
     # CycleGAN seeds with train.seed before building the nets: identical initial weights on every rank.
     model = CycleGAN(config.model, config.train, device=device)

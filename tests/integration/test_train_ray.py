@@ -113,8 +113,7 @@ def test_storage_paths_resolve_for_ray(tmp_path: Path) -> None:
         resolve_storage("runs", Services())
 
     services = Services(s3_endpoint_url="http://127.0.0.1:9000", s3_region="eu-west-1")
-    s3 = resolve_storage("s3://bucket/some/prefix/", services,
-                         credentials={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    s3 = resolve_storage("s3://bucket/some/prefix/", services)
     assert s3.path == "bucket/some/prefix" and s3.filesystem.type_name == "s3"
     assert s3.filesystem.region == "eu-west-1"  # from config.services, not the environment
     assert s3.uri("bucket/some/prefix/run") == "s3://bucket/some/prefix/run"
