@@ -12,7 +12,7 @@ of equal size. A single generator is held as the A->B one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from torch import nn
 from cyclegan_core.checkpoint import CheckpointError, read_checkpoint
 from cyclegan_core.config import ModelConfig
 from cyclegan_core.data import to_float_chw
+from cyclegan_core.memory import default_budget, format_bytes, forward_bytes, largest_tile, used_bytes
 from cyclegan_core.networks import size_multiple
 from cyclegan_core.networks.official import describe_config
 from cyclegan_core.precision import autocast, resolve_precision
@@ -40,6 +41,20 @@ from cyclegan_core.pretrained import (
     save_generators,
     swapped_channels,
     unwrap,
+)
+from cyclegan_core.tiling import (
+    MIN_THUMBNAIL,
+    Reader,
+    Sink,
+    TilePlan,
+    Tiling,
+    array_reader,
+    default_overlap,
+    pad_amounts,
+    plan_tiles,
+    reflectable,
+    tensor_reader,
+    translate_tiled,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,12 +76,10 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Pad H and W up to ``multiple`` (reflection; replicate where the image is too small to reflect)."""
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)  # left, right, top, bottom
+    pads = pad_amounts(height, width, multiple)  # left, right, top, bottom
     if not any(pads):
         return x, pads
-    reflectable = max(pads[:2]) < width and max(pads[2:]) < height
-    return F.pad(x, pads, mode="reflect" if reflectable else "replicate"), pads
+    return F.pad(x, pads, mode="reflect" if reflectable(pads, height, width) else "replicate"), pads
 
 
 @contextmanager
@@ -80,6 +93,36 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+def _tensor_sink(out: torch.Tensor) -> Callable[[tuple[int, int, int, int]], Sink]:
+    """Write finished rows of the padded output into ``out`` (C x H x W float), cropping the padding."""
+    def sink(pads: tuple[int, int, int, int]) -> Sink:
+        left, _, top, _ = pads
+        height, width = out.shape[1:]
+
+        def write(first: int, rows: torch.Tensor) -> None:
+            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
+            if hi > lo:
+                out[:, lo - top:hi - top] = rows[:, lo - first:hi - first, left:left + width].to(out.device)
+        return write
+    return sink
+
+
+def _array_sink(out: np.ndarray) -> Callable[[tuple[int, int, int, int]], Sink]:
+    """Write finished rows into ``out`` (H x W x C uint8), rounded as ``tensor_to_pil`` rounds."""
+    def sink(pads: tuple[int, int, int, int]) -> Sink:
+        left, _, top, _ = pads
+        height, width = out.shape[:2]
+
+        def write(first: int, rows: torch.Tensor) -> None:
+            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
+            if hi > lo:
+                block = rows[:, lo - first:hi - first, left:left + width]
+                out[lo - top:hi - top] = (block.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+                                          .permute(1, 2, 0).cpu().numpy())
+        return write
+    return sink
+
+
 def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -87,8 +130,13 @@ def _default_device(device: str | torch.device | None) -> torch.device:
 class Translator:
     """Both generators of a model (``G_BA`` may be None) with their size multiples; ``config`` is G_AB's."""
 
-    def __init__(self, G_AB: nn.Module, G_BA: nn.Module | None, config: ModelConfig) -> None:
+    def __init__(self, G_AB: nn.Module, G_BA: nn.Module | None, config: ModelConfig, *,
+                 memory_budget: int | None = None, tiling: Tiling | None = None) -> None:
         self.config = config
+        # bytes the process may hold while translating (None: memory.default_budget at each call); an
+        # image whose forward pass does not fit in what is left is translated by tiles (``tiling``)
+        self.memory_budget = memory_budget
+        self.tiling = tiling or Tiling()
         self._generators = {"AtoB": unwrap(G_AB)}
         if G_BA is not None:
             self._generators["BtoA"] = unwrap(G_BA)
@@ -99,7 +147,8 @@ class Translator:
 
     # --- loading and saving -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None) -> Translator:
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
+                        memory_budget: int | None = None) -> Translator:
         """An exported model folder (``G_AB/`` + ``G_BA/``), one exported generator folder, or an official
         ``.pth`` whose architecture is inferred from its state dict. ``device`` None: CUDA if available."""
         path = Path(path)
@@ -122,6 +171,7 @@ class Translator:
             translator = cls(net, None, cfg)
         else:
             raise GeneratorLoadError(f"{path} does not exist (expected an exported generator/model folder or a .pth)")
+        translator.memory_budget = memory_budget
         return translator.to(_default_device(device))
 
     @classmethod
@@ -175,7 +225,8 @@ class Translator:
         """Translate an N x C x H x W (or C x H x W) float batch in [-1, 1]; returns the same layout and device.
 
         Runs on the translator's device in eval mode without autograd; ``precision="auto"`` means bf16
-        autocast on CUDA and fp32 elsewhere. The output is float32 in [-1, 1].
+        autocast on CUDA and fp32 elsewhere. The output is float32 in [-1, 1]. Batches are split to fit
+        the memory budget; an image whose single forward pass does not fit is translated by tiles.
         """
         if images.dim() not in (3, 4):
             raise ValueError(f"images must be C x H x W or N x C x H x W, got shape {tuple(images.shape)}")
@@ -186,11 +237,21 @@ class Translator:
         single = images.dim() == 3
         batch = images.unsqueeze(0) if single else images
         height, width = batch.shape[-2:]
+        free = self._free_memory()
+        per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
+        if per_image > free:
+            result = torch.empty(batch.shape[0], self._output_channels(direction), height, width,
+                                 device=images.device)
+            for index, image in enumerate(batch):
+                self._translate_by_tiles(direction, resolved, (height, width), per_image, free - result.nbytes,
+                                         lambda plan, pads, image=image: tensor_reader(image, pads, plan, self.device),
+                                         _tensor_sink(result[index]))
+            return result[0] if single else result
         outputs = []
         # no_grad rather than inference_mode: inference tensors cannot be modified in place later,
         # which would surprise callers that post-process the result.
         with _eval_mode(generator), torch.no_grad(), autocast(self.device, resolved):
-            for chunk in batch.split(batch_size):
+            for chunk in batch.split(max(1, min(batch_size, free // per_image))):
                 padded, (left, _, top, _) = pad_to_multiple(chunk.to(self.device, torch.float32), multiple)
                 out = generator(padded)[..., top:top + height, left:left + width]
                 outputs.append(out.float().clamp_(-1.0, 1.0).to(images.device))
@@ -202,17 +263,25 @@ class Translator:
         """Translate PIL images of any sizes; returns them in the input order.
 
         Images are converted to RGB for 3-channel generators and to L (greyscale) for 1-channel ones.
+        An image too large for the memory budget goes tile by tile from its uint8 pixels to uint8 output.
         """
         channels = self.input_channels(direction)
         if channels not in (1, 3):
             raise ValueError(f"PIL images can feed 1- or 3-channel generators; the {direction} generator takes "
                              f"{channels} channels: use translate_tensor")
         mode = "L" if channels == 1 else "RGB"
+        multiple = self.multiple(direction)
         results: list[Image.Image | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             by_size.setdefault(image.size, []).append(index)
-        for indices in by_size.values():
+        for (width, height), indices in by_size.items():
+            per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
+            if per_image > self._free_memory():
+                for i in indices:
+                    results[i] = self._translate_pil_by_tiles(images[i].convert(mode), direction, precision,
+                                                              per_image)
+                continue
             for start in range(0, len(indices), batch_size):
                 group = indices[start:start + batch_size]
                 batch = torch.stack([pil_to_tensor(images[i].convert(mode)) for i in group])
@@ -220,6 +289,60 @@ class Translator:
                 for i, tensor in zip(group, out, strict=True):
                     results[i] = tensor_to_pil(tensor)
         return [image for image in results if image is not None]
+
+    # --- tiles --------------------------------------------------------------------------------------
+    def _free_memory(self) -> int:
+        """What the budget leaves for translation after what the process holds now."""
+        budget = default_budget(self.device) if self.memory_budget is None else self.memory_budget
+        return budget - used_bytes(self.device)
+
+    def _output_channels(self, direction: str) -> int:
+        return self.config.output_nc if direction == "AtoB" else self.config.input_nc
+
+    def _translate_pil_by_tiles(self, image: Image.Image, direction: str, precision: str,
+                                per_image: int) -> Image.Image:
+        pixels = np.asarray(image, dtype=np.uint8)
+        pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+        height, width = pixels.shape[:2]
+        channels = self._output_channels(direction)
+        out = np.empty((height, width, channels), dtype=np.uint8)
+        # the output array and the PIL image made from it (Pillow keeps RGB as 4 bytes per pixel)
+        reserved = out.nbytes + height * width * (4 if channels == 3 else 1)
+        self._translate_by_tiles(direction, resolve_precision(precision, self.device), (height, width),
+                                 per_image, self._free_memory() - reserved,
+                                 lambda plan, pads: array_reader(pixels, pads, plan, self.device),
+                                 _array_sink(out))
+        return Image.fromarray(out[:, :, 0] if channels == 1 else out)
+
+    def _translate_by_tiles(self, direction: str, precision: str, size: tuple[int, int], per_image: int,
+                            free: int, reader: Callable[[TilePlan, tuple[int, int, int, int]], Reader],
+                            sink: Callable[[tuple[int, int, int, int]], Sink]) -> None:
+        """Translate one image of ``size`` by tiles within ``free`` bytes; ``reader`` and ``sink`` give
+        access to its input and output."""
+        generator, multiple = self.generator(direction), self.multiple(direction)
+        height, width = size
+        pads = pad_amounts(height, width, multiple)
+        padded_h, padded_w = height + pads[2] + pads[3], width + pads[0] + pads[1]
+        overlap = default_overlap(multiple) if self.tiling.overlap is None else self.tiling.overlap
+        minimum = (2 * overlap + multiple + multiple - 1) // multiple * multiple
+        tile = self.tiling.tile or largest_tile(self.config, free, width=padded_w, height=padded_h,
+                                                channels=self._output_channels(direction), multiple=multiple,
+                                                minimum=minimum)
+        plan = plan_tiles(padded_h, padded_w, tile=tile, overlap=overlap, align=multiple)
+        factor = self.tiling.thumbnail_factor
+        if self.tiling.statistics == "thumbnail" and factor is None:
+            factor = 2  # the smallest downscaling whose pass fits, down to a thumbnail of MIN_THUMBNAIL px
+            while (forward_bytes(self.config, padded_h // factor + multiple, padded_w // factor + multiple) > free
+                   and max(padded_h, padded_w) // (factor + 1) >= MIN_THUMBNAIL):
+                factor += 1
+        elif self.tiling.statistics == "tile":
+            factor = None
+        logger.info("%dx%d needs ~%s in one forward pass, %s is left of the memory budget: %d tile(s) of %d px "
+                    "(overlap %d)%s", width, height, format_bytes(per_image), format_bytes(free), plan.count,
+                    tile, overlap, f", statistics from a 1/{factor} thumbnail" if factor else "")
+        with _eval_mode(generator), torch.no_grad(), autocast(self.device, precision):  # type: ignore[arg-type]
+            translate_tiled(generator, reader(plan, pads), plan, sink(pads), multiple=multiple,
+                            thumbnail_factor=factor)
 
     def __repr__(self) -> str:
         return f"Translator({describe_config(self.config)}, directions={self.directions}, device={self.device})"
