@@ -24,6 +24,13 @@ T = TypeVar("T")
 MLFLOW_RETRY = RetryPolicy(attempts=4, base_delay_s=1.0, max_delay_s=8.0)
 PROBE_TIMEOUT_S = 5.0
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# What to do when a basic-auth server (`mlflow server --app-name basic-auth`) refuses a request.
+AUTH_FIXES = {
+    "UNAUTHENTICATED": "refused the credentials (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                       "to an MLflow user (the pipeline identity, see infra/README.md)",
+    "PERMISSION_DENIED": "refused the signed-in user (403): it lacks the permission; the pipeline identity gets it "
+                         "from `python -m pipelines.registry.access MODEL`, moving an alias by hand needs the promoter",
+}
 
 
 class RegistryError(RuntimeError):
@@ -47,6 +54,9 @@ def with_mlflow_retries(fn: Callable[[], T], *, what: str, uri: str, policy: Ret
     a ``RegistryError(transient=True)`` naming ``uri``, other errors pass through."""
 
     def wrap(exc: BaseException) -> BaseException:
+        fix = AUTH_FIXES.get(getattr(exc, "error_code", "")) if isinstance(exc, mlflow.MlflowException) else None
+        if fix:
+            return RegistryError(f"{what} failed: MLflow tracking server {uri} {fix}")
         if not is_transient(exc) or isinstance(exc, RegistryError):
             return exc
         return RegistryError(

@@ -167,6 +167,16 @@ def test_requests_without_credentials_are_refused(auth_mlflow, registered) -> No
     assert rest(uri, "/health", method="GET") == 200  # what the probes and health checks use
 
 
+def test_registering_without_credentials_fails_with_the_fix(auth_mlflow, registered, tmp_path, monkeypatch) -> None:
+    from pipelines.registry import RegistryError, register_model
+
+    as_user(monkeypatch, None)
+    train = make_train(export_tiny_model(tmp_path / "three", 3), "auth-three")
+    with pytest.raises(RegistryError, match="401.*MLFLOW_TRACKING_USERNAME") as refused:
+        register_model(make_config(MODEL, auth_mlflow.uri), train, make_report(30.0))
+    assert not refused.value.transient
+
+
 def test_a_signed_in_user_without_grants_can_neither_read_nor_move_aliases(auth_mlflow, registered) -> None:
     from pipelines.registry.access import ensure_user
 
@@ -179,9 +189,7 @@ def test_a_signed_in_user_without_grants_can_neither_read_nor_move_aliases(auth_
 
 
 def test_only_the_promoter_deletes_and_it_moves_champion_by_hand(auth_mlflow, registered, monkeypatch) -> None:
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.registry import promote
+    from pipelines.registry import RegistryError, promote
 
     uri = auth_mlflow.uri
     delete = ("/api/2.0/mlflow/model-versions/delete", {"name": MODEL, "version": "1"})
@@ -192,8 +200,11 @@ def test_only_the_promoter_deletes_and_it_moves_champion_by_hand(auth_mlflow, re
     ref = promote(MODEL, 1, tracking_uri=uri)
     assert ref.version == "1" and "champion" in ref.aliases
     as_user(monkeypatch, None)
-    with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+    with pytest.raises(RegistryError, match=r"401.*MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"):
         promote(MODEL, 2, tracking_uri=uri)
+    as_user(monkeypatch, auth_mlflow.pipeline)
+    with pytest.raises(RegistryError, match="403"):  # the pipeline identity holds no grant on this model
+        promote("not-bootstrapped", 1, tracking_uri=uri)
 
 
 # --- Prefect ----------------------------------------------------------------------------------------
