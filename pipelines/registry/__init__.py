@@ -1,7 +1,8 @@
 """MLflow logging, model registry and the promotion gate: the last stage of the pipeline.
 
 ``session`` (clients, retries, probe), ``run_log`` (the MLflow run), ``pyfunc`` (the served model),
-``gate`` (the promotion decision) and ``operations`` (register, promote, champion, download).
+``gate`` (the promotion decision), ``operations`` (register, promote, champion, download) and ``access``
+(users and grants of a basic-auth tracking server).
 
 Browse a local store with:
 ``mlflow ui --backend-store-uri sqlite:///mlruns.db --default-artifact-root ./mlartifacts``
