@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig, ResolvedConfig, Services
@@ -39,10 +39,10 @@ class CycleganGroup(TyperGroup):
     """The app's command group: an exception no command expected becomes one ``error:`` line and exit 1
     (the traceback only with ``--verbose``), never a screen of traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort, TyperException):  # exits, and usage errors (exit 2: typer shows them)
             raise
         except Exception as exc:
             if ctx.meta.get(_VERBOSE):

@@ -56,6 +56,14 @@ def test_verbose_lets_the_traceback_through() -> None:
     assert isinstance(result.exception, RuntimeError)
 
 
+@pytest.mark.parametrize("args", [["translate", "in", "out"], ["translate", "--model", "m", "i", "o", "--batch-size", "0"],
+                                  ["no-such-command"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == ExitCode.USAGE
+    assert "error: " not in result.output  # typer's own usage message, not the catch-all line
+
+
 @pytest.mark.parametrize(("args", "code", "fragment"), [
     (["train", "--config", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
     (["run", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
