@@ -104,8 +104,10 @@ def check_folder(directory: Path) -> RunProgress:
 def read_in_checkpoint(checkpoint: Checkpoint, read: Callable[[Path], T]) -> T:
     """``read(folder)`` on a reported checkpoint (downloaded first when it is remote); a CheckpointError
     names the file by its place in the checkpoint's storage, not by the temporary download folder."""
+    fs = checkpoint.filesystem
+    where = checkpoint.path if fs is None or fs.type_name == "local" else f"{fs.type_name}://{checkpoint.path}"
     with checkpoint.as_directory() as directory:
         try:
             return read(Path(directory))
         except CheckpointError as exc:
-            raise CheckpointError(str(exc).replace(str(directory), checkpoint.path)) from exc
+            raise CheckpointError(str(exc).replace(str(directory), where)) from exc

@@ -8,6 +8,7 @@ import logging
 import re
 from pathlib import Path
 
+import boto3
 import pytest
 
 from pipelines.config import Services
@@ -15,10 +16,10 @@ from pipelines.records import DatasetRef
 from pipelines.train import TrainHooks, TrainingError, train_on_ray
 from pipelines.train.driver import last_good_checkpoint
 from pipelines.train.layout import CHECKPOINT_FILE, check_folder
-from pipelines.train.resume import find_resume_point
+from pipelines.train.resume import find_resume_point, set_snapshot_aside
 from pipelines.train.storage import resolve_storage
 from tests.integration.test_train_ray import STEPS_PER_EPOCH, CrashOnce, ingested, tiny_config  # noqa: F401
-from tests.unit.test_resume import plant_malicious_checkpoint
+from tests.unit.test_resume import plant_malicious_checkpoint, write_folder
 
 
 @pytest.mark.slow
@@ -66,3 +67,34 @@ def test_a_damaged_checkpoint_and_a_truncated_snapshot_fall_back_to_the_previous
     point = find_resume_point(storage, run_name)
     assert point.ray_latest and point.checkpoint.path == result.checkpoint_uri and not point.damaged
     assert check_folder(second).epoch == 2  # epoch 2 trained again over the damaged folder
+
+
+def test_on_s3_damaged_checkpoints_are_named_by_uri_and_the_snapshot_is_set_aside(
+    s3_server: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The same choice on the moto S3 server (no Ray fit): checkpoints are downloaded to be read."""
+    s3 = boto3.client("s3")
+    for epoch in (1, 2):
+        local = tmp_path / f"checkpoint_epoch{epoch:04d}_step{12 * epoch:08d}"
+        local.mkdir()
+        write_folder(local, epoch)
+        if epoch == 2:
+            plant_malicious_checkpoint(local / CHECKPOINT_FILE, tmp_path / "pwned")
+        for file in local.iterdir():
+            s3.upload_file(str(file), s3_bucket, f"runs/run/{local.name}/{file.name}")
+    s3.put_object(Bucket=s3_bucket, Key="runs/run/checkpoint_manager_snapshot.json", Body=b'{"ray_version": "2.')
+    storage = resolve_storage(f"s3://{s3_bucket}/runs", Services(s3_endpoint_url=s3_server))
+
+    point = find_resume_point(storage, "run")
+
+    prefix = f"s3://{s3_bucket}/runs/run"
+    assert point.checkpoint is not None and storage.uri(point.checkpoint.path) == f"{prefix}/checkpoint_epoch0001_step00000012"
+    assert point.progress.epoch == 1 and not point.ray_latest and not (tmp_path / "pwned").exists()
+    (damaged,) = point.damaged
+    assert damaged.uri == f"{prefix}/checkpoint_epoch0002_step00000024"
+    assert damaged.reason.startswith(f"checkpoint {damaged.uri}/{CHECKPOINT_FILE} holds objects that weights_only")
+    assert point.snapshot_problem.startswith(f"Ray's snapshot {prefix}/checkpoint_manager_snapshot.json is unreadable")
+    aside = set_snapshot_aside(storage, "run")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="runs/run/")["Contents"]}
+    assert aside.startswith(f"{prefix}/checkpoint_manager_snapshot.json.set-aside-")
+    assert aside.removeprefix(f"s3://{s3_bucket}/") in keys and "runs/run/checkpoint_manager_snapshot.json" not in keys
