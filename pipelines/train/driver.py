@@ -12,7 +12,6 @@ checkpoint loads and otherwise resumes from the newest one that does (``resume``
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
+from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.checkpoint import CheckpointError
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
@@ -66,8 +66,8 @@ class TrainHooks:
 def export_final(checkpoint: Checkpoint, dest: Path) -> RunProgress:
     """Export the generators of ``checkpoint`` into ``dest`` (rebuilt from the checkpoint's own model
     config; replaced atomically) and return the checkpoint's progress."""
-    with tempfile.TemporaryDirectory(prefix="cyclegan-final-") as tmp:
-        local = Path(tmp) / "checkpoint"
+    with scratch_folder("final", name="checkpoint") as tmp:  # a killed driver's is swept by the next export
+        local = tmp / "checkpoint"
         checkpoint.to_directory(str(local))
         progress = read_progress(local)
         Translator.from_checkpoint(local / CHECKPOINT_FILE).save_pretrained(dest)

@@ -283,5 +283,6 @@ def test_a_training_worker_killed_mid_checkpoint_leaves_a_folder_its_restart_rem
 
     result = TrainResult.model_validate_json(result_file.read_text())
     assert not folder.exists() and list(scratch.iterdir()) == []
+    assert temporaries(tmpdir) == []  # nor the driver's export scratch (<tmp>/cyclegan-final/)
     assert result.epochs == 2 and [int(h["epoch"]) for h in result.history] == [1, 2]
     assert read_progress(Path(result.checkpoint_uri)).epoch == 2
