@@ -168,7 +168,7 @@ def _decode_or_skip(path: Path, summary: TranslateSummary) -> Image.Image | None
 
 def translate_path(model: Translator | str | Path, input_path: Path, output_path: Path, *,
                    direction: str = "AtoB", batch_size: int = 8, device: str | torch.device | None = None,
-                   precision: str = "auto") -> TranslateSummary:
+                   precision: str = "auto", memory_budget: int | None = None) -> TranslateSummary:
     """Translate an image file or a folder of images (flat) and write them under ``output_path``.
 
     ``model``: a ``Translator``, or a path ``Translator.from_pretrained`` loads on ``device`` (an
@@ -176,7 +176,8 @@ def translate_path(model: Translator | str | Path, input_path: Path, output_path
     picks the generator; a model of one generator uses it whatever the direction. For a file input,
     ``output_path`` may be an image file name (written in the format of its extension) or a folder.
     1-channel generators get greyscale inputs and write greyscale images. The paths and the device are
-    checked (``plan_translation``, ``check_device``) before the model is loaded.
+    checked (``plan_translation``, ``check_device``) before the model is loaded. ``memory_budget``
+    (bytes, for a model loaded here): see ``Translator``; images over it are translated by tiles.
     """
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
@@ -187,7 +188,7 @@ def translate_path(model: Translator | str | Path, input_path: Path, output_path
     if isinstance(model, Translator):
         translator = model
     else:
-        translator = Translator.from_pretrained(model, device=check_device(device))
+        translator = Translator.from_pretrained(model, device=check_device(device), memory_budget=memory_budget)
     use = direction
     if direction not in translator.directions and len(translator.directions) == 1:
         use = translator.directions[0]

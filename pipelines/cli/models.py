@@ -85,6 +85,10 @@ def translate(
         "--max-skipped", min=0, help="unreadable inputs tolerated: more exit 3 (partial)",
     )] = 0,
     allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="exit 0 however many inputs are skipped")] = False,
+    memory_budget: Annotated[str | None, typer.Option(
+        "--memory-budget", help="most memory translating may hold, e.g. 2GiB (default: what the process holds "
+        "+ half the available memory); an image over it is translated by tiles",
+    )] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the TranslateSummary as JSON (last line)")] = False,
 ) -> None:
     """Translate an image or a folder of images (flat) with a trained generator (a folder: PNGs).
@@ -92,6 +96,7 @@ def translate(
     Exits 3 when inputs were skipped as unreadable (beyond --max-skipped), 4 on a bad path, device or model.
     """
     from cyclegan_core.atomic import scratch_folder
+    from cyclegan_core.memory import parse_bytes
     from cyclegan_core.pretrained import DIRECTIONS, GeneratorLoadError
     from cyclegan_core.translate import check_device, plan_translation, translate_path
 
@@ -100,13 +105,14 @@ def translate(
     try:  # the cheap checks before any download or model load
         plan_translation(input_path, output_path)
         check_device(device)
+        budget = None if memory_budget is None else parse_bytes(memory_budget)
     except (OSError, ValueError) as exc:
         refuse(str(exc))
     with scratch_folder("translate", name="model") as download_dir:  # a killed run's is swept by the next
         model_path = fetch_model(model, download_dir)
         try:
             summary = translate_path(model_path, input_path, output_path, direction=direction,
-                                     batch_size=batch_size, device=device)
+                                     batch_size=batch_size, device=device, memory_budget=budget)
         except (GeneratorLoadError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
             refuse(str(exc))
         except OSError as exc:

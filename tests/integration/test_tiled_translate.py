@@ -1,0 +1,65 @@
+"""A 64-megapixel image through `cyclegan translate --memory-budget` in a subprocess, its peak RSS measured.
+
+The generator is small (resnet_6blocks, ngf 4) so the test runs in about a minute on 2 CPU cores, yet
+an untiled pass would still blow the budget: its first activations alone are 2 x 4 channels x 64 MP x
+4 B = 2 GiB, and the estimate (``cyclegan_core.memory.forward_bytes``) of the whole pass is 7 GiB. The
+peak RSS of the child (``os.wait4``: that process and nothing else) must stay under the 2 GiB budget,
+interpreter, torch, the decoded input and the encoded output included.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclegan_core.config import ModelConfig
+from cyclegan_core.images import MAX_PIXELS
+from cyclegan_core.memory import forward_bytes
+from cyclegan_core.networks import generator_from_config
+from cyclegan_core.translator import Translator
+
+CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
+CLI = str(Path(sys.executable).with_name("cyclegan"))
+SIDE = 8000
+BUDGET = 2 * 2**30
+
+
+def big_image(path: Path) -> Path:
+    """An 8000 x 8000 RGB PNG (inside MAX_PIXELS): gradients and a checkerboard, so tiles differ."""
+    ramp = np.linspace(0, 255, SIDE, dtype=np.float32)
+    image = np.empty((SIDE, SIDE, 3), dtype=np.uint8)
+    image[:, :, 0] = ramp[None, :]
+    image[:, :, 1] = ramp[:, None]
+    image[:, :, 2] = ((np.arange(SIDE)[:, None] // 500 + np.arange(SIDE)[None, :] // 500) % 2) * 200
+    Image.fromarray(image).save(path, compress_level=1)
+    return path
+
+
+@pytest.mark.slow
+def test_an_8000x8000_image_is_translated_by_tiles_under_the_memory_budget(tmp_path: Path) -> None:
+    assert SIDE * SIDE <= MAX_PIXELS
+    assert forward_bytes(CFG, SIDE, SIDE) > 3 * BUDGET, "an untiled pass must not fit this budget"
+    torch.manual_seed(0)
+    model = Translator(generator_from_config(CFG), None, CFG).save_pretrained(tmp_path / "model")
+    source = big_image(tmp_path / "big.png")
+    output = tmp_path / "big_out.png"
+
+    child = subprocess.Popen([CLI, "translate", str(source), str(output), "--model", str(model), "--device", "cpu",
+                              "--memory-budget", "2GiB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    stdout, stderr = child.stdout.read().decode(), child.stderr.read().decode()  # type: ignore[union-attr]
+    assert os.waitstatus_to_exitcode(status) == 0, stderr[-3000:]
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    assert peak < BUDGET, f"peak RSS {peak / 2**30:.2f} GiB exceeds the 2 GiB budget\n{stdout}\n{stderr[-2000:]}"
+
+    with Image.open(output) as out:
+        assert out.size == (SIDE, SIDE) and out.mode == "RGB"
+        pixels = np.asarray(out.crop((3900, 3900, 4100, 4100)))
+    assert pixels.std() > 0, "a translated image, not a constant"
