@@ -5,13 +5,16 @@ The model ships the project packages as ``code_paths``, so ``mlflow.pyfunc.load_
 "models:/<name>@champion")`` works in any environment with the pip requirements, with or without this
 project installed. Input: a DataFrame with a column ``image`` of encoded image bytes (PNG/JPEG; base64
 strings and HWC uint8 arrays are accepted too); the param ``direction`` is ``"AtoB"`` (default) or
-``"BtoA"``; output: a DataFrame with a column ``image`` of PNG bytes.
+``"BtoA"``, ``memory_budget`` (e.g. ``"2GiB"``; default: the machine's, see ``cyclegan_core.memory``)
+bounds a request's memory (larger images are translated by tiles); output: a DataFrame with a column
+``image`` of PNG bytes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
 import shutil
 from importlib import metadata
@@ -77,7 +80,8 @@ def model_signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.binary, "image")]),
         outputs=Schema([ColSpec(DataType.binary, "image")]),
-        params=ParamSchema([ParamSpec("direction", DataType.string, "AtoB")]),
+        params=ParamSchema([ParamSpec("direction", DataType.string, "AtoB"),
+                            ParamSpec("memory_budget", DataType.string, "")]),
     )
 
 
@@ -97,8 +101,23 @@ class ImageTranslationModel(mlflow.pyfunc.PythonModel):
         if "image" not in model_input.columns:
             raise ValueError(f"input needs a column 'image', got columns {list(model_input.columns)}")
         images = [decode_image_value(value, row=row) for row, value in enumerate(model_input["image"])]
-        outputs = self._translator(images, direction=direction) if images else []
+        outputs = self._with_budget((params or {}).get("memory_budget"))(images, direction=direction) if images else []
         return pd.DataFrame({"image": [encode_png(image) for image in outputs]})
+
+
+    def _with_budget(self, budget: str | None) -> Any:
+        """The translator, or a copy of it (sharing the generators) with the request's memory budget."""
+        if not budget:
+            return self._translator
+        from cyclegan_core.memory import parse_bytes
+
+        try:
+            limit = parse_bytes(budget)
+        except ValueError as exc:
+            raise ValueError(f"param memory_budget: {exc}") from exc
+        translator = copy.copy(self._translator)
+        translator.memory_budget = limit
+        return translator
 
 
 def pip_requirements() -> list[str]:

@@ -253,3 +253,22 @@ def test_a_budget_too_small_for_any_tile_is_a_clear_error(small_translator: Tran
             small_translator.translate_tensor(torch.zeros(3, 512, 512))
     finally:
         small_translator.memory_budget = None
+
+
+# --- the pyfunc model's memory_budget param -------------------------------------------------------
+
+
+def test_the_pyfunc_param_memory_budget_reaches_a_copy_of_the_translator(small_translator: Translator) -> None:
+    import pandas as pd
+
+    from pipelines.registry.pyfunc import ImageTranslationModel, model_signature, tiny_png
+
+    assert [spec.name for spec in model_signature().params.params] == ["direction", "memory_budget"]
+    model = ImageTranslationModel()
+    model._translator = small_translator
+    data = pd.DataFrame({"image": [tiny_png()]})
+    plain = model.predict(None, data)["image"][0]
+    assert model.predict(None, data, params={"memory_budget": "64GiB"})["image"][0] == plain
+    assert model._with_budget("2GiB").memory_budget == 2 * 2**30 and small_translator.memory_budget is None
+    with pytest.raises(ValueError, match="param memory_budget: memory size 'lots'"):
+        model.predict(None, data, params={"memory_budget": "lots"})
