@@ -94,6 +94,8 @@ def evaluate(
     if max_images is not None:
         settings = settings.model_copy(update={"max_images": max_images})
     weights = inception_weights or settings.inception_weights or endpoints.inception_weights
+    if out.exists() and not out.is_dir():
+        refuse(f"--out {out} is a file; evaluate writes a folder (grids, eval_report.json)")
     try:
         split_paths(data)  # the test splits exist before the model and the FID weights are loaded
         report = evaluate_generators(model, data, out, settings=settings, registry=registry,

@@ -85,6 +85,14 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.
     assert list(tmp_path.iterdir()) == []
 
 
+def test_evaluate_refuses_an_output_that_is_a_file_before_loading_anything(tmp_path: Path) -> None:
+    (tmp_path / "report.json").write_text("{}")
+    code, lines = invoke("evaluate", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "no-data"),
+                         "--out", str(tmp_path / "report.json"))
+    expected = f"error: --out {tmp_path / 'report.json'} is a file; evaluate writes a folder (grids, eval_report.json)"
+    assert code == ExitCode.REFUSED and lines == [expected]
+
+
 def test_synth_into_a_non_empty_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     code, lines = invoke("synth", str(tmp_path), "--train", "1", "--test", "1")
