@@ -33,7 +33,7 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.memory import forward_bytes, parse_bytes, used_bytes
 from cyclegan_core.networks import build_generator
 from cyclegan_core.synthetic import render_scene
-from cyclegan_core.tiling import Tiling
+from cyclegan_core.tiling import Tiling, plan_tiles
 from cyclegan_core.translator import Translator, pil_to_tensor
 
 
@@ -89,8 +89,13 @@ def quality_lines(args: argparse.Namespace) -> list[dict[str, Any]]:
             translator.config, args.size, args.size) // 2
         started = time.perf_counter()
         tiled = translator.translate_tensor(image, precision="fp32")
+        multiple = translator.multiple()
+        side = args.size + -args.size % multiple
+        plan = plan_tiles(side, side, tile=translator.tiling.tile or side, align=multiple,
+                          overlap=translator.tiling.overlap if translator.tiling.overlap is not None else 0)
         lines.append({"benchmark": "tiling", "kind": "quality", "generator": translator.config.generator,
-                      "ngf": translator.config.ngf, "size": args.size, "config": text,
+                      "ngf": translator.config.ngf, "size": args.size, "config": text, "tiles": plan.count,
+                      "overlap_px": min((row.lead for row in plan.rows[1:]), default=0),
                       **difference(tiled, whole), "whole_s": round(whole_s, 2),
                       "tiled_s": round(time.perf_counter() - started, 2)})
     return lines

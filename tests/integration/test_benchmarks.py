@@ -115,3 +115,15 @@ def test_train_loop_in_process_and_through_ray(ray_local: None, tmp_path: Path) 
     for result in (direct, through_ray):
         assert len(result["per_epoch_images_per_s"]) == 2 and result["images_per_s"] > 0
     assert through_ray["wall_s"] > through_ray["epoch_s_total"] > 0
+
+
+def test_tiling_benchmark_compares_tiled_with_whole_and_measures_peak_rss() -> None:
+    lines = run_script("tiling.py", "--generator", "resnet_6blocks", "--ngf", "4", "--size", "64", "--threads", "1",
+                       "--configs", "tile:32:8", "thumbnail:32:8:2", "--rss-sizes", "96", "--budget", "4GiB")
+    quality = [line for line in lines if line["kind"] == "quality"]
+    memory = [line for line in lines if line["kind"] == "memory"]
+    assert [line["config"] for line in quality] == ["tile:32:8", "thumbnail:32:8:2"]
+    assert all(line["tiles"] == 9 and line["overlap_px"] >= 8 and line["psnr_db"] > 0 for line in quality)
+    assert all(0 < line["mean_abs_error"] <= line["max_abs_error"] <= 2 for line in quality)
+    assert [line["budget"] for line in memory] == ["whole image", "4GiB"]
+    assert all(line["peak_rss_gib"] >= line["rss_before_gib"] > 0 and line["output"] == [96, 96] for line in memory)
