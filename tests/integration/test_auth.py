@@ -188,6 +188,22 @@ def test_a_signed_in_user_without_grants_can_neither_read_nor_move_aliases(auth_
     assert rest(uri, "/api/2.0/mlflow/registered-models/alias", move, user=nobody) == 403
 
 
+def test_the_promoter_downloads_the_champion_and_an_ungranted_user_cannot(auth_mlflow, registered, tmp_path,
+                                                                            monkeypatch) -> None:
+    from pipelines.registry import RegistryError, download_model
+    from pipelines.registry.access import ensure_user
+
+    as_user(monkeypatch, auth_mlflow.promoter)
+    folder = download_model(f"models:/{MODEL}@champion", tmp_path / "champion", tracking_uri=auth_mlflow.uri)
+    assert (folder / "G_AB").is_dir() and (folder / "G_BA").is_dir()
+    nobody = Credentials("nobody-download", "nobody-" + os.urandom(6).hex())
+    ensure_user(auth_mlflow.uri, auth_mlflow.admin, nobody)
+    as_user(monkeypatch, nobody)
+    with pytest.raises(RegistryError, match="403"):
+        download_model(f"models:/{MODEL}@champion", tmp_path / "refused", tracking_uri=auth_mlflow.uri)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_only_the_promoter_deletes_and_it_moves_champion_by_hand(auth_mlflow, registered, monkeypatch) -> None:
     from pipelines.registry import RegistryError, promote
 
