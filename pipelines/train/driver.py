@@ -34,6 +34,7 @@ from cyclegan_core.checkpoint import CheckpointError
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
+from pipelines.tracking import TrackingRun
 from pipelines.train.cluster import check_cluster, connect_ray
 from pipelines.train.layout import CHECKPOINT_FILE, read_progress
 from pipelines.train.progress import RunProgress, progress_reporter
@@ -157,12 +158,15 @@ def last_good_checkpoint(storage: StorageTarget, run_name: str) -> str | None:
     return storage.uri(good.path) if good is not None else None
 
 
-def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHooks | None = None) -> TrainResult:
+def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHooks | None = None,
+                 tracking: TrackingRun | None = None) -> TrainResult:
     """Train CycleGAN on Ray Train with ``config.scaling`` workers; resume the run
     ``config.ray_run_name(dataset.version)`` from its latest checkpoint in ``run.storage_path``.
 
     Raises TrainingError when training fails beyond ``run.max_failures`` worker restarts, ValueError for
     a configuration the cluster cannot run (resources, local storage on a multi-node cluster).
+    ``tracking`` (the pipeline's open MLflow run, None for none) reaches the workers as
+    ``loop_config["tracking"]`` (rank 0 logs its sample images there).
     """
     if not TorchTrainer.__module__.startswith("ray.train.v2."):
         raise RuntimeError("pipelines.train needs Ray Train V2; unset RAY_TRAIN_V2_ENABLED=0")
@@ -179,7 +183,7 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": config, "dataset": dataset, "after_step": hooks.after_step,
-                               "resume_from": resume_from},
+                               "resume_from": resume_from, "tracking": tracking},
             scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                          resources_per_worker={"CPU": scaling.cpus_per_worker,
                                                                **({"GPU": 1} if scaling.use_gpu else {})}),

@@ -1,0 +1,177 @@
+"""Live MLflow tracking of one pipeline run: the run that opens when the run starts and closes with it.
+
+``TrackingRun`` names the run (tracking URI + run id); it is what travels to the driver's epoch listener
+and to Ray workers (``train_loop_config["tracking"]``). ``log_epoch_metrics`` and ``log_image`` never
+raise: a tracking outage costs a warning, never the training. ``open_run`` / ``close_run`` and the
+dataset input are the flow's bookkeeping (``pipelines.flows``); registration then logs the model into
+the same run (``pipelines.registry``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from pipelines.records import DatasetRef
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX = "train/"  # per-epoch training metrics, by epoch (what the registration back-fills too)
+TAG_STATUS_REASON = "failed_reason"  # why a run ended FAILED (the registry's stale-run tag too)
+TAG_SKIPPED = "training_skipped"
+TAG_SYSTEM_METRICS = "system_metrics"
+DATASET_CONTEXT = "train"
+MAX_TAG_LENGTH = 5000  # MLflow's run tag value limit is 8000; keep reasons well inside it
+PARAM_BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
+MAX_DIGEST = 36  # mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE
+
+
+@dataclass(frozen=True)
+class TrackingRun:
+    """An open MLflow run: where it lives and its id."""
+
+    tracking_uri: str
+    run_id: str
+
+
+def _client(run: TrackingRun) -> MlflowClient:
+    return MlflowClient(tracking_uri=run.tracking_uri, registry_uri=run.tracking_uri)
+
+
+def log_image(run: TrackingRun | None, image: Image, key: str, step: int) -> None:
+    """Log ``image`` as the MLflow image ``key`` at ``step`` (the UI's step slider); no-op without a
+    run; a tracking failure is a warning."""
+    if run is None:
+        return
+    try:
+        _client(run).log_image(run.run_id, image, key=key, step=step, synchronous=True)
+    except Exception as exc:  # noqa: BLE001 - a picture of training must never stop it
+        log.warning("could not log image %r (step %d) to MLflow run %s at %s: %s", key, step, run.run_id,
+                    run.tracking_uri, exc)
+
+
+def epoch_metric_records(metrics: Mapping[str, float], step: int, *, timestamp_ms: int) -> list[Metric]:
+    """One epoch's metrics as MLflow metrics ``train/<name>`` at ``step`` (``epoch`` itself is the step)."""
+    return [Metric(f"{METRIC_PREFIX}{name}", float(value), timestamp_ms, step)
+            for name, value in sorted(metrics.items()) if name != "epoch"]
+
+
+def log_epoch_metrics(run: TrackingRun | None, metrics: dict[str, float], step: int) -> None:
+    """Log one epoch's metrics to the run at ``step``; no-op without a run; a failure is a warning."""
+    if run is None:
+        return
+    try:
+        _client(run).log_batch(run.run_id, metrics=epoch_metric_records(metrics, step,
+                                                                          timestamp_ms=int(time.time() * 1000)))
+    except Exception as exc:  # noqa: BLE001 - live curves must never stop training
+        log.warning("could not log epoch %d metrics to MLflow run %s at %s: %s", step, run.run_id,
+                    run.tracking_uri, exc)
+
+
+class EpochMetricsLogger:
+    """An ``epoch_listener`` (``pipelines.train.progress``) that logs each epoch's record to ``run``
+    as it arrives on the driver, at step = completed epochs."""
+
+    def __init__(self, run: TrackingRun | None) -> None:
+        self.run = run
+
+    def __call__(self, metrics: dict[str, float]) -> None:
+        log_epoch_metrics(self.run, metrics, epoch_step(metrics))
+
+
+def epoch_step(metrics: Mapping[str, float]) -> int:
+    """The step of an epoch's record: its completed epochs (a partial epoch counts as started)."""
+    progress = float(metrics.get("epoch", 0.0))
+    whole = int(progress)
+    return whole if whole == progress else whole + 1
+
+
+def flow_run_tags(flow_run_id: str | None, ui_url: str | None) -> dict[str, str]:
+    """Tags that link the MLflow run to its Prefect flow run (id; UI link when the UI URL is known)."""
+    if not flow_run_id:
+        return {}
+    tags = {"prefect.flow_run_id": flow_run_id}
+    if ui_url:
+        tags["prefect.flow_run_url"] = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+    return tags
+
+
+def run_link(run: TrackingRun, experiment_id: str) -> str:
+    """Where a person opens the run: its UI page on an HTTP server, else how to browse the store."""
+    if run.tracking_uri.startswith("http"):
+        return f"{run.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run.run_id}"
+    return f"run {run.run_id} in {run.tracking_uri} (browse with `mlflow ui --backend-store-uri {run.tracking_uri}`)"
+
+
+def dataset_entity(dataset: DatasetRef) -> Dataset:
+    """The ingested dataset as an MLflow dataset: its S3 URI as source, its version as digest and name
+    suffix, its per-split counts (and quarantined objects) as profile."""
+    profile = {"version": dataset.version, "quarantined": dataset.quarantined, **dict(sorted(dataset.counts.items()))}
+    name = dataset.uri.rstrip("/").rsplit("/", 1)[-1] or dataset.uri
+    return Dataset(name=f"{name}@{dataset.version[:12]}", digest=dataset.version[:MAX_DIGEST], source_type="s3",
+                   source=json.dumps({"uri": dataset.uri}), profile=json.dumps(profile))
+
+
+def log_dataset_input(run: TrackingRun, dataset: DatasetRef) -> None:
+    """Record the dataset as the run's training input (MLflow's Datasets column)."""
+    _client(run).log_inputs(run.run_id, datasets=[
+        DatasetInput(dataset_entity(dataset), tags=[InputTag("mlflow.data.context", DATASET_CONTEXT)])])
+    _client(run).set_tag(run.run_id, "dataset_uri", dataset.uri)
+    _client(run).set_tag(run.run_id, "dataset_version", dataset.version)
+
+
+def open_run(client: MlflowClient, experiment_id: str, *, run_name: str, tags: dict[str, str],
+             params: dict[str, str]) -> TrackingRun:
+    """Create the pipeline run (RUNNING) with its tags and params."""
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    batch = [Param(key, value) for key, value in params.items()]
+    for start in range(0, len(batch), PARAM_BATCH):
+        client.log_batch(run_id, params=batch[start : start + PARAM_BATCH])
+    return TrackingRun(tracking_uri=client.tracking_uri, run_id=run_id)
+
+
+def start_system_metrics(run: TrackingRun) -> Any | None:
+    """MLflow's system metrics monitor (CPU, memory, disk, network; GPU with pynvml) for the run, or
+    None when psutil, which it needs, is not installed (tagged on the run)."""
+    try:
+        import psutil  # noqa: F401  # MLflow's monitor needs it
+    except ImportError:
+        _client(run).set_tag(run.run_id, TAG_SYSTEM_METRICS, "off: psutil is not installed")
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run.run_id, tracking_uri=run.tracking_uri)
+    monitor.start()
+    _client(run).set_tag(run.run_id, TAG_SYSTEM_METRICS, "on")
+    return monitor
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for the FAILED run's tag: the exception type and its first line."""
+    first = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+    return text[:MAX_TAG_LENGTH]
+
+
+def close_run(run: TrackingRun, *, failed: BaseException | None = None, skipped: str = "") -> None:
+    """End the run: FAILED with ``failed``'s reason, else FINISHED (tagged with why training was
+    skipped, when it was). A tracking failure here is a warning: the run's own outcome matters more."""
+    client = _client(run)
+    try:
+        if failed is not None:
+            client.set_tag(run.run_id, TAG_STATUS_REASON, failure_reason(failed))
+        if skipped:
+            client.set_tag(run.run_id, TAG_SKIPPED, skipped[:MAX_TAG_LENGTH])
+        client.set_terminated(run.run_id, status="FAILED" if failed is not None else "FINISHED")
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more
+        log.warning("could not close MLflow run %s at %s: %s", run.run_id, run.tracking_uri, exc)
