@@ -38,6 +38,8 @@ class TrainResult(Record):
     epochs: int
     metrics: dict[str, float] = Field(default_factory=dict, description="final-epoch metrics")
     history: list[dict[str, float]] = Field(default_factory=list, description="per-epoch metrics")
+    best_epoch: int | None = Field(None, description="epoch of the checkpoint exported (the best by the primary "
+                                                    "metric when evaluated during training); None: the last")
 
 
 class EvalReport(Record):
