@@ -6,6 +6,8 @@ backoff and jitter on transient failures only (``pipelines.retry.is_transient``)
 finished stages on the run identity (dataset version + training fingerprint), the flow run's logs (the
 ``pipelines`` loggers' INFO lines, per-epoch progress included), a training progress artifact and the
 summary artifact. A run created from a deployment refuses to start without a tracking server.
+One MLflow run (``pipelines.tracking``) follows the whole pipeline run: opened before ingest, the
+epochs logged live, the model registered into it, closed FINISHED or FAILED with the reason.
 A re-run does not redo finished work: ingest is incremental, training is cached or resumes its Ray run,
 evaluation is cached on the checkpoint and registration is idempotent.
 """
@@ -32,6 +34,7 @@ from prefect.tasks import exponential_backoff
 
 from pipelines.config import PipelineConfig, ResolvedConfig, resolve
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
+from pipelines.tracking import TrackingRun
 
 FLOW_NAME = "train-cyclegan"
 HOUR = 3600
@@ -188,15 +191,16 @@ def ingest_task(config: ResolvedConfig) -> DatasetRef:
     persist_result=True,
     **_retrying(),
 )
-def train_task(config: ResolvedConfig, dataset: DatasetRef) -> TrainResult:
+def train_task(config: ResolvedConfig, dataset: DatasetRef, live: TrackingRun | None = None) -> TrainResult:
     """Train on Ray (resumes from the run's last checkpoint if an earlier attempt died); the progress
-    artifact follows the epochs."""
+    artifact and the live MLflow run follow the epochs."""
+    from pipelines.tracking import EpochMetricsLogger
     from pipelines.train import train_on_ray
     from pipelines.train.progress import epoch_listener
 
     progress = TrainingProgressArtifact(config.ray_run_name(dataset.version))
-    with epoch_listener(progress):
-        trained = train_on_ray(config, dataset)
+    with epoch_listener(progress), epoch_listener(EpochMetricsLogger(live)):
+        trained = train_on_ray(config, dataset, tracking=live)
     progress.finished()
     return trained
 
@@ -218,11 +222,13 @@ def evaluate_task(config: ResolvedConfig, trained: TrainResult, dataset: Dataset
 
 
 @task(name="register", timeout_seconds=HOUR, cache_policy=NO_CACHE, **_retrying())
-def register_task(config: ResolvedConfig, trained: TrainResult, report: EvalReport) -> ModelVersionRef:
-    """Log the run and the model to MLflow, register a version and apply the promotion gate."""
+def register_task(config: ResolvedConfig, trained: TrainResult, report: EvalReport,
+                  live: TrackingRun | None = None) -> ModelVersionRef:
+    """Log the model and its evaluation into the live MLflow run, register a version and apply the
+    promotion gate."""
     from pipelines.registry import register_model
 
-    return register_model(config, trained, report)
+    return register_model(config, trained, report, live=live)
 
 
 @task(name="champion-identity", cache_policy=NO_CACHE, **_retrying(timeout_seconds=600))
@@ -251,29 +257,60 @@ def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
 
 
 def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
-    """The flow's body, in its run context: ingest, the skip decision, train, evaluate, register."""
+    """The flow's body, in its run context, inside its MLflow run: opened first, closed FINISHED (with
+    why training was skipped, if it was) or FAILED with the reason, also when the run is cancelled or
+    interrupted."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
+    from pipelines.tracking import close_run, flow_run_tags, open_pipeline_run, start_system_metrics
+
     logger = get_run_logger()
     logger.info("train-cyclegan: dataset %s, model %s, %d Ray worker(s), fingerprint %s",
                 resolved.dataset_uri, resolved.registry.model_name, resolved.scaling.num_workers,
                 resolved.fingerprint)
+    flow_run_id = str(flow_run.id) if flow_run.id else None
+    url = url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None
+    live, link = open_pipeline_run(resolved, run_name=flow_run.name or FLOW_NAME,
+                                   tags={"pipeline": FLOW_NAME, **flow_run_tags(flow_run_id, url)})
+    logger.info("MLflow run: %s", link)
+    monitor = start_system_metrics(live)
+    try:
+        outcome = tracked_stages(resolved, live, link)
+    except BaseException as exc:  # cancellation and interrupts end the run FAILED too
+        close_run(live, failed=exc)
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+    close_run(live, skipped=outcome.skipped)
+    return outcome
+
+
+def tracked_stages(resolved: ResolvedConfig, live: TrackingRun, link: str) -> PipelineOutcome:
+    """Ingest, the skip decision, train, evaluate, register, logging into the live run ``live``."""
+    from pipelines.tracking import log_dataset_input
+
+    logger = get_run_logger()
     dataset = ingest_task(resolved)
     logger.info("dataset version %s: %s", dataset.version, dataset.counts)
+    log_dataset_input(live, dataset, run_name=resolved.ray_run_name(dataset.version))
 
     if not resolved.force:
         reason = skip_reason(champion_identity_task(resolved), dataset, resolved)
         if reason:
             logger.info("skipping training: %s", reason)
             outcome = PipelineOutcome(dataset=dataset, skipped=reason)
-            publish_summary(resolved, outcome)
+            publish_summary(resolved, outcome, tracking_link=link)
             return outcome
 
     logger.info("Ray Train run %s (a re-run with the same data and config resumes it)",
                 resolved.ray_run_name(dataset.version))
-    trained = run_cached_stage(train_task, resolved, dataset, force=resolved.force)
+    trained = run_cached_stage(train_task, resolved, dataset, live, force=resolved.force)
     report = run_cached_stage(evaluate_task, resolved, trained, dataset, force=resolved.force)
-    model = register_task(resolved, trained, report)
+    model = register_task(resolved, trained, report, live)
     outcome = PipelineOutcome(dataset=dataset, train=trained, report=report, model=model)
-    publish_summary(resolved, outcome)
+    publish_summary(resolved, outcome, tracking_link=link)
     logger.info("done: %s version %s (%s) %s=%.4f; %s", model.name, model.version,
                 ", ".join(model.aliases) or "no alias", report.primary_metric, report.primary_value,
                 model.reason)
@@ -290,8 +327,9 @@ def skip_reason(champion: tuple[str, str] | None, dataset: DatasetRef, config: R
             "set force=true to retrain")
 
 
-def summary_markdown(config: ResolvedConfig, outcome: PipelineOutcome) -> str:
-    """The run summary shown as a Prefect artifact (and printed by the demo)."""
+def summary_markdown(config: ResolvedConfig, outcome: PipelineOutcome, *, tracking_link: str = "") -> str:
+    """The run summary shown as a Prefect artifact (and printed by the demo); ``tracking_link``: the
+    pipeline's MLflow run."""
     lines = [
         f"# train-cyclegan: {config.registry.model_name}",
         "",
@@ -299,6 +337,8 @@ def summary_markdown(config: ResolvedConfig, outcome: PipelineOutcome) -> str:
          f"({', '.join(f'{k}: {v}' for k, v in sorted(outcome.dataset.counts.items()))}; "
          f"{outcome.dataset.quarantined} quarantined)"),
     ]
+    if tracking_link:
+        lines += [f"- MLflow run: {tracking_link}"]
     if outcome.skipped:
         lines += [f"- training skipped: {outcome.skipped}"]
         return "\n".join(lines) + "\n"
@@ -336,10 +376,10 @@ def mlflow_link(uri: str, model: ModelVersionRef) -> str:
     return f"run {model.run_id} in {uri} (browse with `mlflow ui --backend-store-uri {uri}`)"
 
 
-def publish_summary(config: ResolvedConfig, outcome: PipelineOutcome) -> None:
+def publish_summary(config: ResolvedConfig, outcome: PipelineOutcome, *, tracking_link: str = "") -> None:
     """Attach the markdown summary to the flow run as a Prefect artifact."""
     create_markdown_artifact(
         key="train-cyclegan-summary",
-        markdown=summary_markdown(config, outcome),
+        markdown=summary_markdown(config, outcome, tracking_link=tracking_link),
         description=f"train-cyclegan run for {config.registry.model_name}",
     )

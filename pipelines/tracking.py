@@ -14,14 +14,16 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from pipelines.config import ResolvedConfig
     from pipelines.records import DatasetRef
 
 log = logging.getLogger(__name__)
@@ -96,14 +98,20 @@ def epoch_step(metrics: Mapping[str, float]) -> int:
     return whole if whole == progress else whole + 1
 
 
-def flow_run_tags(flow_run_id: str | None, ui_url: str | None) -> dict[str, str]:
-    """Tags that link the MLflow run to its Prefect flow run (id; UI link when the UI URL is known)."""
+def flow_run_tags(flow_run_id: str | None, url: str | None) -> dict[str, str]:
+    """Tags that link the MLflow run to its Prefect flow run (id; its UI page when known)."""
     if not flow_run_id:
         return {}
-    tags = {"prefect.flow_run_id": flow_run_id}
-    if ui_url:
-        tags["prefect.flow_run_url"] = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
-    return tags
+    return {"prefect.flow_run_id": flow_run_id, **({"prefect.flow_run_url": url} if url else {})}
+
+
+def shared_tracking_uri(uri: str) -> str:
+    """``uri`` as another process sees it: a relative SQLite path (the embedded default) made absolute,
+    so a Ray worker in another working folder writes into the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 def run_link(run: TrackingRun, experiment_id: str) -> str:
@@ -122,22 +130,47 @@ def dataset_entity(dataset: DatasetRef) -> Dataset:
                    source=json.dumps({"uri": dataset.uri}), profile=json.dumps(profile))
 
 
-def log_dataset_input(run: TrackingRun, dataset: DatasetRef) -> None:
-    """Record the dataset as the run's training input (MLflow's Datasets column)."""
-    _client(run).log_inputs(run.run_id, datasets=[
-        DatasetInput(dataset_entity(dataset), tags=[InputTag("mlflow.data.context", DATASET_CONTEXT)])])
-    _client(run).set_tag(run.run_id, "dataset_uri", dataset.uri)
-    _client(run).set_tag(run.run_id, "dataset_version", dataset.version)
+def log_dataset_input(run: TrackingRun, dataset: DatasetRef, *, run_name: str) -> None:
+    """Record the dataset as the run's training input (MLflow's Datasets column), tag its URI and
+    version, and name the run ``run_name`` (the Ray run's name, known once the version is)."""
+    from pipelines.registry.session import with_mlflow_retries
+
+    client = _client(run)
+
+    def record() -> None:
+        client.log_inputs(run.run_id, datasets=[
+            DatasetInput(dataset_entity(dataset), tags=[InputTag("mlflow.data.context", DATASET_CONTEXT)])])
+        client.log_batch(run.run_id, tags=[RunTag("dataset_uri", dataset.uri),
+                                           RunTag("dataset_version", dataset.version)])
+        client.update_run(run.run_id, name=run_name)
+
+    with_mlflow_retries(record, what=f"logging the dataset input of MLflow run {run.run_id}", uri=run.tracking_uri)
 
 
-def open_run(client: MlflowClient, experiment_id: str, *, run_name: str, tags: dict[str, str],
-             params: dict[str, str]) -> TrackingRun:
-    """Create the pipeline run (RUNNING) with its tags and params."""
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    batch = [Param(key, value) for key, value in params.items()]
-    for start in range(0, len(batch), PARAM_BATCH):
-        client.log_batch(run_id, params=batch[start : start + PARAM_BATCH])
-    return TrackingRun(tracking_uri=client.tracking_uri, run_id=run_id)
+def open_pipeline_run(config: ResolvedConfig, *, run_name: str, tags: dict[str, str]) -> tuple[TrackingRun, str]:
+    """Create the pipeline's run (RUNNING) in ``config.registry.experiment`` at the config's tracking
+    URI: ``tags`` plus the training fingerprint and git sha, params = the resolved config that trains
+    (``config.user_config()``). Returns the run and its link. Raises RegistryError (transient) when the
+    tracking server stays unreachable: before any work."""
+    from pipelines.registry.run_log import TAG_FINGERPRINT, ensure_experiment, flatten_params, git_sha
+    from pipelines.registry.session import check_reachable, mlflow_client, with_mlflow_retries
+
+    uri = config.services.tracking_uri
+    check_reachable(uri)
+    client = mlflow_client(uri)
+    all_tags = {TAG_FINGERPRINT: config.fingerprint, "git_sha": git_sha(), **tags}
+
+    def create() -> tuple[str, str]:
+        experiment_id = ensure_experiment(client, config.registry.experiment, uri)
+        return experiment_id, client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+
+    experiment_id, run_id = with_mlflow_retries(create, what="opening the pipeline's MLflow run", uri=uri)
+    params = [Param(key, value) for key, value in flatten_params(config.user_config()).items()]
+    for start in range(0, len(params), PARAM_BATCH):
+        with_mlflow_retries(lambda batch=params[start : start + PARAM_BATCH]: client.log_batch(run_id, params=batch),
+                            what=f"logging the params of MLflow run {run_id}", uri=uri)
+    run = TrackingRun(tracking_uri=shared_tracking_uri(uri), run_id=run_id)
+    return run, run_link(run, experiment_id)
 
 
 def start_system_metrics(run: TrackingRun) -> Any | None:

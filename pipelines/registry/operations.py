@@ -1,16 +1,18 @@
 """Registry operations: register a trained model (idempotent, gate applied), promote a version by
 hand, read the champion's identity, download a model.
 
-``register_model`` logs ONE run (``run_log``), registers it as a new version of
+``register_model`` logs ONE run (``run_log``; the flow's live run when it passes one), registers it as a new version of
 ``config.registry.model_name`` with alias ``challenger`` and applies the gate (``gate``): ``champion``
 moves to the new version when it wins. Moving an alias is the only state change the gate makes. A
 retry reuses what an earlier, possibly interrupted, attempt left (a finished run without a version, a
-version whose gate was not applied) instead of duplicating it.
+version whose gate was not applied) instead of duplicating it. Each version carries its model card
+(``model_card``: tags and the markdown description).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -23,6 +25,7 @@ from cyclegan_core.pretrained import DIRECTION_FOLDERS
 from pipelines.config import RegistrySettings, ResolvedConfig
 from pipelines.records import EvalReport, ModelVersionRef, TrainResult
 from pipelines.registry.gate import CHALLENGER, CHAMPION, gate_decision
+from pipelines.registry.model_card import TAG_CHAMPION_VALUE, card_markdown, card_tags
 from pipelines.registry.run_log import (
     TAG_DATASET_VERSION,
     TAG_FINGERPRINT,
@@ -33,6 +36,8 @@ from pipelines.registry.run_log import (
     ensure_experiment,
     fail_stale_runs,
     finished_run_id,
+    git_sha,
+    log_into_run,
     log_run,
     registration_key,
     version_tags,
@@ -46,11 +51,16 @@ from pipelines.registry.session import (
     with_mlflow_retries,
 )
 from pipelines.retry import RetryPolicy
+from pipelines.tracking import TrackingRun, shared_tracking_uri
 
 log = logging.getLogger(__name__)
 
 TAG_GATE = "gate_decision"
 TAG_GATE_REASON = "gate_reason"
+TAG_REGISTERED_AS = "registered_model_version"  # on the flow's live run: name/version it registered
+
+# Writes a version's description from (gate decision, reason, champion's value).
+Describe = Callable[[str, str, float | None], str]
 SEARCH_PAGE = 200  # model-version search page size
 
 
@@ -116,8 +126,9 @@ def version_ref(client: MlflowClient, name: str, version: ModelVersion, *, promo
 
 
 def apply_gate(client: MlflowClient, version: ModelVersion, settings: RegistrySettings,
-               report: EvalReport) -> tuple[bool, str]:
-    """Set challenger, decide, move champion if the challenger wins; record the decision on the version."""
+               report: EvalReport, *, describe: Describe | None = None) -> tuple[bool, str]:
+    """Set challenger, decide, move champion if the challenger wins; record the decision (and the
+    champion's value, and ``describe``'s description) on the version."""
     name, number = version.name, str(version.version)
     client.set_registered_model_alias(name, CHALLENGER, number)
     champion = aliases(client, name).get(CHAMPION)
@@ -128,9 +139,14 @@ def apply_gate(client: MlflowClient, version: ModelVersion, settings: RegistrySe
                                        champion_value=champion_value, settings=settings, report=report)
     if promote_it and champion != number:
         client.set_registered_model_alias(name, CHAMPION, number)
+    decision = "promoted" if promote_it else "kept_champion"
+    if champion_value is not None:
+        client.set_model_version_tag(name, number, TAG_CHAMPION_VALUE, repr(float(champion_value)))
+    if describe is not None:
+        client.update_model_version(name, number, description=describe(decision, reason, champion_value))
     # Written last: its presence tells a retry that this version is completely registered.
     client.set_model_version_tag(name, number, TAG_GATE_REASON, reason)
-    client.set_model_version_tag(name, number, TAG_GATE, "promoted" if promote_it else "kept_champion")
+    client.set_model_version_tag(name, number, TAG_GATE, decision)
     return promote_it, reason
 
 
@@ -144,10 +160,13 @@ def run_model_uri(client: MlflowClient, run_id: str) -> str:
     return f"models:/{outputs[-1].model_id}"
 
 
-def register_once(client: MlflowClient, config: ResolvedConfig, train: TrainResult,
-                  report: EvalReport) -> ModelVersionRef:
+def register_once(client: MlflowClient, config: ResolvedConfig, train: TrainResult, report: EvalReport, *,
+                  live: TrackingRun | None = None) -> ModelVersionRef:
+    """One registration attempt (``register_model`` retries it): into ``live`` when given, else a run of
+    its own; exactly one version per registration key, however many attempts."""
     name = config.registry.model_name
     key = registration_key(train)
+    sha = git_sha()
     ensure_registered_model(client, name)
     existing = versions(client, name, f"tags.{TAG_KEY} = '{key}'")
     if existing:
@@ -155,42 +174,59 @@ def register_once(client: MlflowClient, config: ResolvedConfig, train: TrainResu
         if TAG_GATE in version.tags:
             reason = f"already registered as version {version.version}: {version.tags.get(TAG_GATE_REASON, '')}"
             log.info("model %s: %s", name, reason)
+            if live is not None:
+                client.set_tag(live.run_id, TAG_REGISTERED_AS, f"{name}/{version.version}")
             return version_ref(client, name, version, promoted=version.tags[TAG_GATE] == "promoted", reason=reason)
         log.info("model %s: completing half-registered version %s", name, version.version)
     else:
         experiment_id = ensure_experiment(client, config.registry.experiment, client.tracking_uri)
-        fail_stale_runs(client, experiment_id, key)
-        run_id = finished_run_id(client, experiment_id, key)
-        if run_id is None:
-            run_id, model_uri = log_run(client, experiment_id, config, train, report)
-        else:
+        fail_stale_runs(client, experiment_id, key, keep=live.run_id if live else None)
+        # The flow's live run gets its own model (an earlier attempt's in it is reused); a run of its own
+        # reuses a finished run of an earlier attempt that died before creating the version.
+        run_id = live.run_id if live is not None else finished_run_id(client, experiment_id, key)
+        if live is not None:
+            model_uri = log_into_run(client, run_id, config, train, report)
+        elif run_id is not None:
             log.info("model %s: reusing finished run %s of an earlier attempt", name, run_id)
             model_uri = run_model_uri(client, run_id)
+        else:
+            run_id, model_uri = log_run(client, experiment_id, config, train, report)
         version = client.create_model_version(name, source=model_uri, run_id=run_id,
-                                              tags=version_tags(train, report),
+                                              tags=version_tags(train, report) | card_tags(config, train, report,
+                                                                                           git_sha=sha),
                                               model_id=model_uri.removeprefix("models:/"))
         log.info("model %s: registered version %s from run %s", name, version.version, run_id)
-    promoted, reason = apply_gate(client, version, config.registry, report)
+
+    def describe(decision: str, reason: str, champion_value: float | None) -> str:
+        return card_markdown(config, train, report, git_sha=sha, decision=decision, reason=reason,
+                             champion_value=champion_value)
+
+    promoted, reason = apply_gate(client, version, config.registry, report, describe=describe)
+    if live is not None:
+        client.set_tag(live.run_id, TAG_REGISTERED_AS, f"{name}/{version.version}")
     log.info("model %s version %s: %s (%s)", name, version.version,
              f"promoted to {CHAMPION}" if promoted else f"{CHAMPION} unchanged", reason)
     return version_ref(client, name, version, promoted=promoted, reason=reason)
 
 
 def register_model(config: ResolvedConfig, train: TrainResult, report: EvalReport, *,
-                   retry: RetryPolicy = MLFLOW_RETRY) -> ModelVersionRef:
+                   retry: RetryPolicy = MLFLOW_RETRY, live: TrackingRun | None = None) -> ModelVersionRef:
     """Log the run, register a version (alias challenger) and apply the promotion gate (idempotent),
-    at ``config.services.tracking_uri``.
+    at ``config.services.tracking_uri``. ``live``: the flow's open run to log into (it stays RUNNING).
 
     Raises RegistryError (``transient=True``) when the tracking server stays unreachable.
     """
     uri = config.services.tracking_uri
+    if live is not None and live.tracking_uri != shared_tracking_uri(uri):
+        raise RegistryError(f"the live MLflow run {live.run_id} is at {live.tracking_uri}, not at the config's "
+                            f"tracking URI {uri}: open the run with the same ResolvedConfig")
     check_inputs(config, train, report)
     check_reachable(uri, policy=retry)
     client = mlflow_client(uri)
     # The SQL registry store resolves a version's models:/ source with a default MlflowClient (the
     # global URIs), so the whole registration runs with them pointed at this store.
     with global_tracking_uri(uri):
-        return with_mlflow_retries(lambda: register_once(client, config, train, report),
+        return with_mlflow_retries(lambda: register_once(client, config, train, report, live=live),
                                    what=f"registering model {config.registry.model_name}", uri=uri,
                                    policy=retry)
 

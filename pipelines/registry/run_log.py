@@ -5,6 +5,9 @@ Params and ``records/config.yaml`` are the resolved config that trained, without
 fingerprint are tags. The generators are logged once, inside the pyfunc model. A run and its model
 version carry a ``registration_key`` (Ray run name + checkpoint URI + training fingerprint), so a
 retry finds what an earlier attempt logged, and marks FAILED a run a killed attempt left RUNNING.
+``log_run`` creates and finishes a run of its own (``cyclegan register``); ``log_into_run`` fills the
+flow's live run (``pipelines.tracking``), which the flow closes: what is already there (the epochs
+logged live, params, a model an earlier attempt logged) is not logged twice.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -136,12 +139,14 @@ def finished_run_id(client: MlflowClient, experiment_id: str, key: str) -> str |
     return runs[0].info.run_id if runs else None
 
 
-def fail_stale_runs(client: MlflowClient, experiment_id: str, key: str) -> list[str]:
+def fail_stale_runs(client: MlflowClient, experiment_id: str, key: str, *, keep: str | None = None) -> list[str]:
     """Mark FAILED the runs with registration key ``key`` still RUNNING: an earlier attempt whose client
-    died mid-registration (SIGKILL skips ``log_run``'s own FAILED marking). Returns their ids."""
+    died mid-registration (SIGKILL skips ``log_run``'s own FAILED marking), except run ``keep`` (the
+    live run this attempt registers into). Returns their ids."""
     runs = client.search_runs([experiment_id],
                               filter_string=f"tags.{TAG_KEY} = '{key}' and attributes.status = 'RUNNING'",
                               max_results=100)
+    runs = [run for run in runs if run.info.run_id != keep]
     for run in runs:
         client.set_tag(run.info.run_id, TAG_FAILED_REASON, "interrupted registration; a retry with the same "
                        f"{TAG_KEY} replaced it")
@@ -180,32 +185,60 @@ def run_metrics(train: TrainResult, report: EvalReport) -> list[Metric]:
     return metrics
 
 
+def logged_model_uri(client: MlflowClient, run_id: str) -> str | None:
+    """The models:/<model_id> URI of the last model logged by run ``run_id`` (None: none yet)."""
+    run = client.get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return f"models:/{outputs[-1].model_id}" if outputs else None
+
+
+def log_contents(client: MlflowClient, run_id: str, config: ResolvedConfig, train: TrainResult,
+                 report: EvalReport) -> str:
+    """Log params, metrics, eval artifacts, records and the pyfunc model into run ``run_id``; returns
+    the model URI. Params and per-epoch metrics the run already holds (logged live) and a model an
+    earlier attempt logged are kept, not logged again."""
+    existing = client.get_run(run_id).data
+    live = {key for key in existing.metrics if key.startswith("train/") and not key.startswith("train/final/")}
+    user_config = config.user_config()
+    params = [Param(k, v) for k, v in flatten_params(user_config).items() if k not in existing.params]
+    for start in range(0, len(params), PARAM_BATCH):
+        client.log_batch(run_id, params=params[start : start + PARAM_BATCH])
+    metrics = [metric for metric in run_metrics(train, report) if metric.key not in live]
+    for start in range(0, len(metrics), METRIC_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + METRIC_BATCH])
+    for name, path in report.artifacts.items():
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=f"eval/{name}")
+        else:
+            client.log_artifact(run_id, str(path), artifact_path="eval")
+    with scratch_folder("register", name="records") as tmp:
+        records = tmp / "records"
+        records.mkdir()
+        (records / "config.yaml").write_text(yaml.safe_dump(user_config.model_dump(mode="json"), sort_keys=False))
+        (records / "train_result.json").write_text(train.model_dump_json(indent=2))
+        (records / "eval_report.json").write_text(report.model_dump_json(indent=2))
+        client.log_artifacts(run_id, str(records), artifact_path="records")
+    return logged_model_uri(client, run_id) or log_pyfunc(run_id, Path(train.generators_dir),
+                                                          tracking_uri=client.tracking_uri)
+
+
+def log_into_run(client: MlflowClient, run_id: str, config: ResolvedConfig, train: TrainResult,
+                 report: EvalReport) -> str:
+    """Register into the flow's live run ``run_id``: lineage tags, then ``log_contents``; returns the
+    model URI. The run stays RUNNING (the flow closes it FINISHED or FAILED)."""
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in lineage_tags(train).items()])
+    model_uri = log_contents(client, run_id, config, train, report)
+    # log_pyfunc logs inside ``mlflow.start_run(run_id)``, whose exit ends the run: it is the flow's to end.
+    client.update_run(run_id, status="RUNNING")
+    return model_uri
+
+
 def log_run(client: MlflowClient, experiment_id: str, config: ResolvedConfig, train: TrainResult,
             report: EvalReport) -> tuple[str, str]:
     """Log one complete run; returns (run_id, model_uri). The run is FINISHED only once all is logged."""
     run_id = client.create_run(experiment_id, run_name=train.run_name, tags=lineage_tags(train)).info.run_id
-    user_config = config.user_config()
     try:
-        params = [Param(k, v) for k, v in flatten_params(user_config).items()]
-        for start in range(0, len(params), PARAM_BATCH):
-            client.log_batch(run_id, params=params[start : start + PARAM_BATCH])
-        metrics = run_metrics(train, report)
-        for start in range(0, len(metrics), METRIC_BATCH):
-            client.log_batch(run_id, metrics=metrics[start : start + METRIC_BATCH])
-        for name, path in report.artifacts.items():
-            if Path(path).is_dir():
-                client.log_artifacts(run_id, str(path), artifact_path=f"eval/{name}")
-            else:
-                client.log_artifact(run_id, str(path), artifact_path="eval")
-        with scratch_folder("register", name="records") as tmp:
-            records = tmp / "records"
-            records.mkdir()
-            (records / "config.yaml").write_text(yaml.safe_dump(user_config.model_dump(mode="json"),
-                                                                sort_keys=False))
-            (records / "train_result.json").write_text(train.model_dump_json(indent=2))
-            (records / "eval_report.json").write_text(report.model_dump_json(indent=2))
-            client.log_artifacts(run_id, str(records), artifact_path="records")
-        model_uri = log_pyfunc(run_id, Path(train.generators_dir), tracking_uri=client.tracking_uri)
+        model_uri = log_contents(client, run_id, config, train, report)
     except BaseException:
         try:
             client.set_terminated(run_id, status="FAILED")

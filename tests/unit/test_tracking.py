@@ -40,8 +40,8 @@ def test_epoch_step_counts_a_partial_epoch_as_started() -> None:
 def test_flow_run_tags_link_the_prefect_ui_when_known() -> None:
     assert flow_run_tags(None, "http://ui") == {}
     assert flow_run_tags("abc", None) == {"prefect.flow_run_id": "abc"}
-    assert flow_run_tags("abc", "http://127.0.0.1:4200/")["prefect.flow_run_url"] == \
-        "http://127.0.0.1:4200/runs/flow-run/abc"
+    assert flow_run_tags("abc", "http://ui/runs/flow-run/abc")["prefect.flow_run_url"] == \
+        "http://ui/runs/flow-run/abc"
 
 
 def test_dataset_entity_carries_uri_version_and_counts() -> None:
@@ -71,3 +71,13 @@ def test_a_tracking_outage_is_a_warning_not_an_error(monkeypatch: pytest.MonkeyP
         log_image(run, Image.new("RGB", (4, 4)), "samples/AtoB", 1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and all(run.run_id in w and run.tracking_uri in w for w in warnings)
+
+
+def test_a_relative_sqlite_store_is_made_absolute_for_other_processes(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.tracking import shared_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert shared_tracking_uri("sqlite:///mlruns.db") == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    assert shared_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert shared_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
