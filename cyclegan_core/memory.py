@@ -31,6 +31,9 @@ _PER_PIXEL = {"resnet": (18, 48), "unet": (11, 48), "resnet_unet_adalin": (62, 4
 _FIXED_BYTES = 64 * 2**20  # allocator and kernel workspaces, measured once per pass
 
 DEFAULT_FRACTION = 0.5
+# the share of what is left that tiles may plan for: the rest absorbs allocator fragmentation (glibc keeps
+# freed blocks below its adaptive mmap threshold) and small temporaries the estimate does not see
+TILE_HEADROOM = 0.8
 
 
 class MemoryBudgetError(ValueError):

@@ -26,7 +26,14 @@ from torch import nn
 from cyclegan_core.checkpoint import CheckpointError, read_checkpoint
 from cyclegan_core.config import ModelConfig
 from cyclegan_core.data import to_float_chw
-from cyclegan_core.memory import default_budget, format_bytes, forward_bytes, largest_tile, used_bytes
+from cyclegan_core.memory import (
+    TILE_HEADROOM,
+    default_budget,
+    format_bytes,
+    forward_bytes,
+    largest_tile,
+    used_bytes,
+)
 from cyclegan_core.networks import size_multiple
 from cyclegan_core.networks.official import describe_config
 from cyclegan_core.precision import autocast, resolve_precision
@@ -321,6 +328,7 @@ class Translator:
         access to its input and output."""
         generator, multiple = self.generator(direction), self.multiple(direction)
         height, width = size
+        free = int(free * TILE_HEADROOM)
         pads = pad_amounts(height, width, multiple)
         padded_h, padded_w = height + pads[2] + pads[3], width + pads[0] + pads[1]
         overlap = default_overlap(multiple) if self.tiling.overlap is None else self.tiling.overlap
