@@ -136,9 +136,14 @@ def fetch_model(model: str, download_dir: Path) -> Path:
     tracking_uri = services().tracking_uri
     require_store(tracking_uri, f"--model {model}")
     from pipelines.registry import RegistryError, download_model
+    from pipelines.registry.operations import resolve_version
 
     try:
-        return download_model(model, download_dir / "model", tracking_uri=tracking_uri)
+        version = resolve_version(model, tracking_uri=tracking_uri)
+        if version is not None:  # download exactly the version reported, even if the alias moves meanwhile
+            typer.echo(f"{model} resolved to version {version.version} of {version.name} (run {version.run_id}; "
+                       f"aliases: {', '.join(version.aliases) or 'none'})", err=True)
+        return download_model(version.uri if version else model, download_dir / "model", tracking_uri=tracking_uri)
     except RegistryError as exc:
         fail(str(exc), ExitCode.FAILED if exc.transient else ExitCode.REFUSED)
 

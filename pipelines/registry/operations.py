@@ -275,6 +275,44 @@ def champion_identity(name: str, *, tracking_uri: str, retry: RetryPolicy = MLFL
     return with_mlflow_retries(lookup, what=f"reading the champion of {name}", uri=tracking_uri, policy=retry)
 
 
+def parse_model_uri(uri: str) -> tuple[str, str, str] | None:
+    """(name, "alias" | "version", value) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; None for
+    another URI (``runs:/``, ``models:/<model_id>``)."""
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri.removeprefix("models:/").strip("/")
+    if "@" in rest and "/" not in rest:
+        name, alias = rest.split("@", 1)
+        return (name, "alias", alias) if name and alias else None
+    name, _, version = rest.rpartition("/")
+    return (name, "version", version) if name and version.isdigit() else None
+
+
+def resolve_version(uri: str, *, tracking_uri: str, retry: RetryPolicy = MLFLOW_RETRY) -> ModelVersionRef | None:
+    """The registered version ``uri`` names now (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``);
+    None for a URI that names no registered version. Raises RegistryError for an unknown model,
+    alias or version."""
+    parsed = parse_model_uri(uri)
+    if parsed is None:
+        return None
+    name, kind, value = parsed
+    check_reachable(tracking_uri, policy=retry)
+    client = mlflow_client(tracking_uri)
+
+    def lookup() -> ModelVersionRef:
+        try:
+            version = (client.get_model_version_by_alias(name, value) if kind == "alias"
+                       else client.get_model_version(name, value))
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            raise RegistryError(f"{uri}: no such {kind} of model {name!r} at {tracking_uri} ({exc.message})") from exc
+        return version_ref(client, name, version, promoted=version.tags.get(TAG_GATE) == "promoted",
+                           reason=version.tags.get(TAG_GATE_REASON, ""))
+
+    return with_mlflow_retries(lookup, what=f"resolving {uri}", uri=tracking_uri, policy=retry)
+
+
 def find_generators_folder(root: Path) -> Path | None:
     """The shallowest folder under ``root`` (itself included) holding both G_AB/ and G_BA/."""
     candidates = [root] + sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: (len(p.parts), str(p)))

@@ -62,3 +62,11 @@ def test_image_cells_accept_bytes_base64_and_arrays() -> None:
         decode_image_value(b"not an image", row=3)
     with pytest.raises(ValueError, match="row 1: arrays must be"):
         decode_image_value(np.zeros((4, 4, 2), np.uint8), row=1)
+
+
+def test_model_uris_that_name_a_registered_version() -> None:
+    from pipelines.registry.operations import parse_model_uri
+
+    assert parse_model_uri("models:/cyclegan@champion") == ("cyclegan", "alias", "champion")
+    assert parse_model_uri("models:/team/cyclegan/3") == ("team/cyclegan", "version", "3")
+    assert parse_model_uri("models:/m-0123abcd") is None and parse_model_uri("runs:/abc/model") is None
