@@ -161,6 +161,12 @@ def test_gate_promotes_better_and_keeps_champion_against_worse(mlflow_server: st
     assert tags["primary_metric"] == "psnr_AtoB" and float(tags["primary_metric_value"]) == 20.0
     assert tags["dataset_version"] == "data-v1" and tags["train_run_name"] == "run-1"
     assert tags["training_fingerprint"] == FINGERPRINT and tags["gate_decision"] == "promoted"
+    # the model card: the worse version says what it lost to
+    worse_version = client.get_model_version(gated["name"], "2")
+    assert float(worse_version.tags["champion_metric_value"]) == 20.0 and worse_version.tags["best_epoch"] == "last (2)"
+    assert worse_version.tags["code_version"].startswith("cyclegan-pipeline ")
+    assert "champion's value at the gate: 20" in worse_version.description
+    assert "gate: kept_champion" in worse_version.description
 
 
 def test_one_run_holds_params_metrics_lineage_and_artifacts(mlflow_server: str, gated: dict) -> None:
@@ -277,6 +283,7 @@ def test_cyclegan_translate_with_the_champion_gives_the_same_pixels(
         args = ["translate", "--model", f"models:/{gated['name']}@champion", "--direction", direction]
         result = CliRunner().invoke(app, [*args, str(tmp_path / "in.png"), str(out)])
         assert result.exit_code == 0, result.output
+        assert f"models:/{gated['name']}@champion resolved to version 3 of {gated['name']}" in result.output
         served = np.asarray(Image.open(out))
         assert np.array_equal(served, direct_translation(models["two"], image, direction))
 
