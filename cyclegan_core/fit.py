@@ -123,7 +123,8 @@ def fit(
     """Train from ``model.epoch`` to ``total_epochs`` (or until ``model.step`` reaches ``max_steps``).
 
     ``rank`` selects this process's RNG stream (pass the distributed rank); ``on_epoch_end`` runs after
-    each epoch, after ``end_epoch``, so ``model.epoch`` already counts the epoch (unless it was partial).
+    each epoch, after ``end_epoch``, so ``model.epoch`` already counts the epoch (unless it was partial);
+    it may restore an earlier state of ``model`` (a rollback): the loop goes on from ``model.epoch``.
     """
     epochs: list[EpochEnd] = []
     stopped = max_steps is not None and model.step >= max_steps
@@ -155,4 +156,6 @@ def fit(
         epochs.append(end)
         if on_epoch_end is not None:
             on_epoch_end(end)
+            # a watchdog rollback in on_epoch_end may have set model.step (and model.epoch) back
+            stopped = max_steps is not None and model.step >= max_steps
     return FitResult(epochs=epochs, stopped=stopped)

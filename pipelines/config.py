@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from cyclegan_core.config import DataConfig, ModelConfig, StrictModel, TrainConfig
+from cyclegan_core.watchdog import WatchdogConfig
 
 # Environment variables the pipeline reads, and what each switches (``infra/`` manifests are checked
 # against this list). boto3, mlflow, ray and prefect also read their own standard variables.
@@ -85,6 +86,11 @@ class EvalSettings(StrictModel):
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     grid_images: int = Field(8, ge=1, description="rows in the sample grid PNGs")
+    every_epochs: int = Field(
+        1, ge=0, description="score the generators during training every N epochs and at each checkpoint (0: never)")
+    during_training_images: int = Field(16, ge=1, description="test images per domain scored during training")
+    sample_images: int = Field(4, ge=1, description="held-out images in the labelled sample grid of an evaluation")
+    sample_tile: int = Field(160, ge=32, description="pixels per image in that grid")
 
 
 class RegistrySettings(StrictModel):
@@ -121,6 +127,9 @@ class PipelineConfig(StrictModel):
     run: TrainingRunSettings = Field(default_factory=TrainingRunSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    # Out of the fingerprint: the watchdog changes training only when a fault happens, and a run whose
+    # rollbacks ran out must resume (the same Ray run) with a raised max_rollbacks.
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     force: bool = Field(False, description="retrain even if the champion has this run's fingerprint")
 
     @field_validator("dataset_uri")
@@ -132,7 +141,7 @@ class PipelineConfig(StrictModel):
 
 
 # What the training fingerprint covers: the fields that change the trained model. Paths, service
-# endpoints, local CPU counts, loader processes, checkpointing and registry/eval settings do not.
+# endpoints, local CPU counts, loader processes, checkpointing, registry/eval and watchdog settings do not.
 FINGERPRINT_EXCLUDES: dict[str, Any] = {
     "data": {"root", "num_workers", "use_cache"},  # the cache holds the very pixels resize_and_crop makes
 }

@@ -92,6 +92,8 @@ KEEPS_THE_MODEL = [
     {"run": {"num_to_keep": 5}},
     {"run": {"max_failures": 0}},
     {"eval": {"max_images": 3}},
+    {"eval": {"every_epochs": 0, "during_training_images": 2}},
+    {"watchdog": {"max_rollbacks": 5, "lr_factor": 0.1}},
     {"registry": {"model_name": "other", "margin": 1.0}},
     {"force": True},
 ]
