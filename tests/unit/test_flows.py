@@ -98,6 +98,12 @@ def test_summary_of_a_skipped_run_says_why():
     assert "training skipped: dataset unchanged" in text
 
 
+def test_summary_links_the_pipelines_mlflow_run():
+    link = "http://mlflow:5000/#/experiments/1/runs/abc"
+    text = summary_markdown(CONFIG, PipelineOutcome(dataset=DATASET, skipped="x"), tracking_link=link)
+    assert f"- MLflow run: {link}" in text
+
+
 def test_training_is_skipped_only_for_the_champions_data_and_fingerprint():
     assert "set force=true" in skip_reason((DATASET.version, CONFIG.fingerprint), DATASET, CONFIG)
     assert skip_reason(None, DATASET, CONFIG) == ""  # no champion yet
