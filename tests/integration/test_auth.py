@@ -51,6 +51,10 @@ def auth_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
     config = configparser.ConfigParser()
     config.read(AUTH_INI)
     config["mlflow"]["database_uri"] = f"sqlite:///{root / 'basic_auth.db'}"
+    # The stack leaves MLflow's credential cache off (a revoked password stops working at once on every
+    # server worker); here each request would pay a PBKDF2 check (~1 s on a loaded 2-core host), minutes
+    # over the module. MLflow drops a user's cached credentials when the user is changed through the API.
+    config["mlflow"]["auth_cache_ttl_seconds"] = "300"
     with open(root / "basic_auth.ini", "w") as handle:
         config.write(handle)
     admin = Credentials("admin", "admin-" + os.urandom(8).hex())
