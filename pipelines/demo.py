@@ -124,6 +124,8 @@ def demo_summary(outcome: PipelineOutcome, *, tracking_uri: str) -> str:
         f"  MLflow UI    {ui}",
         f"  sample grid  {outcome.report.artifacts.get('grid_AtoB', 'n/a')}",
         f"  checkpoint   {outcome.train.checkpoint_uri}",
+        f"  registered   epoch {outcome.train.best_epoch or outcome.train.epochs} of {outcome.train.epochs}"
+        + (" (the best evaluated during training)" if outcome.train.best_epoch else " (the last)"),
         f"  translate    cyclegan translate --model models:/{outcome.model.name}@champion INPUT OUTPUT",
         "",
         "Paired test metrics (G_AB(testA) vs the ground truth f(testA)):",
@@ -142,4 +144,24 @@ def demo_summary(outcome: PipelineOutcome, *, tracking_uri: str) -> str:
         by_reason.setdefault(why, []).append(name)
     for why, names in by_reason.items():
         lines.append(f"  {', '.join(names)} skipped: {why}")
+    lines += eval_curve(outcome.train.history, primary=outcome.report.primary_metric, best_epoch=outcome.train.best_epoch)
     return "\n".join(lines)
+
+
+def eval_curve(history: list[dict[str, float]], *, primary: str, best_epoch: int | None) -> list[str]:
+    """The per-epoch evaluation during training (the ``eval_`` metrics of each evaluated epoch), one
+    line per epoch with a bar for the primary metric; the registered (best) epoch is marked."""
+    key = f"eval_{primary}"
+    rows = [(int(record["epoch"]), record) for record in history if key in record]
+    if not rows:
+        return []
+    values = [record[key] for _, record in rows]
+    low, high = min(values), max(values)
+    lines = ["", f"Evaluation during training ({primary} on held-out test images; the registered epoch marked):"]
+    for epoch, record in rows:
+        bar = "#" * (1 + round(29 * (record[key] - low) / (high - low))) if high > low else "#"
+        cycle = record.get("eval_cycle_l1_A")
+        mark = "  <- best, registered" if epoch == best_epoch else ""
+        lines.append(f"  epoch {epoch:3d}  {record[key]:8.4f}  {bar:<30}"
+                     + (f"  cycle_l1_A {cycle:.4f}" if cycle is not None else "") + mark)
+    return lines

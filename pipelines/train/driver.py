@@ -2,7 +2,8 @@
 
 The driver connects to Ray, checks the cluster and the checkpoint storage, runs a ``TorchTrainer``
 of ``config.scaling.num_workers`` workers (``worker.train_loop_per_worker``) under the run name
-``config.ray_run_name(dataset.version)`` and exports the generators of the final checkpoint into
+``config.ray_run_name(dataset.version)`` and exports the generators of the best checkpoint by the
+primary metric evaluated during training (the last one when nothing was evaluated) into
 ``config.output_dir/<run name>/generators``. Ray Train V2 resumes a run with the same name and storage
 from its latest checkpoint by itself: after a worker failure (``run.max_failures``) and when a
 retried call starts the same run again. Before it starts, ``check_resumable`` makes sure that
@@ -21,6 +22,7 @@ from ray.train import (
     CheckpointConfig,
     ControllerError,
     FailureConfig,
+    Result,
     RunConfig,
     ScalingConfig,
     TrainingFailedError,
@@ -31,13 +33,15 @@ from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.checkpoint import CheckpointError
+from cyclegan_core.model import CycleGAN
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
 from pipelines.tracking import TrackingRun
 from pipelines.train.cluster import check_cluster, connect_ray
-from pipelines.train.layout import CHECKPOINT_FILE, read_progress
-from pipelines.train.progress import RunProgress, progress_reporter
+from pipelines.train.layout import CHECKPOINT_FILE, read_in_checkpoint, read_progress
+from pipelines.train.monitor import NO_SCORE
+from pipelines.train.progress import SCORE_KEY, RunProgress, progress_reporter
 from pipelines.train.resume import find_resume_point, set_snapshot_aside, snapshot_exists
 from pipelines.train.storage import StorageTarget, resolve_storage
 from pipelines.train.worker import train_loop_per_worker
@@ -58,10 +62,13 @@ class TrainHooks:
     """Optional extras of ``train_on_ray``.
 
     ``after_step(step, rank)`` runs on every worker after every training step (shipped to the workers
-    by Ray's pickling), e.g. a test that makes a worker die at a given step.
+    by Ray's pickling), e.g. a test that makes a worker die at a given step; ``after_step_model(model,
+    step, rank)`` also gets the worker's CycleGAN, e.g. a test that poisons the weights with NaN for the
+    watchdog.
     """
 
     after_step: Callable[[int, int], None] | None = None
+    after_step_model: Callable[[CycleGAN, int, int], None] | None = None
 
 
 def export_final(checkpoint: Checkpoint, dest: Path) -> RunProgress:
@@ -73,6 +80,13 @@ def export_final(checkpoint: Checkpoint, dest: Path) -> RunProgress:
         progress = read_progress(local)
         Translator.from_checkpoint(local / CHECKPOINT_FILE).save_pretrained(dest)
     return progress
+
+
+def best_checkpoint(result: Result) -> tuple[Checkpoint, dict] | None:
+    """The kept checkpoint of the run with the highest ``checkpoint_score`` (the latest among equals:
+    with nothing evaluated it is the last one), with its reported metrics; None when none is kept."""
+    kept = result.best_checkpoints or []
+    return max(kept, key=lambda item: (item[1].get(SCORE_KEY, NO_SCORE), item[1].get("step", 0.0)), default=None)
 
 
 def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfig,
@@ -183,13 +197,16 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": config, "dataset": dataset, "after_step": hooks.after_step,
+                               "after_step_model": hooks.after_step_model,
                                "resume_from": resume_from, "tracking": tracking},
             scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                          resources_per_worker={"CPU": scaling.cpus_per_worker,
                                                                **({"GPU": 1} if scaling.use_gpu else {})}),
             run_config=RunConfig(
                 name=run_name, storage_path=storage.path, storage_filesystem=storage.filesystem,
-                checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep),
+                # the best num_to_keep by score; Ray Train also keeps the latest (what a resume uses)
+                checkpoint_config=CheckpointConfig(num_to_keep=run.num_to_keep, checkpoint_score_attribute=SCORE_KEY,
+                                                   checkpoint_score_order="max"),
                 failure_config=FailureConfig(max_failures=run.max_failures),
                 callbacks=[progress_callback],
             ),
@@ -208,23 +225,35 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
                 checkpoint_uri=good_uri,
             ) from exc
 
+    failure = result.return_value  # the watchdog's message when it stopped the run
+    if failure:
+        good_uri = last_good_checkpoint(storage, run_name)
+        raise TrainingError(f"training run {run_name} stopped by the watchdog: {failure}"
+                            + (f"; last good checkpoint {good_uri}" if good_uri else ""), checkpoint_uri=good_uri)
     # No report at all: the checkpoint resumed from was already the run's last (Ray's own record of
     # it was set aside).
     final = result.checkpoint or resume_from
     if final is None:
         raise TrainingError(f"training run {run_name} finished without reporting a checkpoint")
+    best = best_checkpoint(result)
+    scored = best is not None and best[1].get(SCORE_KEY, NO_SCORE) > NO_SCORE
+    exported = best[0] if best is not None and scored else final
     checkpoint_uri = storage.uri(final.path)
     generators_dir = config.output_dir / run_name / "generators"
     try:
-        progress = export_final(final, generators_dir)
+        progress = read_in_checkpoint(final, read_progress)
+        exported_progress = export_final(exported, generators_dir)
     except CheckpointError as exc:
-        raise TrainingError(f"cannot export the final checkpoint of run {run_name}: {exc}",
+        raise TrainingError(f"cannot export the checkpoint {storage.uri(exported.path)} of run {run_name}: {exc}",
                             checkpoint_uri=checkpoint_uri) from exc
-    logger.info("run %s done: epoch %d, step %d; checkpoint %s; generators in %s", run_name,
-                progress.epoch, progress.step, checkpoint_uri, generators_dir)
+    best_epoch = exported_progress.epoch if scored else None
+    logger.info("run %s done: epoch %d, step %d; checkpoint %s; generators of %s in %s", run_name,
+                progress.epoch, progress.step, checkpoint_uri,
+                f"the best epoch {best_epoch} by eval_{config.registry.primary_metric}" if scored else "the last epoch",
+                generators_dir)
     return TrainResult(
         run_name=run_name, checkpoint_uri=checkpoint_uri, generators_dir=generators_dir,
         dataset_version=dataset.version, dataset_uri=dataset.uri, fingerprint=config.fingerprint,
         steps=progress.step, epochs=progress.epoch,
-        metrics=progress.history[-1] if progress.history else {}, history=progress.history,
+        metrics=progress.history[-1] if progress.history else {}, history=progress.history, best_epoch=best_epoch,
     )

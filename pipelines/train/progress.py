@@ -25,6 +25,9 @@ from cyclegan_core.fit import EpochEnd
 logger = logging.getLogger(__name__)
 
 EpochListener = Callable[[dict[str, float]], None]
+# The one key of a checkpoint's report to Ray Train that is not part of the epoch record: its score
+# (Ray's checkpoint_score_attribute, order "max"; ``monitor.checkpoint_score``).
+SCORE_KEY = "checkpoint_score"
 _listeners: list[EpochListener] = []
 
 
@@ -115,7 +118,8 @@ class ForwardProgress(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if metrics:
-            self.inbox.push.remote({"kind": "epoch", "metrics": metrics[0], "checkpoint": checkpoint is not None})
+            record = {key: value for key, value in metrics[0].items() if key != SCORE_KEY}
+            self.inbox.push.remote({"kind": "epoch", "metrics": record, "checkpoint": checkpoint is not None})
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         ranks = sorted(worker_exceptions)

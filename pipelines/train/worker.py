@@ -3,7 +3,9 @@
 Ray initialises the process group (gloo on CPU, NCCL on GPU) and ``CycleGAN`` wraps its nets in DDP
 itself; the worker shards the data by rank, resumes from ``ray.train.get_checkpoint()`` when there is
 one (a worker-group restart, or a new run with the same name and storage) and reports each epoch's
-metrics, with a checkpoint folder every ``run.checkpoint_every_epochs`` epochs and at the end.
+metrics, with a checkpoint folder every ``run.checkpoint_every_epochs`` epochs and at the end. Between
+the epochs ``monitor.EpochJudge`` evaluates (each checkpoint carries its score) and rolls a faulty
+epoch back.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef
 from pipelines.train.cluster import count_nodes, require_node_credentials
 from pipelines.train.layout import read_in_checkpoint, restore_from_folder, write_checkpoint_folder
-from pipelines.train.progress import RunProgress, epoch_metrics
+from pipelines.train.monitor import EpochJudge, WatchdogError, checkpoint_score
+from pipelines.train.progress import SCORE_KEY, RunProgress, epoch_metrics
 
 logger = logging.getLogger(__name__)
 
 AfterStep = Callable[[int, int], None]  # (global step, world rank), on every worker
+AfterStepModel = Callable[[CycleGAN, int, int], None]  # (the model, global step, world rank)
 
 
 def should_checkpoint(epoch: int, *, every: int, total: int, stopped_early: bool) -> bool:
@@ -61,12 +65,30 @@ def worker_dataset_root(dataset: DatasetRef, config: ResolvedConfig, *, local_ra
     return dataset.root
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """``loop_config``: ``config`` (ResolvedConfig), ``dataset`` (DatasetRef), ``after_step`` (hook or None),
-    ``resume_from`` (a Checkpoint to resume from when Ray Train hands none, or None)."""
+def step_hook(model: CycleGAN, rank: int, after_step: AfterStep | None,
+              after_step_model: AfterStepModel | None) -> Callable[[int], None] | None:
+    """``fit``'s after_step: the test hooks of ``TrainHooks`` with this worker's model and rank."""
+    if after_step is None and after_step_model is None:
+        return None
+
+    def hook(step: int) -> None:
+        if after_step is not None:
+            after_step(step, rank)
+        if after_step_model is not None:
+            after_step_model(model, step, rank)
+    return hook
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> str | None:
+    """``loop_config``: ``config`` (ResolvedConfig), ``dataset`` (DatasetRef), ``after_step`` and
+    ``after_step_model`` (test hooks or None),
+    ``resume_from`` (a Checkpoint to resume from when Ray Train hands none, or None), ``tracking`` (the
+    pipeline's MLflow run for the sample grids, or None). Returns None, or the watchdog's message when
+    it stopped the run (rank 0's is ``Result.return_value``)."""
     config: ResolvedConfig = loop_config["config"]
     dataset: DatasetRef = loop_config["dataset"]
     after_step: AfterStep | None = loop_config["after_step"]
+    after_step_model: AfterStepModel | None = loop_config.get("after_step_model")
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = get_device()
@@ -91,14 +113,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_set = UnpairedDataset(root, config.data, phase="train", seed=seed)
     loader = build_dataloader(train_set, batch_size=config.train.batch_size, shuffle=True,
                               num_workers=config.data.num_workers, rank=rank, world_size=world_size, seed=seed)
+    judge = EpochJudge(model, config, root, rank, history, tracking=loop_config.get("tracking"))
 
     def report(end: EpochEnd) -> None:
         metrics = epoch_metrics(end, step=model.step, total_epochs=total_epochs, nodes=nodes,
                                 loss_means=all_reduce_mean(end.loss_sums, end.steps, device),
                                 checksums=all_gather_float(parameter_checksum(model.G_AB), device))
-        history.append(metrics)
-        if not should_checkpoint(model.epoch, every=config.run.checkpoint_every_epochs, total=total_epochs,
-                                 stopped_early=end.stopped):
+        checkpoint = should_checkpoint(model.epoch, every=config.run.checkpoint_every_epochs, total=total_epochs,
+                                       stopped_early=end.stopped)
+        if not judge.judge(metrics, epoch=model.epoch, checkpoint=checkpoint):
+            return  # rolled back: fit goes on from the healthy epoch
+        judge.healthy(metrics)
+        if not checkpoint:
             ray.train.report(metrics)
             return
         progress = RunProgress(dataset_version=dataset.version, dataset_uri=dataset.uri, epoch=model.epoch,
@@ -107,9 +133,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with scratch_folder("checkpoints", name=f"rank{rank}") as tmp:
             write_checkpoint_folder(tmp, model, progress, rank=rank)
             # Every rank reports (V2 synchronises on it); Ray merges the ranks' files into one folder.
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            score = checkpoint_score(metrics, primary_key=judge.primary_key,
+                                     higher_is_better=config.registry.higher_is_better)
+            ray.train.report({**metrics, SCORE_KEY: score}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
 
-    fit(model, loader, total_epochs=total_epochs, seed=seed, rank=rank, max_steps=config.run.max_steps,
-        after_step=None if after_step is None else lambda step: after_step(step, rank),
-        on_epoch_end=report)
+    try:
+        fit(model, loader, total_epochs=total_epochs, seed=seed, rank=rank, max_steps=config.run.max_steps,
+            after_step=step_hook(model, rank, after_step, after_step_model),
+            on_epoch_end=report)
+    except WatchdogError as exc:  # every rank decides alike (reduced losses, rank 0's shared scores)
+        if rank == 0:
+            logger.error("watchdog: %s", exc)
+        # returned, not raised: Ray Train would restart the workers (run.max_failures) into the same fault
+        return str(exc)
+    return None
