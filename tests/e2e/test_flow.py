@@ -3,16 +3,20 @@
 
 One flow run covers the happy path *and* the retry path: the MLflow server sits behind a switchable
 TCP proxy that is down when registration first runs, and comes up once Prefect has scheduled the
-retry. The flow completes, registration ran twice, and no stage before it ran again.
+retry. The flow completes, registration ran twice, and no stage before it ran again. The same run is
+watched live: a training hook holds rank 0 in epoch 2 until the server shows epoch 1's metrics in the
+pipeline's MLflow run.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,6 +32,40 @@ from pipelines.config import (
 )
 
 pytestmark = pytest.mark.slow
+
+# 24 synthetic images per domain over 2 workers at batch size 4 (tiny_config): 3 steps per epoch.
+STEPS_PER_EPOCH = 3
+
+
+@dataclass(frozen=True)
+class WaitForLiveMetric:
+    """``TrainHooks.after_step``: rank 0, after global step ``at_step`` (in epoch 2), waits until the
+    tracking server shows an epoch-1 loss in run ``run_id`` (training is held meanwhile), then writes
+    what it saw to ``marker``."""
+
+    tracking_uri: str
+    run_id: str
+    at_step: int
+    marker: Path
+    timeout_s: float = 120.0
+
+    def __call__(self, step: int, rank: int) -> None:
+        if step != self.at_step or rank != 0:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        end = time.monotonic() + self.timeout_s
+        seen: dict[str, object] = {"step": step, "losses": []}
+        while time.monotonic() < end:
+            run = client.get_run(self.run_id)
+            losses = sorted(key for key in run.data.metrics if key.startswith("train/loss_"))
+            if losses:
+                steps = [m.step for m in client.get_metric_history(self.run_id, losses[0])]
+                seen = {"step": step, "losses": losses, "steps": steps, "status": run.info.status}
+                break
+            time.sleep(0.5)
+        self.marker.write_text(json.dumps(seen))
 
 
 class SwitchableProxy:
@@ -133,9 +171,11 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 ):
     from mlflow import MlflowClient
 
+    import pipelines.train
     from pipelines import registry
     from pipelines.flows import train_cyclegan
     from pipelines.ingest import upload_folder
+    from pipelines.train import TrainHooks
 
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
     target = urlparse(mlflow_server)
@@ -160,6 +200,16 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
         return real_register(*args, **kwargs)
 
     monkeypatch.setattr(registry, "register_model", register_while_server_down_once)
+    # Live tracking: rank 0 waits in epoch 2 until epoch 1's losses are in the pipeline's MLflow run.
+    seen = tmp_path / "live-metrics-seen.json"
+    real_train = pipelines.train.train_on_ray
+
+    def train_watched_live(config, dataset, *, hooks=None, tracking=None):
+        assert tracking is not None, "the flow hands training its MLflow run"
+        watch = WaitForLiveMetric(mlflow_server, tracking.run_id, STEPS_PER_EPOCH + 1, seen)
+        return real_train(config, dataset, hooks=TrainHooks(after_step=watch), tracking=tracking)
+
+    monkeypatch.setattr(pipelines.train, "train_on_ray", train_watched_live)
     try:
         state = train_cyclegan(config, return_state=True)
     finally:
@@ -178,6 +228,23 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     assert "champion" in outcome.model.aliases
     assert outcome.report.primary_metric == "psnr_AtoB"
 
+    # One MLflow run followed the flow run: epoch 1 was on the server while epoch 2 trained; it holds
+    # the params, the dataset input and the model registered (once, over two attempts), and is FINISHED.
+    assert outcome.train.steps == 2 * STEPS_PER_EPOCH
+    watched = json.loads(seen.read_text())
+    assert watched["losses"] and watched["steps"] == [1] and watched["status"] == "RUNNING", watched
+    run = client.get_run(outcome.model.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == outcome.train.run_name
+    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert run.data.params["train.batch_size"] == "4" and run.data.params["registry.model_name"] == "flow-e2e"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == outcome.dataset.version[:36]
+    assert json.loads(dataset_input.dataset.profile)["trainA"] == outcome.dataset.counts["trainA"]
+    assert len(run.outputs.model_outputs) == 1 and len(client.search_model_versions("name = 'flow-e2e'")) == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, watched["losses"][0])] == [1, 2]
+    assert run.data.metrics["psnr_AtoB"] == outcome.report.metrics["psnr_AtoB"]
+    assert "dataset_version" in champion.tags and champion.tags["best_epoch"] and "gate:" in champion.description
+
     # A second run on the same data and config under another model name: training and evaluation
     # come from Prefect's cache (keyed on dataset version + training fingerprint), only registration runs.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -195,6 +262,9 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     assert skipped.train is None
     assert f"dataset version {outcome.dataset.version} with this config" in skipped.skipped
     assert outcome.train.fingerprint in skipped.skipped
+    experiment = client.get_experiment_by_name("flow-test").experiment_id
+    (skipped_run,) = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)
+    assert skipped_run.info.status == "FINISHED" and skipped_run.data.tags["training_skipped"] == skipped.skipped
 
     # The cached training result points at exported generators that were deleted since: the flow does
     # not trust it, runs the train stage again, which finds the finished Ray run by its name and
@@ -203,6 +273,28 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     third = train_cyclegan(tiny_config(f"s3://{s3_bucket}/synth", tmp_path, model_name="flow-e2e-third"))
     assert third.train is not None and third.train.generators_dir.is_dir()
     assert (third.train.checkpoint_uri, third.train.steps) == (outcome.train.checkpoint_uri, outcome.train.steps)
+
+
+def test_a_failed_training_leaves_its_mlflow_run_failed_with_the_reason(
+    prefect_harness, ray_local, s3_server, s3_bucket, mlflow_server, synthetic_dataset, tmp_path, monkeypatch
+):
+    from mlflow import MlflowClient
+
+    from pipelines.flows import train_cyclegan
+    from pipelines.ingest import upload_folder
+
+    upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth-fail")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    config = tiny_config(f"s3://{s3_bucket}/synth-fail", tmp_path, model_name="flow-fail").model_copy(update={
+        "scaling": ScalingSettings(num_workers=16, cpus_per_worker=1),
+        "registry": RegistrySettings(model_name="flow-fail", experiment="flow-fail")})
+    state = train_cyclegan(config, return_state=True)
+    assert state.is_failed()
+    client = MlflowClient(tracking_uri=mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("flow-fail").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failed_reason"].startswith("ValueError: scaling asks for 16 workers")
+    assert run.inputs.dataset_inputs, "ingest ran and was recorded before training failed"
 
 
 def test_a_bad_parameter_fails_before_any_work(prefect_harness):
