@@ -146,3 +146,18 @@ def test_each_rollback_to_the_same_healthy_state_cuts_the_rate_again(synthetic_d
     assert not judge.judge(dict(faulty), epoch=2, checkpoint=False)
     assert model.learning_rate() == pytest.approx(TRAIN.lr * 0.5**3)
     assert judge.judge({"epoch": 2.0, "loss_G_A": 1.0}, epoch=2, checkpoint=False)
+
+
+def test_an_evaluated_epoch_gets_the_eval_metrics_that_move(synthetic_dataset: Path) -> None:
+    config = resolve(PipelineConfig(dataset_uri="s3://bucket/data", model=MODEL, train=TRAIN, data=DATA,
+                                    eval=EvalSettings(every_epochs=2, during_training_images=2, sample_images=1)),
+                     env={})
+    judge = EpochJudge(CycleGAN(MODEL, TRAIN), config, synthetic_dataset, 0, [])
+    unevaluated = {"epoch": 1.0, "loss_G_A": 1.0}
+    assert judge.judge(unevaluated, epoch=1, checkpoint=False) and set(unevaluated) == {"epoch", "loss_G_A",
+                                                                                         ROLLBACKS_KEY}
+    evaluated = {"epoch": 2.0, "loss_G_A": 1.0}
+    assert judge.judge(evaluated, epoch=2, checkpoint=False)
+    assert {"eval_psnr_AtoB", "eval_ssim_AtoB", "eval_psnr_gain_AtoB", "eval_cycle_l1_A", "eval_cycle_l1_B"} <= set(
+        evaluated)
+    assert not any("identity" in key or "n_images" in key or "fid" in key for key in evaluated)
