@@ -190,9 +190,12 @@ def start_system_metrics(run: TrackingRun) -> Any | None:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """One line for the FAILED run's tag: the exception type and its first line."""
+    """One line for the FAILED run's tag: the exception type and its first line; an interruption (not
+    an ``Exception``: Prefect's TerminationSignal on cancellation, KeyboardInterrupt, SystemExit) says so."""
     first = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+    if not isinstance(exc, Exception):
+        text = f"interrupted ({text}): the flow run was cancelled or its process was stopped"
     return text[:MAX_TAG_LENGTH]
 
 

@@ -53,7 +53,7 @@ def test_dataset_entity_carries_uri_version_and_counts() -> None:
 
 def test_failure_reason_is_the_type_and_first_line() -> None:
     assert failure_reason(RuntimeError("disk full\nmore detail")) == "RuntimeError: disk full"
-    assert failure_reason(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert failure_reason(KeyboardInterrupt()).startswith("interrupted (KeyboardInterrupt): the flow run was cancelled")
 
 
 def test_without_a_run_nothing_is_logged() -> None:
