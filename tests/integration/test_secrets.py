@@ -1,11 +1,12 @@
-"""No AWS secret in anything a pipeline run leaves behind (issue #13 item 1).
+"""No secret in anything a pipeline run leaves behind (issue #13 item 1).
 
 One real run of the train-cyclegan flow (`cyclegan run`, a subprocess, so its local Ray is its own):
 the dataset on the moto S3 server, checkpoints on ``s3://``, Prefect's ephemeral API in a private
 ``PREFECT_HOME``, MLflow in a SQLite store, Ray's session folder under ``RAY_TMPDIR``, with a unique
-marker as ``AWS_SECRET_ACCESS_KEY`` (moto accepts any). Then every file of the run's folder (Ray's
-session logs and state, the MLflow store and artifacts, the Prefect home, cache, outputs, temp files,
-the CLI's own output) and every object in the bucket is scanned: the marker is in none of them.
+marker in ``AWS_SECRET_ACCESS_KEY`` (moto accepts any), ``MLFLOW_TRACKING_PASSWORD`` and
+``PREFECT_API_AUTH_STRING``. Then every file of the run's folder (Ray's session logs and state, the
+MLflow store and artifacts, the Prefect home, cache, outputs, temp files, the CLI's own output) and
+every object in the bucket is scanned: the marker is in none of them.
 
 And a Ray node without credentials of its own (a real `ray start --head` whose environment lacks
 them) makes `cyclegan train` with S3 storage fail with one line naming the node and the fix.
@@ -106,6 +107,9 @@ def test_no_secret_in_any_file_of_a_flow_run(s3_server: str, s3_bucket: str, syn
     env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_PREFIXES)} | {
         "AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "secrets-test", "AWS_SECRET_ACCESS_KEY": marker,
         "AWS_EC2_METADATA_DISABLED": "true",
+        # the other credentials a pipeline process holds (unchecked by these local services): kept out too
+        "MLFLOW_TRACKING_USERNAME": "secrets-test", "MLFLOW_TRACKING_PASSWORD": f"{marker}-mlflow",
+        "PREFECT_API_AUTH_STRING": f"secrets-test:{marker}-prefect",
         "RAY_TMPDIR": str(run_root / "ray"), "TMPDIR": str(run_root / "tmp"), "HOME": str(run_root / "home"),
         "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_HOME": str(run_root / "prefect"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",  # a loaded 2-core host
