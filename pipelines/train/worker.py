@@ -119,12 +119,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> str | None:
         metrics = epoch_metrics(end, step=model.step, total_epochs=total_epochs, nodes=nodes,
                                 loss_means=all_reduce_mean(end.loss_sums, end.steps, device),
                                 checksums=all_gather_float(parameter_checksum(model.G_AB), device))
-        checkpoint = should_checkpoint(model.epoch, every=config.run.checkpoint_every_epochs, total=total_epochs,
-                                       stopped_early=end.stopped)
-        if not judge.judge(metrics, epoch=model.epoch, checkpoint=checkpoint):
+        checkpointed = should_checkpoint(model.epoch, every=config.run.checkpoint_every_epochs, total=total_epochs,
+                                         stopped_early=end.stopped)
+        if not judge.judge(metrics, epoch=model.epoch, checkpoint=checkpointed):
             return  # rolled back: fit goes on from the healthy epoch
         judge.healthy(metrics)
-        if not checkpoint:
+        if not checkpointed:
             ray.train.report(metrics)
             return
         progress = RunProgress(dataset_version=dataset.version, dataset_uri=dataset.uri, epoch=model.epoch,
