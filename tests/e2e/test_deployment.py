@@ -176,9 +176,16 @@ def test_manual_deployment_trains_on_a_process_worker_and_reports_each_epoch_to_
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
-    champion = MlflowClient(tracking_uri=mlflow_server).get_model_version_by_alias("deployed-cyclegan", "champion")
+    mlflow_client = MlflowClient(tracking_uri=mlflow_server)
+    champion = mlflow_client.get_model_version_by_alias("deployed-cyclegan", "champion")
     assert champion.version == "1"
     assert champion.tags.get("dataset_version")
+    # The deployment run's MLflow run names its flow run and links its UI page; the summary links back.
+    run = mlflow_client.get_run(champion.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["prefect.flow_run_id"] == str(flow_run_id)
+    assert run.data.tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
+    (summary,) = [a for a in artifacts if a.key == "train-cyclegan-summary"]
+    assert f"/runs/{champion.run_id}" in summary.data
     assert_a_rerun_skips_only_with_the_same_settings(config, mlflow_server)
 
     # The per-epoch lines of the driver (a Ray Train callback's thread in the flow-run process) are
