@@ -183,8 +183,13 @@ def start_system_metrics(run: TrackingRun) -> Any | None:
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run.run_id, tracking_uri=run.tracking_uri)
-    monitor.start()
+    try:
+        monitor = SystemMetricsMonitor(run.run_id, tracking_uri=run.tracking_uri)
+        monitor.start()
+    except Exception as exc:  # noqa: BLE001 - a missing chart must not stop the pipeline
+        log.warning("MLflow system metrics are off for run %s: %s", run.run_id, exc)
+        _client(run).set_tag(run.run_id, TAG_SYSTEM_METRICS, f"off: {exc}"[:MAX_TAG_LENGTH])
+        return None
     _client(run).set_tag(run.run_id, TAG_SYSTEM_METRICS, "on")
     return monitor
 

@@ -39,6 +39,7 @@ from pipelines.registry.run_log import (
     git_sha,
     log_into_run,
     log_run,
+    logged_model_uri,
     registration_key,
     version_tags,
 )
@@ -152,12 +153,11 @@ def apply_gate(client: MlflowClient, version: ModelVersion, settings: RegistrySe
 
 def run_model_uri(client: MlflowClient, run_id: str) -> str:
     """The models:/<model_id> URI of the pyfunc model logged by a run."""
-    run = client.get_run(run_id)
-    outputs = run.outputs.model_outputs if run.outputs else []
-    if not outputs:
+    uri = logged_model_uri(client, run_id)
+    if uri is None:
         raise RegistryError(f"MLflow run {run_id} is FINISHED but has no logged model; "
                             "delete its registration_key tag or register again with a new run name")
-    return f"models:/{outputs[-1].model_id}"
+    return uri
 
 
 def register_once(client: MlflowClient, config: ResolvedConfig, train: TrainResult, report: EvalReport, *,
