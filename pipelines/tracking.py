@@ -173,9 +173,10 @@ def open_pipeline_run(config: ResolvedConfig, *, run_name: str, tags: dict[str, 
     return run, run_link(run, experiment_id)
 
 
-def start_system_metrics(run: TrackingRun) -> Any | None:
-    """MLflow's system metrics monitor (CPU, memory, disk, network; GPU with pynvml) for the run, or
-    None when psutil, which it needs, is not installed (tagged on the run)."""
+def start_system_metrics(run: TrackingRun, *, sampling_interval_s: float = 10.0) -> Any | None:
+    """MLflow's system metrics monitor (CPU, memory, disk, network; NVIDIA GPUs through nvidia-ml-py)
+    for the run, sampling every ``sampling_interval_s``, or None when psutil, which it needs, is missing
+    (tagged on the run)."""
     try:
         import psutil  # noqa: F401  # MLflow's monitor needs it
     except ImportError:
@@ -184,7 +185,8 @@ def start_system_metrics(run: TrackingRun) -> Any | None:
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     try:
-        monitor = SystemMetricsMonitor(run.run_id, tracking_uri=run.tracking_uri)
+        monitor = SystemMetricsMonitor(run.run_id, sampling_interval=sampling_interval_s,
+                                      tracking_uri=run.tracking_uri)
         monitor.start()
     except Exception as exc:  # noqa: BLE001 - a missing chart must not stop the pipeline
         log.warning("MLflow system metrics are off for run %s: %s", run.run_id, exc)

@@ -243,6 +243,9 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     assert len(run.outputs.model_outputs) == 1 and len(client.search_model_versions("name = 'flow-e2e'")) == 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, watched["losses"][0])] == [1, 2]
     assert run.data.metrics["psnr_AtoB"] == outcome.report.metrics["psnr_AtoB"]
+    # MLflow's system metrics (every 10 s) followed the run: the host's CPU and memory charts
+    assert run.data.tags["system_metrics"] == "on"
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     assert "dataset_version" in champion.tags and champion.tags["best_epoch"] and "gate:" in champion.description
 
     # A second run on the same data and config under another model name: training and evaluation
