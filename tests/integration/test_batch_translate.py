@@ -1,0 +1,304 @@
+"""Batch translation of an S3 prefix on Ray Data against real components: the moto S3 server, the
+session's local Ray (``ray_local``), a real ``mlflow server`` holding the champion, the Prefect test
+harness for the flow, and a real ``cyclegan translate s3://... s3://...`` killed mid-way."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclegan_core.config import ModelConfig
+from cyclegan_core.networks import build_generator
+from cyclegan_core.translator import Translator
+from pipelines.batch import batch_settings, translate_batch
+from pipelines.cli.app import ExitCode
+from pipelines.config import PipelineConfig, RegistrySettings, resolve
+from pipelines.records import EvalReport, TrainResult
+from pipelines.registry import promote, register_model
+from tests.integration.faulty_proxy import HOP_BY_HOP, QuietServer
+
+TINY = ModelConfig(generator="resnet_6blocks", ngf=4, norm="instance")
+CLI = str(Path(sys.executable).with_name("cyclegan"))
+GOOD = ("a.png", "b.jpg", "sub/c.png", "sub/d.png", "e.png", "f.png")
+BAD = {"empty.png": b"", "text.jpg": b"this is not a jpeg"}
+
+
+def export_tiny_model(dest: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    nets = [build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm) for _ in range(2)]
+    return Translator(nets[0], nets[1], TINY).save_pretrained(dest)
+
+
+def register(tracking_uri: str, name: str, generators: Path, run: str) -> str:
+    """Register ``generators`` as a new version of ``name`` (the gate promotes the first to champion)."""
+    config = resolve(PipelineConfig(dataset_uri="s3://bucket/synth", registry=RegistrySettings(
+        model_name=name, experiment=f"exp-{name}", auto_promote=False)), env={"MLFLOW_TRACKING_URI": tracking_uri})
+    train = TrainResult(run_name=run, checkpoint_uri=f"/ckpt/{run}", generators_dir=generators,
+                        dataset_version=run, dataset_uri="s3://bucket/synth", fingerprint=config.fingerprint,
+                        steps=1, epochs=1)
+    report = EvalReport(metrics={"psnr_AtoB": 20.0}, primary_metric="psnr_AtoB", primary_value=20.0)
+    ref = register_model(config, train, report)
+    promote(name, ref.version, tracking_uri=tracking_uri)
+    return ref.version
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_bytes(name: str, seed: int) -> bytes:
+    array = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    if name.endswith(".jpg"):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG")
+        return buffer.getvalue()
+    return png(array)
+
+
+@pytest.fixture(scope="module")
+def champion(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A model with version 1 as champion; ``models`` holds the exported generators of v1 and (unregistered) v2."""
+    root = tmp_path_factory.mktemp("batch-models")
+    name = f"batch-{uuid.uuid4().hex[:6]}"
+    models = {"1": export_tiny_model(root / "one", seed=1), "2": export_tiny_model(root / "two", seed=2)}
+    assert register(mlflow_server, name, models["1"], "run-1") == "1"
+    return {"name": name, "models": models, "uri": f"models:/{name}@champion"}
+
+
+@pytest.fixture()
+def bucket(s3_bucket: str) -> str:
+    """A bucket with ``in/``: six good 32 px images (two in a sub-folder, one JPEG) and two bad ones."""
+    client = boto3.client("s3")
+    for seed, name in enumerate(GOOD):
+        client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=image_bytes(name, seed))
+    for name, data in BAD.items():
+        client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=data)
+    return s3_bucket
+
+
+def settings(bucket: str, model_uri: str, tracking_uri: str, **options: object):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    return batch_settings(f"s3://{bucket}/in", f"s3://{bucket}/out", model_uri, env=env,
+                          max_quarantined=len(BAD), batch_size=2, actors=1, **options)
+
+
+def objects(bucket: str, prefix: str) -> dict[str, dict]:
+    client = boto3.client("s3")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {item["Key"][len(prefix):]: item for page in pages for item in page.get("Contents", [])}
+
+
+def read(bucket: str, key: str) -> bytes:
+    return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def outputs(bucket: str, root: str) -> set[str]:
+    return {key for key in objects(bucket, root) if not key.startswith("_")}
+
+
+# --- the flow, with the champion ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flow_translates_good_images_and_quarantines_bad_ones_with_the_champion(
+        ray_local: None, mlflow_server: str, champion: dict, bucket: str, prefect_harness: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.client.orchestration import get_client
+
+    from pipelines.batch_flow import translate_cyclegan
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    state = translate_cyclegan(input_uri=f"s3://{bucket}/in", output_uri=f"s3://{bucket}/out",
+                               model_uri=str(champion["uri"]), triggered_by="test", max_quarantined=len(BAD),
+                               batch_size=2, actors=1, return_state=True)
+    result = state.result()
+    name = champion["name"]
+    root = f"out/{name}/v1/AtoB/"
+    assert (result.model_version, result.translated, result.quarantined) == ("1", len(GOOD), len(BAD))
+    assert outputs(bucket, root) == {"a.png", "b.png", "sub/c.png", "sub/d.png", "e.png", "f.png"}
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=f"{root}b.png")
+    assert head["Metadata"]["model-version"] == "1" and head["Metadata"]["model-uri"] == f"models:/{name}/1"
+    assert head["Metadata"]["source-uri"] == f"s3://{bucket}/in/b.jpg"
+    expected = Translator.from_pretrained(champion["models"]["1"], device="cpu")(
+        [Image.open(io.BytesIO(image_bytes("a.png", 0))).convert("RGB")])[0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(read(bucket, f"{root}a.png")))), np.asarray(expected))
+    reasons = {key: json.loads(read(bucket, f"{root}{key}"))["reason"] for key in objects(bucket, root)
+               if key.startswith("_quarantine/")}
+    assert reasons.keys() == {"_quarantine/empty.png.json", "_quarantine/text.jpg.json"}
+    assert reasons["_quarantine/empty.png.json"].startswith("empty")
+    manifest = json.loads(read(bucket, f"{root}_manifest.json"))
+    assert manifest["model"]["resolved_uri"] == f"models:/{name}/1" and len(manifest["records"]) == 8
+    assert not [key for key in objects(bucket, root) if key.startswith("_ledger/")]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        summary = client.read_latest_artifacts()
+    assert run.name == f"{name}-v1-AtoB"
+    markdown = next(a for a in summary if a.key == "translate-cyclegan-summary").data
+    assert "triggered by: test" in markdown and "data:image/png;base64," in markdown and "text.jpg" in markdown
+
+
+# --- incremental runs (the plain function the flow and the CLI call) ----------------------------------
+
+
+def test_a_rerun_translates_nothing(ray_local: None, mlflow_server: str, champion: dict, bucket: str) -> None:
+    first = translate_batch(settings(bucket, str(champion["uri"]), mlflow_server))
+    root = f"out/{champion['name']}/v1/AtoB/"
+    written = {key: item["LastModified"] for key, item in objects(bucket, root).items() if not key.startswith("_")}
+    again = translate_batch(settings(bucket, str(champion["uri"]), mlflow_server))
+    assert (first.translated, again.translated, again.skipped, again.quarantined) == (6, 0, 8, 2)
+    assert {key: item["LastModified"] for key, item in objects(bucket, root).items() if key in written} == written
+
+
+def test_a_changed_input_is_translated_again(ray_local: None, mlflow_server: str, champion: dict, bucket: str) -> None:
+    translate_batch(settings(bucket, str(champion["uri"]), mlflow_server))
+    boto3.client("s3").put_object(Bucket=bucket, Key="in/sub/c.png", Body=image_bytes("c.png", 99))
+    boto3.client("s3").put_object(Bucket=bucket, Key="in/empty.png", Body=image_bytes("empty.png", 98))
+    again = translate_batch(settings(bucket, str(champion["uri"]), mlflow_server))
+    assert (again.translated, again.skipped, again.quarantined) == (2, 6, 1)
+    root = f"out/{champion['name']}/v1/AtoB/"
+    assert "_quarantine/empty.png.json" not in objects(bucket, root)  # fixed inputs leave the quarantine
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=f"{root}sub/c.png")
+    assert head["Metadata"]["source-etag"] == objects(bucket, "in/")["sub/c.png"]["ETag"].strip('"')
+
+
+def test_a_new_champion_version_translates_everything_into_its_own_prefix(
+        ray_local: None, mlflow_server: str, champion: dict, bucket: str) -> None:
+    name, models = champion["name"], champion["models"]
+    translate_batch(settings(bucket, str(champion["uri"]), mlflow_server))
+    v1 = objects(bucket, f"out/{name}/v1/AtoB/")
+    version = register(mlflow_server, str(name), models["2"], f"run-2-{bucket}")
+    try:
+        result = translate_batch(settings(bucket, str(champion["uri"]), mlflow_server))
+    finally:
+        promote(str(name), "1", tracking_uri=mlflow_server)  # the other tests use version 1
+    assert (result.model_version, result.translated, result.skipped) == (version, 6, 0)
+    assert outputs(bucket, f"out/{name}/v{version}/AtoB/") == outputs(bucket, f"out/{name}/v1/AtoB/")
+    assert objects(bucket, f"out/{name}/v1/AtoB/") == v1  # the old version's outputs stay as they were
+
+
+# --- a run killed mid-way ------------------------------------------------------------------------------
+
+
+class StallingProxy:
+    """An HTTP proxy to the S3 server that holds every PUT of a ``.png`` object after the first ``allow``
+    ones for ever (the client waits for an answer that never comes): a run stopped inside a write."""
+
+    def __init__(self, upstream: str, *, allow: int) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(upstream)
+        self.host, self.port, self.allow = parts.hostname, parts.port, allow
+        self.puts = 0
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.server = QuietServer(("127.0.0.1", 0), self.handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT" and self.path.split("?")[0].endswith(".png"):
+                    with proxy.lock:
+                        proxy.puts += 1
+                        hold = proxy.puts > proxy.allow
+                    if hold:
+                        proxy.stalled.set()
+                        proxy.release.wait()
+                        return
+                conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                conn.close()
+                self.send_response(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() not in HOP_BY_HOP:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_any
+
+        return Handler
+
+
+@pytest.mark.slow
+def test_a_run_killed_midway_resumes_without_redoing_finished_outputs(
+        ray_local: None, s3_server: str, mlflow_server: str, champion: dict, bucket: str, tmp_path: Path) -> None:
+    import ray
+
+    proxy = StallingProxy(s3_server, allow=2)  # the first batch (2 images) is written, the second hangs
+    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "MLFLOW_TRACKING_URI": mlflow_server,
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(
+        [CLI, "translate", f"s3://{bucket}/in", f"s3://{bucket}/out", "--model", str(champion["uri"]),
+         "--batch-size", "2", "--actors", "1", "--allow-skipped"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert proxy.stalled.wait(timeout=120), (tmp_path / "killed.log").read_text()
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        proxy.close()
+    root = f"out/{champion['name']}/v1/AtoB/"
+    done_before = {key: item["LastModified"] for key, item in objects(bucket, root).items() if not key.startswith("_")}
+    assert len(done_before) == 2 and "_manifest.json" not in objects(bucket, root)
+    time.sleep(1.1)  # S3 timestamps have one-second resolution: a re-written object would show a later one
+    resumed = subprocess.run(
+        [CLI, "translate", f"s3://{bucket}/in", f"s3://{bucket}/out", "--model", str(champion["uri"]),
+         "--batch-size", "2", "--actors", "1", "--max-skipped", "2", "--json"],
+        env={**env, "AWS_ENDPOINT_URL": s3_server}, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == ExitCode.OK, resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert (summary["translated"], summary["quarantined"]) == (len(GOOD) - 2, len(BAD))
+    after = objects(bucket, root)
+    assert {key: after[key]["LastModified"] for key in done_before} == done_before  # not redone
+    for key in outputs(bucket, root):  # every object whole
+        assert Image.open(io.BytesIO(read(bucket, f"{root}{key}"))).size == (32, 32)
