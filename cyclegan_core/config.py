@@ -67,8 +67,9 @@ class TrainConfig(StrictModel):
     n_epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero ('linear' policy)")
     lr_decay_iters: int = Field(50, ge=1, description="epochs between x0.1 steps ('step' policy)")
     batch_size: int = Field(1, ge=1, description="images per domain per step, per worker")
-    precision: Precision = Field("auto", description="'auto' = bf16 autocast on CUDA, fp32 on CPU")
-    channels_last: bool = Field(True, description="NHWC memory format on CUDA (ignored on CPU)")
+    precision: Precision = Field(
+        "auto", description="'auto' = bf16 autocast on CUDA and on CPUs with AMX-BF16, fp32 on other CPUs")
+    channels_last: bool = Field(True, description="NHWC memory format on CUDA and for bf16 on CPU")
     compile: bool = Field(False, description="torch.compile the four networks")
     compile_mode: CompileMode = Field("default", description="torch.compile mode when compile is on")
     seed: int = 0

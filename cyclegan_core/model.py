@@ -49,7 +49,7 @@ from cyclegan_core.networks import (
     size_multiple,
 )
 from cyclegan_core.pool import ImagePool
-from cyclegan_core.precision import ResolvedPrecision, autocast, resolve_precision
+from cyclegan_core.precision import ResolvedPrecision, autocast, channels_last_on, resolve_precision
 from cyclegan_core.rng import capture_rng_state, restore_rng_state, seed_everything
 from cyclegan_core.schedules import build_scheduler, replay_schedule
 
@@ -100,7 +100,9 @@ class CycleGAN:
                 f"{model_cfg.output_nc}); set train.lambda_identity=0 for domains with different channels"
             )
         self.precision: ResolvedPrecision = resolve_precision(train_cfg.precision, self.device)
-        self.channels_last = train_cfg.channels_last and self.device.type == "cuda"
+        # NHWC on CUDA and for CPU bf16 (oneDNN's fast bf16 kernels); fp32 on CPU stays NCHW, the official math
+        self.channels_last = train_cfg.channels_last and (
+            self.device.type == "cuda" or channels_last_on(self.device, self.precision))
         in_group = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if in_group else 0
         self.world_size = dist.get_world_size() if in_group else 1

@@ -6,7 +6,9 @@ Like a diffusers pipeline: ``Translator.from_pretrained(path)`` loads an exporte
 ``save_pretrained(dest)`` writes the exported format. ``translate_tensor`` takes any H x W: inputs are
 reflection-padded (symmetrically) up to the generator's size multiple and the output is cropped
 back. Calling the translator on PIL images returns PIL images in the input order, batching images
-of equal size. A single generator is held as the A->B one.
+of equal size. A single generator is held as the A->B one. ``precision="auto"`` is bf16 on CUDA and on
+CPUs with fast bf16 (``cyclegan_core.precision``); bf16 on CPU converts the generator to channels_last
+(once, back to NCHW for an fp32 call) and each input batch; outputs are contiguous NCHW float32.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from cyclegan_core.memory import (
 )
 from cyclegan_core.networks import size_multiple
 from cyclegan_core.networks.official import describe_config
-from cyclegan_core.precision import autocast, resolve_precision
+from cyclegan_core.precision import ResolvedPrecision, autocast, channels_last_on, resolve_precision
 from cyclegan_core.pretrained import (
     CONFIG_FILE,
     DIRECTION_FOLDERS,
@@ -149,6 +151,7 @@ class Translator:
             self._generators["BtoA"] = unwrap(G_BA)
         self.directions: tuple[str, ...] = tuple(self._generators)
         self._multiples = dict.fromkeys(self.directions, size_multiple(config.generator))
+        self._channels_last = dict.fromkeys(self.directions, False)  # each generator's memory format now
         parameter = next(self._generators["AtoB"].parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
 
@@ -232,8 +235,9 @@ class Translator:
         """Translate an N x C x H x W (or C x H x W) float batch in [-1, 1]; returns the same layout and device.
 
         Runs on the translator's device in eval mode without autograd; ``precision="auto"`` means bf16
-        autocast on CUDA and fp32 elsewhere. The output is float32 in [-1, 1]. Batches are split to fit
-        the memory budget; an image whose single forward pass does not fit is translated by tiles.
+        autocast on CUDA and on CPUs with fast bf16, fp32 elsewhere. The output is contiguous float32 in
+        [-1, 1]. Batches are split to fit the memory budget; an image whose single forward pass does not
+        fit is translated by tiles.
         """
         if images.dim() not in (3, 4):
             raise ValueError(f"images must be C x H x W or N x C x H x W, got shape {tuple(images.shape)}")
@@ -241,6 +245,7 @@ class Translator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         generator, multiple = self.generator(direction), self.multiple(direction)
         resolved = resolve_precision(precision, self.device)
+        memory_format = self._memory_format(direction, resolved)
         single = images.dim() == 3
         batch = images.unsqueeze(0) if single else images
         height, width = batch.shape[-2:]
@@ -260,8 +265,9 @@ class Translator:
         with _eval_mode(generator), torch.no_grad(), autocast(self.device, resolved):
             for chunk in batch.split(max(1, min(batch_size, free // per_image))):
                 padded, (left, _, top, _) = pad_to_multiple(chunk.to(self.device, torch.float32), multiple)
-                out = generator(padded)[..., top:top + height, left:left + width]
-                outputs.append(out.float().clamp_(-1.0, 1.0).to(images.device))
+                out = generator(padded.contiguous(memory_format=memory_format))[..., top:top + height,
+                                                                                  left:left + width]
+                outputs.append(out.float().clamp_(-1.0, 1.0).to(images.device).contiguous())
         result = torch.cat(outputs)
         return result[0] if single else result
 
@@ -297,6 +303,16 @@ class Translator:
                     results[i] = tensor_to_pil(tensor)
         return [image for image in results if image is not None]
 
+    def _memory_format(self, direction: str, precision: ResolvedPrecision) -> torch.memory_format:
+        """Put ``direction``'s generator in the memory format of ``precision`` on this device (a no-op when
+        it is there already) and return the format its inputs should have."""
+        wanted = channels_last_on(self.device, precision)
+        memory_format = torch.channels_last if wanted else torch.contiguous_format
+        if self._channels_last[direction] != wanted:
+            self._generators[direction].to(memory_format=memory_format)
+            self._channels_last[direction] = wanted
+        return memory_format
+
     # --- tiles --------------------------------------------------------------------------------------
     def _free_memory(self) -> int:
         """What the budget leaves for translation after what the process holds now."""
@@ -321,12 +337,14 @@ class Translator:
                                  _array_sink(out))
         return Image.fromarray(out[:, :, 0] if channels == 1 else out)
 
-    def _translate_by_tiles(self, direction: str, precision: str, size: tuple[int, int], per_image: int,
-                            free: int, reader: Callable[[TilePlan, tuple[int, int, int, int]], Reader],
+    def _translate_by_tiles(self, direction: str, precision: ResolvedPrecision, size: tuple[int, int],
+                            per_image: int, free: int,
+                            reader: Callable[[TilePlan, tuple[int, int, int, int]], Reader],
                             sink: Callable[[tuple[int, int, int, int]], Sink]) -> None:
         """Translate one image of ``size`` by tiles within ``free`` bytes; ``reader`` and ``sink`` give
         access to its input and output."""
         generator, multiple = self.generator(direction), self.multiple(direction)
+        self._memory_format(direction, precision)  # tiles convert to the weights' format in the first conv
         height, width = size
         free = int(free * TILE_HEADROOM)
         pads = pad_amounts(height, width, multiple)
@@ -348,7 +366,7 @@ class Translator:
         logger.info("%dx%d needs ~%s in one forward pass, %s is left of the memory budget: %d tile(s) of %d px "
                     "(overlap %d)%s", width, height, format_bytes(per_image), format_bytes(free), plan.count,
                     tile, overlap, f", statistics from a 1/{factor} thumbnail" if factor else "")
-        with _eval_mode(generator), torch.no_grad(), autocast(self.device, precision):  # type: ignore[arg-type]
+        with _eval_mode(generator), torch.no_grad(), autocast(self.device, precision):
             translate_tiled(generator, reader(plan, pads), plan, sink(pads), multiple=multiple,
                             thumbnail_factor=factor)
 

@@ -71,9 +71,12 @@ def promote(
 # --- translate (cyclegan_core.translate) ---------------------------------------------------------
 @app.command()
 def translate(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="an image file or a folder of images")],
-    output_path: Annotated[Path, typer.Argument(
-        metavar="OUTPUT", help="output folder, or for one file an image file name (.png, .jpg ...: that format)",
+    input_path: Annotated[str, typer.Argument(
+        metavar="INPUT", help="an image file, a folder of images, or s3://bucket/prefix (batch job on Ray)",
+    )],
+    output_path: Annotated[str, typer.Argument(
+        metavar="OUTPUT", help="output folder, or for one file an image file name (.png, .jpg ...: that format); "
+        "s3://bucket/prefix or a folder for an s3:// INPUT",
     )],
     model: Annotated[str, typer.Option(
         "--model", help="exported model folder, generator folder, official .pth, or models:/NAME@ALIAS, runs:/ID/PATH",
@@ -81,6 +84,9 @@ def translate(
     direction: Annotated[str, typer.Option(help="AtoB or BtoA (picks G_AB or G_BA of a model folder)")] = "AtoB",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on CUDA and on CPUs with AMX-BF16, else fp32), fp32, bf16 or fp16",
+    )] = "auto",
     max_skipped: Annotated[int, typer.Option(
         "--max-skipped", min=0, help="unreadable inputs tolerated: more exit 3 (partial)",
     )] = 0,
@@ -89,19 +95,39 @@ def translate(
         "--memory-budget", help="most memory translating may hold, e.g. 2GiB (default: what the process holds "
         "+ half the available memory); an image over it is translated by tiles",
     )] = None,
+    actors: Annotated[int | None, typer.Option(
+        "--actors", min=1, help="s3:// batch job: Ray actors (default: one per GPU, else one per CPU)",
+    )] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the TranslateSummary as JSON (last line)")] = False,
 ) -> None:
     """Translate an image or a folder of images (flat) with a trained generator (a folder: PNGs).
+
+    With an s3:// INPUT or OUTPUT: the batch job of the translate-cyclegan flow on Ray (README "Batch
+    translation"): recursive, incremental, outputs keyed by the model version.
 
     Exits 3 when inputs were skipped as unreadable (beyond --max-skipped), 4 on a bad path, device or model.
     """
     from cyclegan_core.atomic import scratch_folder
     from cyclegan_core.memory import parse_bytes
+    from cyclegan_core.precision import PRECISIONS
     from cyclegan_core.pretrained import DIRECTIONS, GeneratorLoadError
     from cyclegan_core.translate import check_device, plan_translation, translate_path
 
     if direction not in DIRECTIONS:
         fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}", ExitCode.USAGE)
+    if input_path.startswith("s3://") or output_path.startswith("s3://"):
+        from pipelines.batch.cli import translate_prefix
+
+        try:
+            budget = None if memory_budget is None else parse_bytes(memory_budget)
+        except ValueError as exc:
+            refuse(str(exc))
+        return translate_prefix(input_path, output_path, model=model, direction=direction, batch_size=batch_size,
+                                device=device, actors=actors, memory_budget=budget,
+                                max_skipped=None if allow_skipped else max_skipped, json_out=json_out)
+    input_path, output_path = Path(input_path), Path(output_path)  # type: ignore[assignment]
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", ExitCode.USAGE)
     try:  # the cheap checks before any download or model load
         plan_translation(input_path, output_path)
         check_device(device)
@@ -112,7 +138,8 @@ def translate(
         model_path = fetch_model(model, download_dir)
         try:
             summary = translate_path(model_path, input_path, output_path, direction=direction,
-                                     batch_size=batch_size, device=device, memory_budget=budget)
+                                     batch_size=batch_size, device=device, precision=precision,
+                                     memory_budget=budget)
         except (GeneratorLoadError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
             refuse(str(exc))
         except OSError as exc:

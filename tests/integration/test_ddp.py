@@ -21,10 +21,10 @@ from cyclegan_core.model import CycleGAN
 WORLD_SIZE = 2
 STEPS = 2
 MODEL = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=4, ndf=4)
-# pool_size=0: the single-process reference sees exactly the fakes each rank sees
-PLAIN = TrainConfig(pool_size=0, lr=2e-3)
+# pool_size=0: the single-process reference sees exactly the fakes each rank sees; fp32 on any CPU
+PLAIN = TrainConfig(pool_size=0, lr=2e-3, precision="fp32")
 # wgangp (double backward through a DDP module) with per-rank pools
-WGANGP = TrainConfig(pool_size=2, gan_mode="wgangp", lr=2e-3)
+WGANGP = TrainConfig(pool_size=2, gan_mode="wgangp", lr=2e-3, precision="fp32")
 
 
 def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -11,6 +11,7 @@ import torch
 from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.losses import GANLoss
 from cyclegan_core.model import GP_KEYS, LOSS_KEYS, CycleGAN
+from cyclegan_core.precision import fast_cpu_bf16
 
 # 16x16 images: a 2-layer PatchGAN still has 2x2 patches to instance-normalise (the 3-layer one needs 32x32)
 TINY = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=8, ndf=8)
@@ -116,7 +117,8 @@ def expected_first_step_losses(model: CycleGAN, real_A: torch.Tensor, real_B: to
 def test_the_step_reports_the_official_losses_of_its_gan_mode_and_norm(gan_mode: str, norm: str) -> None:
     # Instance norm batches independent generator calls together, batch norm keeps them apart (its
     # statistics would mix the batches): either way the losses are those of separate official calls.
-    model = CycleGAN(TINY.model_copy(update={"norm": norm}), TrainConfig(gan_mode=gan_mode, pool_size=0))
+    model = CycleGAN(TINY.model_copy(update={"norm": norm}),
+                     TrainConfig(gan_mode=gan_mode, pool_size=0, precision="fp32"))
     real_A, real_B = batches(1, batch=2)[0]
     expected = expected_first_step_losses(model, real_A, real_B)
     losses = model.train_step(real_A, real_B)
@@ -132,8 +134,15 @@ def test_mixed_precision_step_keeps_fp32_weights(precision: str) -> None:
     assert model.scaler.is_enabled() == (precision == "fp16")
 
 
-def test_auto_precision_is_fp32_on_cpu() -> None:
-    assert CycleGAN(TINY, TrainConfig(precision="auto")).precision == "fp32"
+def test_auto_precision_on_cpu_is_bf16_only_with_fast_bf16() -> None:
+    assert CycleGAN(TINY, TrainConfig(precision="auto")).precision == ("bf16" if fast_cpu_bf16() else "fp32")
+
+
+def test_cpu_training_is_channels_last_in_bf16_and_nchw_in_fp32() -> None:
+    bf16, fp32 = (CycleGAN(TINY, TrainConfig(precision=p)) for p in ("bf16", "fp32"))
+    assert bf16.channels_last and not fp32.channels_last
+    assert bf16.G_AB.model[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fp32.G_AB.model[1].weight.is_contiguous()
 
 
 def test_end_epoch_steps_the_linear_schedule_for_both_optimizers() -> None:

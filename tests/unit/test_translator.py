@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from torch import nn
 
 from cyclegan_core.checkpoint import save_checkpoint
 from cyclegan_core.config import ModelConfig, TrainConfig
+from cyclegan_core.memory import forward_bytes, used_bytes
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.networks import build_generator
+from cyclegan_core.tiling import Tiling
 from cyclegan_core.translator import Translator, pil_to_tensor, tensor_to_pil
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
@@ -47,13 +50,13 @@ def test_odd_size_output_is_the_crop_of_the_reflection_padded_translation(
     padded = F.pad(x, (1, 2, 1, 2), mode="reflect")  # 37 -> 40, 53 -> 56, split evenly
     with torch.no_grad():
         expected = generator(padded)[..., 1:38, 1:54]
-    torch.testing.assert_close(translator.translate_tensor(x), expected)
+    torch.testing.assert_close(translator.translate_tensor(x, precision="fp32"), expected)
 
 
 def test_sizes_already_a_multiple_are_not_padded(generator: nn.Module, translator: Translator) -> None:
     x = torch.rand(3, 3, 16, 24) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(translator.translate_tensor(x), generator(x))
+        torch.testing.assert_close(translator.translate_tensor(x, precision="fp32"), generator(x))
 
 
 def test_images_smaller_than_the_padding_still_translate() -> None:
@@ -88,6 +91,45 @@ def test_bf16_precision_is_close_to_fp32(translator: Translator) -> None:
     assert (bf16 - fp32).abs().max() < 0.1
 
 
+def _fresh_translator(seed: int = 0) -> tuple[Translator, nn.Module]:
+    """A translator of its own generator (these tests change its memory format) and an untouched copy."""
+    torch.manual_seed(seed)
+    net = build_generator("resnet_6blocks", ngf=4).eval()
+    reference = copy.deepcopy(net)
+    return Translator(net, None, CFG), reference
+
+
+def _first_conv_weight(net: nn.Module) -> torch.Tensor:
+    return next(m.weight for m in net.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_bf16_on_cpu_runs_channels_last_and_returns_contiguous_nchw_float32() -> None:
+    translator, _ = _fresh_translator()
+    out = translator.translate_tensor(torch.rand(2, 3, 21, 30) * 2 - 1, precision="bf16")
+    assert _first_conv_weight(translator.generator()).is_contiguous(memory_format=torch.channels_last)
+    assert out.shape == (2, 3, 21, 30) and out.dtype == torch.float32 and out.is_contiguous()
+
+
+def test_an_fp32_call_after_bf16_is_the_nchw_generators_exact_output() -> None:
+    translator, reference = _fresh_translator()
+    x = torch.rand(1, 3, 16, 24) * 2 - 1
+    translator.translate_tensor(x, precision="bf16")
+    fp32 = translator.translate_tensor(x, precision="fp32")
+    assert _first_conv_weight(translator.generator()).is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(fp32, reference(x))
+
+
+def test_bf16_tiles_at_their_own_size_stay_close_to_fp32_tiles() -> None:
+    translator, _ = _fresh_translator()
+    x = torch.rand(3, 150, 110) * 2 - 1
+    translator.memory_budget = used_bytes(torch.device("cpu")) + forward_bytes(CFG, 152, 112) // 2
+    translator.tiling = Tiling(tile=64, overlap=16)
+    fp32, bf16 = (translator.translate_tensor(x, precision=p) for p in ("fp32", "bf16"))
+    assert bf16.shape == (3, 150, 110) and bf16.is_contiguous()
+    assert (bf16 - fp32).abs().mean() < 0.02
+
+
 def test_unknown_precision_is_rejected(translator: Translator) -> None:
     with pytest.raises(ValueError, match="precision"):
         translator.translate_tensor(torch.zeros(1, 3, 8, 8), precision="int8")
@@ -100,7 +142,7 @@ def test_directions_pick_their_generator_and_a_missing_one_is_an_error(generator
     assert pair.directions == ("AtoB", "BtoA") and pair.generator("BtoA") is other
     x = torch.rand(1, 3, 8, 8) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(pair.translate_tensor(x, direction="BtoA"), other(x))
+        torch.testing.assert_close(pair.translate_tensor(x, direction="BtoA", precision="fp32"), other(x))
     single = Translator(generator, None, CFG)
     assert single.directions == ("AtoB",)
     with pytest.raises(ValueError, match="no BtoA generator"):
@@ -158,8 +200,8 @@ def test_save_pretrained_round_trips_both_generators(tmp_path: Path) -> None:
     assert loaded.config == cfg and loaded.directions == ("AtoB", "BtoA")
     a, b = torch.rand(1, 1, 12, 16) * 2 - 1, torch.rand(1, 3, 12, 16) * 2 - 1
     with torch.no_grad():
-        assert torch.equal(loaded.translate_tensor(a), g_ab.eval()(a))
-        assert torch.equal(loaded.translate_tensor(b, direction="BtoA"), g_ba.eval()(b))
+        assert torch.equal(loaded.translate_tensor(a, precision="fp32"), g_ab.eval()(a))
+        assert torch.equal(loaded.translate_tensor(b, direction="BtoA", precision="fp32"), g_ba.eval()(b))
 
 
 def test_a_single_generator_saves_as_a_generator_folder(translator: Translator, tmp_path: Path) -> None:
@@ -172,7 +214,7 @@ def test_a_single_generator_saves_as_a_generator_folder(translator: Translator, 
 
 
 def test_from_checkpoint_rebuilds_the_two_generators_without_touching_the_rng(tmp_path: Path) -> None:
-    model = CycleGAN(CFG, TrainConfig(pool_size=0))
+    model = CycleGAN(CFG, TrainConfig(pool_size=0, precision="fp32"))  # NCHW nets, as the loaded ones
     path = save_checkpoint(model, tmp_path / "cyclegan.pt")
     before = torch.get_rng_state()
     translator = Translator.from_checkpoint(path)
@@ -180,5 +222,6 @@ def test_from_checkpoint_rebuilds_the_two_generators_without_touching_the_rng(tm
     assert translator.config == CFG and translator.directions == ("AtoB", "BtoA")
     x = torch.rand(1, 3, 8, 8) * 2 - 1
     with torch.no_grad():
-        assert torch.equal(translator.translate_tensor(x), model.G_AB.eval()(x))
-        assert torch.equal(translator.translate_tensor(x, direction="BtoA"), model.G_BA.eval()(x))
+        assert torch.equal(translator.translate_tensor(x, precision="fp32"), model.G_AB.eval()(x))
+        assert torch.equal(translator.translate_tensor(x, direction="BtoA", precision="fp32"),
+                           model.G_BA.eval()(x))
