@@ -127,3 +127,15 @@ def test_tiling_benchmark_compares_tiled_with_whole_and_measures_peak_rss() -> N
     assert all(0 < line["mean_abs_error"] <= line["max_abs_error"] <= 2 for line in quality)
     assert [line["budget"] for line in memory] == ["whole image", "4GiB"]
     assert all(line["peak_rss_gib"] >= line["rss_before_gib"] > 0 and line["output"] == [96, 96] for line in memory)
+
+
+def test_translate_benchmark_rates_configurations_against_fp32_eager_in_one_run() -> None:
+    lines = run_script("translate.py", "--generator", "resnet_6blocks", "--ngf", "4", "--sizes", "32", "--repeats",
+                       "2", "--threads", "1", "--configs", "fp32", "bf16_cl", "auto")
+    assert [(line["config"], line["size"], line["repeats"]) for line in lines] == [
+        ("fp32", 32, 2), ("bf16_cl", 32, 2), ("auto", 32, 2)]
+    fp32, bf16_cl, auto = lines
+    assert fp32["speedup"] == 1.0 and fp32["psnr_vs_fp32_db"] is None
+    assert all(line["images_per_s"] > 0 and line["ms_per_image"] > 0 for line in lines)
+    assert 30 < bf16_cl["psnr_vs_fp32_db"] < 100, "bf16 is close to fp32 but not identical"
+    assert auto["auto_resolves_to"] == ("bf16" if auto["fast_cpu_bf16"] else "fp32")
