@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,14 +37,16 @@ DATASET_CONTEXT = "train"
 MAX_TAG_LENGTH = 5000  # MLflow's run tag value limit is 8000; keep reasons well inside it
 PARAM_BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
 MAX_DIGEST = 36  # mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default sampling interval of system metrics
 
 
 @dataclass(frozen=True)
 class TrackingRun:
-    """An open MLflow run: where it lives and its id."""
+    """An open MLflow run: where it lives, its id, and how often its system metrics are sampled."""
 
     tracking_uri: str
     run_id: str
+    system_metrics_interval_s: float = SYSTEM_METRICS_INTERVAL_S
 
 
 def _client(run: TrackingRun) -> MlflowClient:
@@ -169,14 +172,14 @@ def open_pipeline_run(config: ResolvedConfig, *, run_name: str, tags: dict[str, 
     for start in range(0, len(params), PARAM_BATCH):
         with_mlflow_retries(lambda batch=params[start : start + PARAM_BATCH]: client.log_batch(run_id, params=batch),
                             what=f"logging the params of MLflow run {run_id}", uri=uri)
-    run = TrackingRun(tracking_uri=shared_tracking_uri(uri), run_id=run_id)
+    run = TrackingRun(tracking_uri=shared_tracking_uri(uri), run_id=run_id,
+                      system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S)
     return run, run_link(run, experiment_id)
 
 
-def start_system_metrics(run: TrackingRun, *, sampling_interval_s: float = 10.0) -> Any | None:
-    """MLflow's system metrics monitor (CPU, memory, disk, network; NVIDIA GPUs through nvidia-ml-py)
-    for the run, sampling every ``sampling_interval_s``, or None when psutil, which it needs, is missing
-    (tagged on the run)."""
+def start_system_metrics(run: TrackingRun) -> Any | None:
+    """MLflow's system metrics monitor of this process's host (CPU, memory, disk, network; NVIDIA GPUs
+    through nvidia-ml-py) for the run, or None when psutil, which it needs, is missing (tagged on the run)."""
     try:
         import psutil  # noqa: F401  # MLflow's monitor needs it
     except ImportError:
@@ -185,7 +188,7 @@ def start_system_metrics(run: TrackingRun, *, sampling_interval_s: float = 10.0)
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     try:
-        monitor = SystemMetricsMonitor(run.run_id, sampling_interval=sampling_interval_s,
+        monitor = SystemMetricsMonitor(run.run_id, sampling_interval=run.system_metrics_interval_s,
                                       tracking_uri=run.tracking_uri)
         monitor.start()
     except Exception as exc:  # noqa: BLE001 - a missing chart must not stop the pipeline
@@ -194,6 +197,28 @@ def start_system_metrics(run: TrackingRun, *, sampling_interval_s: float = 10.0)
         return None
     _client(run).set_tag(run.run_id, TAG_SYSTEM_METRICS, "on")
     return monitor
+
+
+@contextmanager
+def node_system_metrics(run: TrackingRun | None, node: str) -> Iterator[None]:
+    """System metrics of a training node (its GPUs included) into ``run`` as ``system/<node>/...`` while
+    the block runs; a monitor that cannot start is a warning, never a failed training."""
+    monitor = None
+    if run is not None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run.run_id, sampling_interval=run.system_metrics_interval_s,
+                                           node_id=node, tracking_uri=run.tracking_uri)
+            monitor.start()
+        except Exception as exc:  # noqa: BLE001 - a missing chart must not stop training
+            log.warning("system metrics of %s are off for MLflow run %s: %s", node, run.run_id, exc)
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from cyclegan_core.model import CycleGAN
 from pipelines.config import ResolvedConfig
 from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef
+from pipelines.tracking import node_system_metrics
 from pipelines.train.cluster import count_nodes, require_node_credentials
 from pipelines.train.layout import read_in_checkpoint, restore_from_folder, write_checkpoint_folder
 from pipelines.train.monitor import EpochJudge, WatchdogError, checkpoint_score
@@ -138,10 +139,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> str | None:
             ray.train.report({**metrics, SCORE_KEY: score}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
 
+    # one monitor per node (its first worker): CPU, memory and GPU charts of every training node
+    tracking = loop_config.get("tracking") if context.get_local_rank() == 0 else None
     try:
-        fit(model, loader, total_epochs=total_epochs, seed=seed, rank=rank, max_steps=config.run.max_steps,
-            after_step=step_hook(model, rank, after_step, after_step_model),
-            on_epoch_end=report)
+        with node_system_metrics(tracking, f"node-{context.get_node_rank()}"):
+            fit(model, loader, total_epochs=total_epochs, seed=seed, rank=rank, max_steps=config.run.max_steps,
+                after_step=step_hook(model, rank, after_step, after_step_model),
+                on_epoch_end=report)
     except WatchdogError as exc:  # every rank decides alike (reduced losses, rank 0's shared scores)
         if rank == 0:
             logger.error("watchdog: %s", exc)

@@ -171,6 +171,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 ):
     from mlflow import MlflowClient
 
+    import pipelines.tracking
     import pipelines.train
     from pipelines import registry
     from pipelines.flows import train_cyclegan
@@ -210,6 +211,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
         return real_train(config, dataset, hooks=TrainHooks(after_step=watch), tracking=tracking)
 
     monkeypatch.setattr(pipelines.train, "train_on_ray", train_watched_live)
+    monkeypatch.setattr(pipelines.tracking, "SYSTEM_METRICS_INTERVAL_S", 1.0)  # a sample within this short run
     try:
         state = train_cyclegan(config, return_state=True)
     finally:
@@ -243,9 +245,10 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     assert len(run.outputs.model_outputs) == 1 and len(client.search_model_versions("name = 'flow-e2e'")) == 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, watched["losses"][0])] == [1, 2]
     assert run.data.metrics["psnr_AtoB"] == outcome.report.metrics["psnr_AtoB"]
-    # MLflow's system metrics (every 10 s) followed the run: the host's CPU and memory charts
+    # MLflow's system metrics followed the run: the flow's host, and the training node as node-0
     assert run.data.tags["system_metrics"] == "on"
-    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+            "system/node-0/cpu_utilization_percentage"} <= set(run.data.metrics)
     assert "dataset_version" in champion.tags and champion.tags["best_epoch"] and "gate:" in champion.description
 
     # A second run on the same data and config under another model name: training and evaluation

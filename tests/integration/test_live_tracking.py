@@ -4,6 +4,7 @@ FINISHED or FAILED with the reason. The flow's use of it is in tests/e2e/test_fl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -20,6 +21,7 @@ from pipelines.tracking import (
     log_dataset_input,
     log_epoch_metrics,
     log_image,
+    node_system_metrics,
     open_pipeline_run,
     start_system_metrics,
 )
@@ -41,12 +43,15 @@ def test_the_registration_goes_into_the_live_run_which_the_pipeline_closes(
     client = MlflowClient(mlflow_server, mlflow_server)
 
     live, link = open_pipeline_run(config, run_name="flow-run-name", tags={"prefect.flow_run_id": "fr-1"})
-    monitor = start_system_metrics(live, sampling_interval_s=0.2)
+    live = dataclasses.replace(live, system_metrics_interval_s=0.2)
+    monitor = start_system_metrics(live)
     assert monitor is not None, "psutil is a dependency: system metrics must start"
-    deadline = time.monotonic() + 30
-    while "system/cpu_utilization_percentage" not in client.get_run(live.run_id).data.metrics:
-        assert time.monotonic() < deadline, "no system metric reached the run within 30 s"
-        time.sleep(0.2)
+    with node_system_metrics(live, "node-3"):  # what each training node's first worker runs
+        deadline = time.monotonic() + 30
+        while not {"system/cpu_utilization_percentage", "system/node-3/cpu_utilization_percentage"} <= set(
+                client.get_run(live.run_id).data.metrics):
+            assert time.monotonic() < deadline, "no system metric of the host and the node within 30 s"
+            time.sleep(0.2)
     monitor.finish()
     assert link == f"{mlflow_server}/#/experiments/{client.get_run(live.run_id).info.experiment_id}/runs/{live.run_id}"
     log_dataset_input(live, dataset, run_name=train.run_name)
