@@ -19,6 +19,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from pipelines.config import CREDENTIAL_ENVIRONMENT, ENVIRONMENT, OPTIONAL_ENVIRONMENT
+from pipelines.promotion.settings import RECEIVER_ENVIRONMENT
 from pipelines.registry.access import BOOTSTRAP_ENVIRONMENT
 
 REPO = Path(__file__).resolve().parents[3]
@@ -47,6 +48,11 @@ SERVICE_SIDE_VARIABLES = {
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "the MLflow server's CSRF signing key",
     # The users bootstrap (python -m pipelines.registry.access) reads these.
     **{name: what for name, what in BOOTSTRAP_ENVIRONMENT.items() if name not in ENVIRONMENT},
+    # The promotion receiver and `cyclegan webhook setup` read these; the MLflow server its webhook policy.
+    **RECEIVER_ENVIRONMENT,
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "the MLflow server's webhook URL schemes (http for the compose network)",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "the MLflow server may call a webhook on a private address",
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "the MLflow server's Fernet key for stored webhook secrets",
 }
 # What every deployment sets: the pipeline's endpoints, less what it reads only when set and less the
 # credentials, which only the processes that talk to MLflow / Prefect get (CREDENTIAL_ENVIRONMENT).
