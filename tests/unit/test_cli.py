@@ -72,6 +72,8 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     (["upload", "missing-folder", "s3://bucket/prefix"], ExitCode.REFUSED, "cannot upload missing-folder: not a folder"),
     (["ingest", "bucket/prefix"], ExitCode.REFUSED, "expected an S3 URI like s3://bucket/prefix"),
     (["translate", "--model", "m", "in", "out", "--direction", "AB"], ExitCode.USAGE, "--direction must be one of"),
+    (["translate", "--model", "m", "in", "out", "--precision", "int8"], ExitCode.USAGE,
+     "--precision must be one of auto, fp32, bf16, fp16, got 'int8'"),
     (["translate", "--model", "m", "missing-input", "out"], ExitCode.REFUSED, "input missing-input does not exist"),
     (["evaluate", "--model", "m", "--data", "missing-data", "--out", "o"], ExitCode.REFUSED,
      "missing-data/testA holds no test images"),
