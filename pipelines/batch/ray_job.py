@@ -89,7 +89,7 @@ def png_bytes(image: Any) -> bytes:
 class TranslateActor:
     """A Ray Data callable class: the translator, loaded once, and the two stores."""
 
-    def __init__(self, model_files: list[Any], spec: ActorSpec) -> None:
+    def __init__(self, model_files: dict[str, bytes], spec: ActorSpec) -> None:
         import torch
 
         from cyclegan_core.atomic import scratch_folder
@@ -102,10 +102,8 @@ class TranslateActor:
         if problem:
             raise NodeCredentialsError(problem)
         torch.set_num_threads(max(1, spec.threads))
-        files = model_files[0]
-        files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
         with scratch_folder("batch", name="model") as folder:  # deleted once loaded; a killed actor's is swept
-            for rel, data in files.items():
+            for rel, data in model_files.items():
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 (folder / rel).write_bytes(data)
             self.translator = Translator.from_pretrained(folder, device=spec.device, memory_budget=spec.memory_budget)
@@ -227,9 +225,10 @@ def run_on_ray(items: list[WorkItem], spec: ActorSpec, model_files: dict[str, by
     context.print_on_execution_start = False
     blocks = max(1, math.ceil(len(items) / spec.batch_size))
     dataset = ray.data.from_items([item.model_dump() for item in items], override_num_blocks=blocks)
-    translated = dataset.map_batches(
-        TranslateActor, fn_constructor_args=([ray.put(model_files)], spec), batch_size=spec.batch_size,
-        batch_format="numpy", concurrency=pool.actors, num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor,
+    translated = dataset.map_batches(  # Ray Data ships the constructor arguments through the object store
+        TranslateActor, fn_constructor_args=(model_files, spec), batch_size=spec.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool.actors), num_cpus=pool.cpus_per_actor,
+        num_gpus=pool.gpus_per_actor,
     )
     rows: list[dict[str, Any]] = []
     counts = {"translated": 0, "quarantined": 0, "error": 0}
