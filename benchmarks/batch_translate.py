@@ -1,0 +1,148 @@
+"""Batch translation over Ray Data (``pipelines.batch.translate_batch``) against the bare translator, in one run.
+
+Starts a moto S3 server on loopback and a local Ray with ``--ray-cpus`` CPUs, uploads N synthetic PNGs
+(seeded noise, ``--size`` px) and an exported, freshly initialised generator pair, then times:
+
+- ``bare_1t`` / ``bare_2t``: ``Translator.__call__`` in this process (1 / 2 torch threads) on the same
+  images, decoded from bytes in memory with ``decode_image`` and encoded to PNG: the work without S3,
+  Ray or the job around it;
+- ``ray_1a`` / ``ray_2a``: the whole job (listing, the actor pool of 1 / 2 CPU actors of 1 CPU and 1
+  thread each, S3 reads and writes with metadata, ledgers, manifest) into a fresh output prefix.
+
+One JSON line per configuration: wall seconds, images/s, for the Ray ones the seconds to the first
+finished batch (actor start and model load) and the steady rate after it, ``overhead_ms_per_image``
+against the bare translator of the same thread count (whole job minus bare, divided by N: fixed costs
+included) and ``steady_overhead_ms_per_image`` (per image once the actors run: S3, ledgers, Ray Data). The Prefect
+flow adds a constant per run (its API calls and artifacts), not per image; it is not timed here.
+
+    python benchmarks/batch_translate.py --n 64 --size 128 --ngf 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from cyclegan_core.config import ModelConfig
+from cyclegan_core.images import decode_image
+from cyclegan_core.networks import build_generator
+from cyclegan_core.translator import Translator
+
+BUCKET = "bench-batch"
+
+
+def host() -> dict[str, Any]:
+    return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+
+
+def synthetic_pngs(n: int, size: int) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    images = {}
+    for index in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        images[f"img{index:04d}.png"] = buffer.getvalue()
+    return images
+
+
+def bare(model_dir: Path, images: dict[str, bytes], *, threads: int, batch_size: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    translator = Translator.from_pretrained(model_dir, device="cpu")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        names = list(images)
+        for start in range(0, len(names), batch_size):
+            decoded = []
+            for name in names[start:start + batch_size]:
+                path = Path(folder) / name
+                path.write_bytes(images[name])
+                decoded.append(decode_image(path))
+            for output in translator(decoded, batch_size=batch_size):
+                output.save(io.BytesIO(), format="PNG")
+    wall = time.perf_counter() - started
+    return {"config": f"bare_{threads}t", "wall_s": round(wall, 2), "images_per_s": round(len(images) / wall, 2)}
+
+
+def on_ray(settings_of: Any, actors: int) -> dict[str, Any]:
+    from pipelines.batch import translate_batch
+
+    marks: list[tuple[float, int]] = []
+    started = time.perf_counter()
+    result = translate_batch(settings_of(actors), on_batch=lambda p: marks.append((time.perf_counter(), p.done)))
+    wall = time.perf_counter() - started
+    first_s, first_done = marks[0][0] - started, marks[0][1]
+    steady = (result.translated - first_done) / max(marks[-1][0] - marks[0][0], 1e-9) if len(marks) > 1 else 0.0
+    return {"config": f"ray_{actors}a", "wall_s": round(wall, 2), "images_per_s": round(result.translated / wall, 2),
+            "first_batch_s": round(first_s, 2), "steady_images_per_s": round(steady, 2),
+            "translated": result.translated}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=64, help="images")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--generator", default="resnet_9blocks")
+    parser.add_argument("--ngf", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--ray-cpus", type=int, default=2)
+    args = parser.parse_args()
+
+    import boto3
+    import ray
+
+    from pipelines.batch import batch_settings
+    from pipelines.embedded import embedded_s3
+
+    cfg = ModelConfig(generator=args.generator, ngf=args.ngf)
+    images = synthetic_pngs(args.n, args.size)
+    with tempfile.TemporaryDirectory() as folder, embedded_s3():
+        torch.manual_seed(0)
+        nets = [build_generator(cfg.generator, ngf=cfg.ngf, norm=cfg.norm) for _ in range(2)]
+        model_dir = Translator(nets[0], nets[1], cfg).save_pretrained(Path(folder) / "model")
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        for name, data in images.items():
+            client.put_object(Bucket=BUCKET, Key=f"in/{name}", Body=data)
+        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+        common = {"n": args.n, "size": args.size, "generator": args.generator, "ngf": args.ngf,
+                  "batch_size": args.batch_size, "ray_cpus": args.ray_cpus}
+
+        def settings_of(actors: int) -> Any:
+            return batch_settings(f"s3://{BUCKET}/in", f"s3://{BUCKET}/out-{actors}-{time.time_ns()}", str(model_dir),
+                                  env=os.environ, batch_size=args.batch_size, actors=actors, cpus_per_actor=1.0)
+
+        rows = {}
+        for run in (lambda: bare(model_dir, images, threads=1, batch_size=args.batch_size),
+                    lambda: bare(model_dir, images, threads=2, batch_size=args.batch_size),
+                    lambda: on_ray(settings_of, 1), lambda: on_ray(settings_of, 2)):
+            load_before = round(os.getloadavg()[0], 2)
+            row = run()
+            rows[row["config"]] = row | {"load_avg_1m_before": load_before}
+        for config, row in rows.items():
+            if config.startswith("ray_"):
+                reference = rows[f"bare_{config[4]}t"]
+                row["overhead_ms_per_image"] = round(1000 * (row["wall_s"] - reference["wall_s"]) / args.n, 1)
+                if row["steady_images_per_s"]:
+                    row["steady_overhead_ms_per_image"] = round(
+                        1000 / row["steady_images_per_s"] - 1000 / reference["images_per_s"], 1)
+            print(json.dumps({**row, **common, **host()}), flush=True)
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
