@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
 from cyclegan_core.images import IMAGE_EXTENSIONS, InvalidImage, decode_image, list_images
+from cyclegan_core.onnx_runtime import OnnxTranslator
 from cyclegan_core.translator import Translator
 
 logger = logging.getLogger(__name__)
@@ -166,13 +167,14 @@ def _decode_or_skip(path: Path, summary: TranslateSummary) -> Image.Image | None
         return None
 
 
-def translate_path(model: Translator | str | Path, input_path: Path, output_path: Path, *,
+def translate_path(model: Translator | OnnxTranslator | str | Path, input_path: Path, output_path: Path, *,
                    direction: str = "AtoB", batch_size: int = 8, device: str | torch.device | None = None,
                    precision: str = "auto", memory_budget: int | None = None) -> TranslateSummary:
     """Translate an image file or a folder of images (flat) and write them under ``output_path``.
 
-    ``model``: a ``Translator``, or a path ``Translator.from_pretrained`` loads on ``device`` (an
-    exported model folder, one exported generator folder, or an official ``.pth``). ``direction``
+    ``model``: a ``Translator`` or an ``OnnxTranslator`` (onnxruntime), or a path
+    ``Translator.from_pretrained`` loads on ``device`` (an exported model folder, one exported
+    generator folder, or an official ``.pth``). ``direction``
     picks the generator; a model of one generator uses it whatever the direction. For a file input,
     ``output_path`` may be an image file name (written in the format of its extension) or a folder.
     1-channel generators get greyscale inputs and write greyscale images. The paths and the device are
@@ -185,7 +187,8 @@ def translate_path(model: Translator | str | Path, input_path: Path, output_path
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     plan = plan_translation(input_path, output_path)
     inputs, targets = plan.inputs, plan.targets
-    if isinstance(model, Translator):
+    translator: Translator | OnnxTranslator
+    if isinstance(model, (Translator, OnnxTranslator)):
         translator = model
     else:
         translator = Translator.from_pretrained(model, device=check_device(device), memory_budget=memory_budget)
@@ -193,7 +196,7 @@ def translate_path(model: Translator | str | Path, input_path: Path, output_path
     if direction not in translator.directions and len(translator.directions) == 1:
         use = translator.directions[0]
         logger.info("%s is one generator: translating with it (direction %s does not apply)", model, direction)
-    translator.generator(use)  # an unknown direction fails before any file is read
+    translator.multiple(use)  # an unknown direction fails before any file is read
     # A killed translate leaves its temporaries beside the outputs: remove those of dead processes.
     if input_path.is_file():
         sweep_stale_temps(targets[input_path].parent, name=targets[input_path].name)

@@ -87,6 +87,10 @@ def translate(
     precision: Annotated[str, typer.Option(
         help="auto (bf16 on CUDA and on CPUs with AMX-BF16, else fp32), fp32, bf16 or fp16",
     )] = "auto",
+    backend: Annotated[str, typer.Option(
+        help="torch, or onnxruntime: fp32 ONNX graphs on the CPU (--model: a `cyclegan export --format onnx` "
+        "folder; any other model is exported to a scratch folder first); no tiles: larger images are refused",
+    )] = "torch",
     max_skipped: Annotated[int, typer.Option(
         "--max-skipped", min=0, help="unreadable inputs tolerated: more exit 3 (partial)",
     )] = 0,
@@ -115,8 +119,13 @@ def translate(
 
     if direction not in DIRECTIONS:
         fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}", ExitCode.USAGE)
+    if backend not in ("torch", "onnxruntime"):
+        fail(f"--backend must be torch or onnxruntime, got {backend!r}", ExitCode.USAGE)
     if input_path.startswith("s3://") or output_path.startswith("s3://"):
         from pipelines.batch.cli import translate_prefix
+
+        if backend != "torch":
+            fail("--backend onnxruntime translates local files; the s3:// batch job runs torch", ExitCode.USAGE)
 
         try:
             budget = None if memory_budget is None else parse_bytes(memory_budget)
@@ -134,10 +143,17 @@ def translate(
         budget = None if memory_budget is None else parse_bytes(memory_budget)
     except (OSError, ValueError) as exc:
         refuse(str(exc))
+    if backend == "onnxruntime" and device not in (None, "cpu"):
+        refuse(f"--backend onnxruntime runs on the CPU; --device {device} needs --backend torch")
     with scratch_folder("translate", name="model") as download_dir:  # a killed run's is swept by the next
         model_path = fetch_model(model, download_dir)
         try:
-            summary = translate_path(model_path, input_path, output_path, direction=direction,
+            runner: Any = model_path
+            if backend == "onnxruntime":
+                from pipelines.cli.export import onnx_translator
+
+                runner = onnx_translator(model_path, download_dir / "onnx", memory_budget=budget)
+            summary = translate_path(runner, input_path, output_path, direction=direction,
                                      batch_size=batch_size, device=device, precision=precision,
                                      memory_budget=budget)
         except (GeneratorLoadError, ValueError, FileNotFoundError, NotADirectoryError) as exc:

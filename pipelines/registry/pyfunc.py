@@ -24,7 +24,9 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
@@ -37,6 +39,14 @@ CODE_PACKAGES = ("cyclegan_core", "pipelines")
 MODEL_NAME_IN_RUN = "model"
 GENERATORS_ARTIFACT = "generators"
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors", "pydantic", "pyyaml")
+
+
+class BadRequest(MlflowException, ValueError):
+    """A request the model cannot translate (not an image, unknown direction ...): the scoring server answers
+    400 with this message; ``predict`` callers may catch it as the ``ValueError`` it also is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -96,12 +106,16 @@ class ImageTranslationModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:
         direction = (params or {}).get("direction") or "AtoB"
-        if direction not in DIRECTIONS:
-            raise ValueError(f"param direction must be one of {DIRECTIONS}, got {direction!r}")
-        if "image" not in model_input.columns:
-            raise ValueError(f"input needs a column 'image', got columns {list(model_input.columns)}")
-        images = [decode_image_value(value, row=row) for row, value in enumerate(model_input["image"])]
-        outputs = self._with_budget((params or {}).get("memory_budget"))(images, direction=direction) if images else []
+        try:
+            if direction not in DIRECTIONS:
+                raise ValueError(f"param direction must be one of {DIRECTIONS}, got {direction!r}")
+            if "image" not in model_input.columns:
+                raise ValueError(f"input needs a column 'image', got columns {list(model_input.columns)}")
+            images = [decode_image_value(value, row=row) for row, value in enumerate(model_input["image"])]
+            translator = self._with_budget((params or {}).get("memory_budget"))
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(str(exc)) from exc
+        outputs = translator(images, direction=direction) if images else []
         return pd.DataFrame({"image": [encode_png(image) for image in outputs]})
 
 
