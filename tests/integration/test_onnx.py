@@ -1,0 +1,128 @@
+"""ONNX export and the onnxruntime backend: `cyclegan export --format onnx` writes both generators with
+dynamic height and width; onnxruntime reproduces PyTorch on sizes that need padding (ResNet, the
+AdaLIN generator, U-Net); `cyclegan translate --backend onnxruntime` uses the export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cyclegan_core.config import ModelConfig
+from cyclegan_core.networks import generator_from_config
+from cyclegan_core.onnx_export import export_onnx, read_onnx_export
+from cyclegan_core.onnx_runtime import OnnxTranslator
+from cyclegan_core.pretrained import swapped_channels
+from cyclegan_core.translator import Translator
+from pipelines.cli import app
+from pipelines.cli.app import ExitCode
+
+# max |onnxruntime - PyTorch| in the [-1, 1] output range: float32 ops in another order (measured ~1.5e-6)
+PARITY_BOUND = 1e-5
+SIZES = ((32, 32), (48, 80), (100, 60))  # H x W; 100 x 60 is not a multiple of 4: padded and cropped
+
+
+def tiny_generator(cfg: ModelConfig, seed: int) -> torch.nn.Module:
+    """A random generator whose biases are not zero (init_weights zeroes them), so each weight matters."""
+    torch.manual_seed(seed)
+    net = generator_from_config(cfg)
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.1)
+    return net.eval()
+
+
+def random_batch(channels: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (2, channels, height, width)).astype(np.float32)
+
+
+def max_difference(onnx: OnnxTranslator, translator: Translator, direction: str, size: tuple[int, int]) -> float:
+    x = random_batch(translator.input_channels(direction), *size)
+    expected = translator.translate_tensor(torch.from_numpy(x), direction=direction, precision="fp32").numpy()
+    got = onnx.translate_array(x, direction)
+    assert got.shape == expected.shape
+    return float(np.abs(got - expected).max())
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A resnet_6blocks (ngf 4) model folder and its export by `cyclegan export --format onnx`."""
+    root = tmp_path_factory.mktemp("onnx-resnet")
+    cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
+    Translator(tiny_generator(cfg, 1), tiny_generator(swapped_channels(cfg), 2), cfg).save_pretrained(root / "model")
+    done = CliRunner().invoke(app, ["export", "--model", str(root / "model"), "--format", "onnx",
+                                    str(root / "onnx"), "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["files"] == ["G_AB.onnx", "G_BA.onnx", "config.json"] and summary["size_multiple"] == 4
+    return {"model": root / "model", "onnx": root / "onnx"}
+
+
+def test_export_writes_both_generators_with_dynamic_height_and_width(resnet: dict[str, Path]) -> None:
+    import onnx
+
+    export = read_onnx_export(resnet["onnx"])
+    assert export.model.generator == "resnet_6blocks" and export.opset >= 18
+    assert set(export.exported_with) == {"torch", "onnx", "onnxscript", "onnxruntime"}
+    assert sorted(p.name for p in resnet["onnx"].iterdir()) == ["G_AB.onnx", "G_BA.onnx", "config.json"]
+    graph = onnx.load(str(resnet["onnx"] / "G_AB.onnx")).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # N, H, W symbolic; C fixed (3)
+
+
+@pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
+def test_resnet_onnx_matches_pytorch_on_sizes_that_need_padding(resnet: dict[str, Path], direction: str) -> None:
+    onnx_translator = OnnxTranslator.from_folder(resnet["onnx"], threads=1)
+    translator = Translator.from_pretrained(resnet["model"], device="cpu")
+    differences = [max_difference(onnx_translator, translator, direction, size) for size in SIZES]
+    assert max(differences) <= PARITY_BOUND, differences
+
+
+@pytest.mark.parametrize(("generator", "sizes"), [
+    ("resnet_unet_adalin", SIZES),
+    # U-Net pads to multiples of 128: 100 x 60 becomes 128 x 128
+    pytest.param("unet_128", ((128, 128), (128, 256), (100, 60)), marks=pytest.mark.slow),
+])
+def test_onnx_matches_pytorch_for_other_generators(tmp_path: Path, generator: str,
+                                                   sizes: tuple[tuple[int, int], ...]) -> None:
+    cfg = ModelConfig(generator=generator, ngf=4)
+    translator = Translator(tiny_generator(cfg, 3), None, cfg)
+    onnx_translator = OnnxTranslator.from_folder(export_onnx(translator, tmp_path / "onnx"), threads=1)
+    differences = [max_difference(onnx_translator, translator, "AtoB", size) for size in sizes]
+    assert max(differences) <= PARITY_BOUND, differences
+
+
+def test_translate_with_backend_onnxruntime_writes_the_pixels_of_torch(resnet: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    image.save(tmp_path / "in.png")
+    for backend, model in (("onnxruntime", resnet["onnx"]), ("torch", resnet["model"])):
+        done = CliRunner().invoke(app, ["translate", "--backend", backend, "--model", str(model), "--direction", "BtoA",
+                                        "--precision", "fp32", str(tmp_path / "in.png"), str(tmp_path / f"{backend}.png")])
+        assert done.exit_code == 0, done.output
+    onnx_pixels = np.asarray(Image.open(tmp_path / "onnxruntime.png")).astype(int)
+    torch_pixels = np.asarray(Image.open(tmp_path / "torch.png")).astype(int)
+    assert onnx_pixels.shape == (45, 70, 3)
+    # values within PARITY_BOUND of a rounding boundary may land one level apart (127.5 * 1e-5 of a level)
+    assert np.abs(onnx_pixels - torch_pixels).max() <= 1
+    assert np.mean(onnx_pixels != torch_pixels) < 0.001
+
+
+def test_an_image_over_the_memory_budget_is_refused_naming_the_torch_backend(resnet: dict[str, Path]) -> None:
+    onnx_translator = OnnxTranslator.from_folder(resnet["onnx"], memory_budget=1)
+    with pytest.raises(ValueError, match=r"does not translate by tiles: use --backend torch"):
+        onnx_translator([Image.new("RGB", (64, 48))])
+
+
+def test_export_of_a_bad_model_exits_refused_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    done = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "broken.pth"), str(tmp_path / "out")])
+    assert done.exit_code == ExitCode.REFUSED, done.output
+    assert "broken.pth is not a readable PyTorch checkpoint" in " ".join(done.output.split())
+    assert not (tmp_path / "out").exists()
