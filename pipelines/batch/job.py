@@ -147,7 +147,7 @@ def fetch_model(settings: BatchSettings, download_dir: Path) -> tuple[ModelIdent
 def read_state(root_store: object) -> tuple[BatchManifest | None, list[Ledger], list[str]]:
     """The manifest, the ledgers written since and their paths. One that does not parse is skipped with a
     warning: its inputs are translated again."""
-    listing = root_store.list()  # type: ignore[attr-defined]
+    listing = root_store.list(MANIFEST) + root_store.list(f"{LEDGER_FOLDER}/")  # type: ignore[attr-defined]
     manifest, ledgers, ledger_paths = None, [], []
     for obj in listing:
         is_ledger = obj.rel.startswith(f"{LEDGER_FOLDER}/") and obj.rel.endswith(".json")
@@ -215,8 +215,10 @@ def translate_with(settings: BatchSettings, model_dir: Path, model: ModelIdentit
                 for row in rows if row["status"] != "error"}
     final = BatchManifest(model=model, direction=settings.direction, input_uri=source.uri, output_root=root.uri,
                           records=dict(sorted(records.items())))
-    root_store.write(MANIFEST, final.model_dump_json(indent=1).encode(), content_type="application/json")
-    for rel in ledger_paths + [obj.rel for obj in root_store.list() if obj.rel.startswith(f"{LEDGER_FOLDER}/")]:
+    if rows or ledger_paths or plan.removed or manifest is None:  # else the manifest says this already
+        root_store.write(MANIFEST, final.model_dump_json(indent=1).encode(), content_type="application/json")
+    written = [obj.rel for obj in root_store.list(f"{LEDGER_FOLDER}/")] if rows else []
+    for rel in sorted(set(ledger_paths + written)):
         root_store.delete(rel)  # the manifest holds their records now
     return summarise(settings, model, root, rows, final, unchanged=len(plan.unchanged), removed=len(plan.removed),
                      seconds=time.perf_counter() - started)

@@ -83,7 +83,7 @@ def parse_location(uri: str, *, endpoint_url: str | None = None, region: str | N
 class Store(Protocol):
     location: Location
 
-    def list(self) -> list[StoredObject]: ...
+    def list(self, under: str = "") -> list[StoredObject]: ...
     def read(self, rel: str) -> bytes: ...
     def write(self, rel: str, data: bytes, *, metadata: dict[str, str] | None = None,
               content_type: str = "application/octet-stream") -> None: ...
@@ -102,9 +102,10 @@ class S3Store:
     def key(self, rel: str) -> str:
         return f"{self.location.prefix}/{rel}" if self.location.prefix else rel
 
-    def list(self) -> list[StoredObject]:
+    def list(self, under: str = "") -> list[StoredObject]:
+        """Every object below the location (below ``under`` in it: a folder or one object's path)."""
         base = f"{self.location.prefix}/" if self.location.prefix else ""
-        objects, _ = list_level(self.client, self.bucket, base)
+        objects, _ = list_level(self.client, self.bucket, base + under)
         return sorted((StoredObject(obj.key[len(base):], obj.size, obj.etag.strip('"')) for obj in objects
                        if not obj.key.endswith("/")), key=lambda o: o.rel)
 
@@ -139,11 +140,15 @@ class LocalStore:
         self.location = location
         self.root = Path(location.root or ".")
 
-    def list(self) -> list[StoredObject]:
-        if not self.root.is_dir():
+    def list(self, under: str = "") -> list[StoredObject]:
+        """Every file below the folder (below ``under`` in it: a folder or one file's path)."""
+        start = self.root / under if under else self.root
+        if start.is_file():
+            return [StoredObject(under, start.stat().st_size, _md5(start))]
+        if not start.is_dir():
             return []
         found = []
-        for folder, dirs, files in os.walk(self.root):
+        for folder, dirs, files in os.walk(start):
             dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders and owned temporaries
             for name in files:
                 if name.startswith("."):

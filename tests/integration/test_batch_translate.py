@@ -28,6 +28,7 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.networks import build_generator
 from cyclegan_core.translator import Translator
 from pipelines.batch import batch_settings, translate_batch
+from pipelines.cli.app import ExitCode
 from pipelines.config import PipelineConfig, RegistrySettings, resolve
 from pipelines.records import EvalReport, TrainResult
 from pipelines.registry import promote, register_model
@@ -185,6 +186,17 @@ def test_a_rerun_translates_nothing(flow_run: object, mlflow_server: str, champi
     again = translate_batch(settings(bucket, str(champion["uri"]), mlflow_server))
     assert (again.translated, again.skipped, len(again.errors)) == (0, len(GOOD) + len(BAD), 0)
     assert {key: item["LastModified"] for key, item in objects(bucket, root).items() if key in written} == written
+
+
+def test_the_cli_exits_partial_when_more_inputs_are_quarantined_than_tolerated(
+        flow_run: object, mlflow_server: str, champion: dict, bucket: str) -> None:
+    done = subprocess.run([CLI, "translate", f"s3://{bucket}/in", f"s3://{bucket}/out", "--model", str(champion["uri"]),
+                           "--json"], env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == ExitCode.PARTIAL, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["translated"] == 0 and summary["quarantined"] >= 1 and summary["model_version"] == "1"
+    assert f"resolved to models:/{champion['name']}/1" in done.stderr and "--max-skipped 0" in done.stderr
 
 
 def test_a_changed_input_is_translated_again(flow_run: object, mlflow_server: str, champion: dict,

@@ -38,3 +38,12 @@ def test_the_summary_names_the_version_the_trigger_and_each_quarantined_input():
     markdown = summary_markdown(result, [("a.png", b"\x89PNG-before", b"\x89PNG-after")])
     assert "horses v3 AtoB" in markdown and "promotion of v3" in markdown and "`models:/horses/3`" in markdown
     assert "| `x.png` | empty: 0 bytes |" in markdown and markdown.count("data:image/png;base64,") == 2
+
+
+def test_the_tolerance_counts_the_inputs_quarantined_now():
+    result = BatchResult(model_name="m", model_version="1", model_uri="u", resolved_uri="u", direction="AtoB",
+                         triggered_by="t", input_uri="s3://b/in", output_prefix="s3://b/out", manifest_uri="x",
+                         quarantined=3, max_quarantined=2)
+    assert not result.within_tolerance
+    assert result.model_copy(update={"max_quarantined": 3}).within_tolerance
+    assert result.model_copy(update={"max_quarantined": None}).within_tolerance
