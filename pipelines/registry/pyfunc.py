@@ -7,7 +7,8 @@ project installed. Input: a DataFrame with a column ``image`` of encoded image b
 strings and HWC uint8 arrays are accepted too); the param ``direction`` is ``"AtoB"`` (default) or
 ``"BtoA"``, ``memory_budget`` (e.g. ``"2GiB"``; default: the machine's, see ``cyclegan_core.memory``)
 bounds a request's memory (larger images are translated by tiles); output: a DataFrame with a column
-``image`` of PNG bytes.
+``image`` of PNG bytes. ``mlflow models serve`` takes the same column as base64 text in JSON and answers
+base64 PNG (README "Serving"); a request it cannot translate raises ``BadRequest``, a 400 there.
 """
 
 from __future__ import annotations
