@@ -71,8 +71,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
+    # Webhooks to a receiver on loopback over plain HTTP (tests/e2e/test_promotion.py), the secret
+    # encrypted with a fixed key, the webhook list re-read within a second, and a delivery to a receiver
+    # that is down dropped at once (a production server retries 3 times over ~10 s).
+    env = {**os.environ, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+           "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "bWxmbG93LXRlc3Qtd2ViaG9vay1lbmNyeXB0aW9uLWs=",
+           "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "0"}
     with open(root / "server.log", "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", timeout_s=300, process=process)
@@ -193,8 +199,10 @@ def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1,
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A one-node Ray cluster from `ray start --head` with 2 CPUs (see ``ray_cluster``): the environment a driver needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN, a private HOME)."""
+def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A one-node Ray cluster from `ray start --head` with 2 CPUs (see ``ray_cluster``): the environment a driver needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN, a private HOME).
+    Started inside ``s3_server``'s environment, so its node has S3 credentials of its own, as the compose
+    Ray nodes do (batch translation actors read and write S3 on the nodes)."""
     with ray_cluster(tmp_path_factory.mktemp("ray-home"), cpus_per_node=2) as cluster:
         yield cluster.env
 

@@ -5,84 +5,24 @@
 - S3: moto's server (AWS_ENDPOINT_URL), MLflow: a `mlflow server` process (MLFLOW_TRACKING_URI),
 - Ray: a cluster from `ray start --head` (RAY_ADDRESS).
 
-This is how the production stack of infra/ is driven, with the same environment variables. One worker
-serves the module's tests: the nightly schedule is deployed paused, a run without a tracking server
-is refused before ingest, a manual run trains and its per-epoch lines and progress artifact reach the
-Prefect API.
+This is how the production stack of infra/ is driven, with the same environment variables. The server
+and the worker are tests/e2e/conftest.py's, shared with the other e2e modules. Here: the nightly
+schedule is deployed paused, a run without a tracking server is refused before ingest, a manual run
+trains and its per-epoch lines and progress artifact reach the Prefect API.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import _stop_process_group, free_port, wait_http
+from tests.e2e.conftest import api_client, prefect
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real Prefect server on loopback; returns the environment that points clients at it."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-    }
-    with open(home / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/health", timeout_s=180, process=process)
-        yield env
-    finally:
-        _stop_process_group(process)
-
-
-def prefect(env: dict[str, str], *args: str, timeout: float = 300, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=timeout, check=False)
-    if ok:
-        assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def worker(prefect_server, ray_head, s3_server, mlflow_server, tmp_path_factory) -> Iterator[dict[str, str]]:
-    """prefect.yaml deployed (`prefect deploy --all`) and a process worker serving its pool, with the
-    environment a production worker has; yields that environment."""
-    env = {**prefect_server, **ray_head, "PREFECT_HOME": prefect_server["PREFECT_HOME"],
-           "MLFLOW_TRACKING_URI": mlflow_server,
-           "AWS_ENDPOINT_URL": s3_server,
-           **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
-    prefect(env, "work-pool", "create", "cyclegan-pool", "--type", "process")
-    prefect(env, "deploy", "--all")
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "cyclegan-pool"], env=env,
-                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield {**env, "WORKER_LOG": str(log_path)}
-    finally:
-        _stop_process_group(process)
 
 
 def tiny_config(s3_bucket: str, tmp_path: Path) -> dict[str, Any]:
@@ -107,14 +47,6 @@ def run_manual(env: dict[str, str], config: dict[str, Any], *extra: str) -> tupl
     found = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout)
     assert found, run.stdout + run.stderr
     return found.group(1), run.stdout + run.stderr + Path(env["WORKER_LOG"]).read_text()[-5000:]
-
-
-def api_client(env: dict[str, str]) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        return get_client(sync_client=True)
 
 
 def flow_run_logs(env: dict[str, str], flow_run_id: str) -> list[Any]:
