@@ -186,13 +186,26 @@ def serve(settings: ReceiverSettings, *, send: Sender = events.send) -> None:
 
 
 def main() -> None:
+    """``python -m pipelines.promotion.receiver``: settings from the environment only (the containers'
+    entry); a bad setting is one error line and exit 4, as ``cyclegan receiver`` refuses it."""
     import signal
+    import sys
+
+    from pydantic import ValidationError
+
+    from pipelines.promotion.settings import PromotionError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    overrides: dict[str, Any] = {"host": os.environ.get("CYCLEGAN_RECEIVER_HOST"),
-                                 "port": os.environ.get("CYCLEGAN_RECEIVER_PORT")}
-    serve(receiver_settings_from_env(os.environ, **overrides))
+    try:
+        if not os.environ.get("PREFECT_API_URL"):
+            raise PromotionError("PREFECT_API_URL is not set: the receiver sends its events to a Prefect server")
+        settings = receiver_settings_from_env(os.environ, host=os.environ.get("CYCLEGAN_RECEIVER_HOST"),
+                                              port=os.environ.get("CYCLEGAN_RECEIVER_PORT"))
+    except (PromotionError, ValidationError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(4) from None
+    serve(settings)
 
 
 if __name__ == "__main__":
