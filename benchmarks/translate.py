@@ -7,6 +7,7 @@ Configurations (``--configs``): ``fp32`` (eager, NCHW: the reference), ``fp32_cl
 ``precision="auto"``: what ``cyclegan translate`` does by default). Every configuration runs once per
 repeat in turn (round-robin), so host-load drift hits all of them alike; one JSON line per
 configuration and size: median ms/image, images/s, ``speedup`` against fp32 eager of the same run,
+``speedup_paired`` (the median of the rounds' ratios, robust to load drift between rounds),
 and ``psnr_vs_fp32_db`` (output against fp32 eager's on one synthetic scene, [0, 1] scale). Compile
 and ONNX export times are reported apart (``setup_s``: the first call, or export + session).
 
@@ -96,7 +97,7 @@ def onnx_session(net: nn.Module, shape: tuple[int, ...], folder: Path, threads: 
     path = folder / f"generator_{'x'.join(map(str, shape))}.onnx"
     with torch.no_grad():
         torch.onnx.export(copy.deepcopy(net).eval(), (torch.zeros(shape),), str(path), input_names=["x"],
-                          output_names=["y"], dynamo=True, optimize=True)
+                          output_names=["y"], dynamo=True, optimize=True, verbose=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -160,6 +161,9 @@ def measure_size(args: argparse.Namespace, translator: Translator, size: int, re
                 "ngf": translator.config.ngf, "size": size, "batch": args.batch, "repeats": repeats,
                 "ms_per_image": round(1000 * seconds / args.batch, 1),
                 "images_per_s": round(args.batch / seconds, 3), "speedup": round(reference_s / seconds, 2),
+                # the median of each round's ratio: fp32 and this configuration timed seconds apart
+                "speedup_paired": round(statistics.median(
+                    f / t for f, t in zip(times["fp32"], times[config], strict=True)), 2),
                 "psnr_vs_fp32_db": psnr(outputs[config], outputs["fp32"]),
                 "setup_s": round(setup[config], 1), "load_avg_1m": round(os.getloadavg()[0], 2), **host()}
         if config == "auto":

@@ -135,7 +135,7 @@ def test_translate_benchmark_rates_configurations_against_fp32_eager_in_one_run(
     assert [(line["config"], line["size"], line["repeats"]) for line in lines] == [
         ("fp32", 32, 2), ("bf16_cl", 32, 2), ("auto", 32, 2)]
     fp32, bf16_cl, auto = lines
-    assert fp32["speedup"] == 1.0 and fp32["psnr_vs_fp32_db"] is None
+    assert fp32["speedup"] == fp32["speedup_paired"] == 1.0 and fp32["psnr_vs_fp32_db"] is None
     assert all(line["images_per_s"] > 0 and line["ms_per_image"] > 0 for line in lines)
     assert 30 < bf16_cl["psnr_vs_fp32_db"] < 100, "bf16 is close to fp32 but not identical"
     assert auto["auto_resolves_to"] == ("bf16" if auto["fast_cpu_bf16"] else "fp32")
