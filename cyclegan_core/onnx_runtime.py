@@ -121,16 +121,23 @@ class OnnxTranslator:
         out = session.run([self.export.output_name], {self.export.input_name: padded})[0]
         return np.clip(out[:, :, top:top + height, left:left + width], -1.0, 1.0)
 
-    def _check_fits(self, height: int, width: int, count: int) -> None:
-        multiple = self.export.size_multiple
-        needed = forward_bytes(self.config, height + -height % multiple, width + -width % multiple, batch=count)
+    def _free_memory(self) -> int:
+        """What the budget leaves for translation after what the process holds now."""
         budget = default_budget(_CPU) if self.memory_budget is None else self.memory_budget
-        free = budget - used_bytes(_CPU)
-        if needed > free:
-            raise ValueError(f"a {width}x{height} image needs ~{format_bytes(needed)} in one forward pass and the "
-                             f"memory budget leaves {format_bytes(max(free, 0))}; the onnxruntime backend does not "
-                             "translate by tiles: use --backend torch (it tiles large images) or a larger "
+        return budget - used_bytes(_CPU)
+
+    def _images_per_pass(self, height: int, width: int, batch_size: int) -> int:
+        """How many images of this size one pass may take within the budget (as ``Translator`` splits
+        batches); refuses a size whose single pass does not fit, since there are no tiles here."""
+        multiple = self.export.size_multiple
+        per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
+        free = self._free_memory()
+        if per_image > free:
+            raise ValueError(f"a {width}x{height} image needs ~{format_bytes(per_image)} in one forward pass and "
+                             f"the memory budget leaves {format_bytes(max(free, 0))}; the onnxruntime backend does "
+                             "not translate by tiles: use --backend torch (it tiles large images) or a larger "
                              "--memory-budget")
+        return max(1, min(batch_size, free // per_image))
 
     def __call__(self, images: Sequence[Image.Image], *, direction: str = "AtoB", batch_size: int = 8,
                  precision: str = "auto") -> list[Image.Image]:
@@ -151,20 +158,16 @@ class OnnxTranslator:
         for index, image in enumerate(images):
             by_size.setdefault(image.size, []).append(index)
         for (width, height), indices in by_size.items():
-            self._check_fits(height, width, 1)
-            per_batch = max(1, min(batch_size, len(indices)))
-            while per_batch > 1:  # the largest batch that fits, as Translator splits its batches
-                try:
-                    self._check_fits(height, width, per_batch)
-                    break
-                except ValueError:
-                    per_batch //= 2
+            per_batch = self._images_per_pass(height, width, batch_size)
             for start in range(0, len(indices), per_batch):
                 group = indices[start:start + per_batch]
                 batch = np.stack([image_to_array(images[i].convert(mode)) for i in group])
                 for i, out in zip(group, self.translate_array(batch, direction), strict=True):
                     results[i] = array_to_image(out)
         return [image for image in results if image is not None]
+
+    def __str__(self) -> str:  # what a TranslateSummary names as its model
+        return str(self.source)
 
     def __repr__(self) -> str:
         return f"OnnxTranslator({self.source}, directions={self.directions})"

@@ -104,8 +104,10 @@ def test_translate_with_backend_onnxruntime_writes_the_pixels_of_torch(resnet: d
     image.save(tmp_path / "in.png")
     for backend, model in (("onnxruntime", resnet["onnx"]), ("torch", resnet["model"])):
         done = CliRunner().invoke(app, ["translate", "--backend", backend, "--model", str(model), "--direction", "BtoA",
-                                        "--precision", "fp32", str(tmp_path / "in.png"), str(tmp_path / f"{backend}.png")])
+                                        "--precision", "fp32", str(tmp_path / "in.png"), str(tmp_path / f"{backend}.png"),
+                                        "--json"])
         assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout.strip().splitlines()[-1])["model"] == str(model)
     onnx_pixels = np.asarray(Image.open(tmp_path / "onnxruntime.png")).astype(int)
     torch_pixels = np.asarray(Image.open(tmp_path / "torch.png")).astype(int)
     assert onnx_pixels.shape == (45, 70, 3)
