@@ -135,6 +135,10 @@ def translate(
                                 device=device, actors=actors, memory_budget=budget,
                                 max_skipped=None if allow_skipped else max_skipped, json_out=json_out)
     input_path, output_path = Path(input_path), Path(output_path)  # type: ignore[assignment]
+    if backend == "onnxruntime" and device not in (None, "cpu"):
+        refuse(f"--backend onnxruntime runs on the CPU; --device {device} needs --backend torch")
+    if backend == "onnxruntime" and precision not in ("auto", "fp32"):
+        refuse(f"--backend onnxruntime runs the fp32 ONNX graphs; --precision {precision} needs --backend torch")
     if precision not in PRECISIONS:
         fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", ExitCode.USAGE)
     try:  # the cheap checks before any download or model load
@@ -143,8 +147,6 @@ def translate(
         budget = None if memory_budget is None else parse_bytes(memory_budget)
     except (OSError, ValueError) as exc:
         refuse(str(exc))
-    if backend == "onnxruntime" and device not in (None, "cpu"):
-        refuse(f"--backend onnxruntime runs on the CPU; --device {device} needs --backend torch")
     with scratch_folder("translate", name="model") as download_dir:  # a killed run's is swept by the next
         model_path = fetch_model(model, download_dir)
         try:

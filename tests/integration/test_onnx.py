@@ -128,3 +128,11 @@ def test_export_of_a_bad_model_exits_refused_and_writes_nothing(tmp_path: Path) 
     assert done.exit_code == ExitCode.REFUSED, done.output
     assert "broken.pth is not a readable PyTorch checkpoint" in " ".join(done.output.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_backend_onnxruntime_refuses_another_device_before_any_model_load(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    done = CliRunner().invoke(app, ["translate", "--backend", "onnxruntime", "--device", "cuda:0", "--model",
+                                    str(tmp_path / "no-such-model"), str(tmp_path / "in.png"), str(tmp_path / "o.png")])
+    assert done.exit_code == ExitCode.REFUSED, done.output
+    assert "--backend onnxruntime runs on the CPU; --device cuda:0 needs --backend torch" in " ".join(done.output.split())
