@@ -263,7 +263,12 @@ def export_onnx(translator: Translator, dest: Path, *, opset: int | None = None)
             logger.info("%s checked with onnxruntime: max |ONNX - PyTorch| = %.2g", name, difference)
             out_channels = translator.config.output_nc if direction == "AtoB" else translator.config.input_nc
             generators[direction] = OnnxGenerator(file=name, input_channels=channels, output_channels=out_channels)
-            opsets.add(_opset_of(build / name))
+            written = _opset_of(build / name)
+            if opset is not None and written != opset:  # the exporter falls back when it cannot convert
+                raise OnnxExportError(f"opset {opset} was asked, the exporter wrote opset {written} (its version "
+                                      f"converter cannot produce {opset} for this graph); not writing {dest}: ask "
+                                      f"for opset {written} or none")
+            opsets.add(written)
         export = OnnxExport(model=translator.config, size_multiple=translator.multiple(translator.directions[0]),
                             generators=generators, opset=max(opsets), exported_with=_versions())
         (build / CONFIG_FILE).write_text(json.dumps(export.model_dump(mode="json"), indent=2) + "\n")

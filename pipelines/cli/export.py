@@ -23,7 +23,7 @@ def export(
         "--model", help="exported model folder, generator folder, official .pth, or models:/NAME@ALIAS, runs:/ID/PATH",
     )],
     export_format: Annotated[str, typer.Option("--format", help="onnx: G_AB.onnx, G_BA.onnx, config.json")] = "onnx",
-    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset (default: the exporter's)")] = None,
+    opset: Annotated[int | None, typer.Option(min=18, help="ONNX opset, 18 or later (default: the exporter's)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print a summary as JSON (last line)")] = False,
 ) -> None:
     """Export a model's generators as ONNX graphs with dynamic height and width (onnxruntime, TensorRT ...).
