@@ -26,7 +26,7 @@ def export(
     opset: Annotated[int | None, typer.Option(min=18, help="ONNX opset, 18 or later (default: the exporter's)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print a summary as JSON (last line)")] = False,
 ) -> None:
-    """Export a model's generators as ONNX graphs with dynamic height and width (onnxruntime, TensorRT ...).
+    """Export a model's generators as ONNX graphs with dynamic height and width, for ONNX runtimes.
 
     `cyclegan translate --backend onnxruntime --model OUT` runs them. Exits 4 on a bad model or output path.
     """
