@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -203,3 +204,53 @@ def test_a_reconcile_rolls_out_the_alias_when_the_record_differs() -> None:
     assert decide(model="m", alias="champion", requested=None, current="1", rolled_out="2").action == "rollout"
     assert decide(model="m", alias="champion", requested=None, current="2", rolled_out="2").action == "skip"
     assert decide(model="m", alias="champion", requested=None, current=None, rolled_out=None).action == "skip"
+
+
+# --- HTTP ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def http_receiver() -> Iterator[tuple[str, Sent]]:
+    """The receiver's HTTP handler on a loopback port, in a thread."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from pipelines.promotion.receiver import handler_class
+
+    rx, sent = receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_class(rx))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", sent
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(http_receiver) -> None:
+    url, sent = http_receiver
+    body = b"x" * (64 * 1024 + 1)
+    assert post(f"{url}/mlflow-webhook", body, signed(body)) == 413
+    assert sent == []
+
+
+def test_health_answers_and_other_paths_are_not_found(http_receiver) -> None:
+    import urllib.request
+
+    url, _ = http_receiver
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
+        assert json.loads(answer.read()) == {"status": "ok", "models": ["cyclegan"], "aliases": ["champion"]}
+    body = alias_body()
+    assert post(f"{url}/elsewhere", body, signed(body)) == 404
