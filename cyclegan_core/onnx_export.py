@@ -211,6 +211,25 @@ def _check_graph(generator: nn.Module, channels: int, multiple: int, path: Path)
     return float(np.abs(got - expected).max())
 
 
+Traced = tuple[dict[str, tuple[int, ...]], "torch.onnx.ONNXProgram"]  # a generator's layout and its traced graph
+
+
+def _write_graph(generator: nn.Module, channels: int, multiple: int, path: Path, opset: int | None,
+                 traced: Traced | None) -> tuple[float, Traced]:
+    """Write ``generator``'s graph to ``path`` and check it: the twin of the generator ``traced`` before
+    (same layers and shapes) gets that graph with its own weights, saving a second trace (most of an
+    export's time); any other, or a twin whose weights do not apply, is traced. Returns the check's max
+    difference and what was traced last."""
+    if traced is not None and traced[0] == _layout(generator):
+        difference = _reuse_graph(traced[1], generator, channels, multiple, path)
+        if difference is not None:
+            return difference, traced
+    logger.info("exporting %s to ONNX ...", path.stem)
+    program = _export_graph(generator, channels, multiple, opset)
+    program.save(str(path))
+    return _check_graph(generator, channels, multiple, path), (_layout(generator), program)
+
+
 def _opset_of(path: Path) -> int:
     import onnx
 
@@ -239,36 +258,26 @@ def export_onnx(translator: Translator, dest: Path, *, opset: int | None = None)
     sweep_stale_temps(dest.parent, name=dest.name)
     generators: dict[str, OnnxGenerator] = {}
     opsets = set()
-    traced: tuple[dict[str, tuple[int, ...]], torch.onnx.ONNXProgram] | None = None
+    traced: Traced | None = None
     with owned_temp(dest.parent, dest.name, folder=True) as build, _quiet_exporter():
         for direction in translator.directions:
             # a CPU fp32 copy: the caller's generator keeps its device and mode
             generator = copy.deepcopy(translator.generator(direction)).to("cpu", torch.float32).eval()
             channels, multiple = translator.input_channels(direction), translator.multiple(direction)
             name = f"{DIRECTION_FOLDERS[direction]}.onnx"
-            difference = None
-            if traced is not None and traced[0] == _layout(generator):
-                # the twin of a generator already traced (same layers and shapes): its graph with these
-                # weights, which saves a second trace (most of an export's time); checked like a fresh one
-                difference = _reuse_graph(traced[1], generator, channels, multiple, build / name)
-            if difference is None:
-                logger.info("exporting %s (%s) to ONNX ...", DIRECTION_FOLDERS[direction], direction)
-                program = _export_graph(generator, channels, multiple, opset)
-                program.save(str(build / name))
-                traced = (_layout(generator), program)
-                difference = _check_graph(generator, channels, multiple, build / name)
+            difference, traced = _write_graph(generator, channels, multiple, build / name, opset, traced)
             if difference > CHECK_TOLERANCE:
                 raise OnnxExportError(f"{name} differs from the PyTorch generator by up to {difference:.3g} "
                                       f"(tolerance {CHECK_TOLERANCE}); not writing {dest}")
             logger.info("%s checked with onnxruntime: max |ONNX - PyTorch| = %.2g", name, difference)
-            out_channels = translator.config.output_nc if direction == "AtoB" else translator.config.input_nc
-            generators[direction] = OnnxGenerator(file=name, input_channels=channels, output_channels=out_channels)
             written = _opset_of(build / name)
             if opset is not None and written != opset:  # the exporter falls back when it cannot convert
                 raise OnnxExportError(f"opset {opset} was asked, the exporter wrote opset {written} (its version "
                                       f"converter cannot produce {opset} for this graph); not writing {dest}: ask "
                                       f"for opset {written} or none")
             opsets.add(written)
+            out_channels = translator.config.output_nc if direction == "AtoB" else translator.config.input_nc
+            generators[direction] = OnnxGenerator(file=name, input_channels=channels, output_channels=out_channels)
         export = OnnxExport(model=translator.config, size_multiple=translator.multiple(translator.directions[0]),
                             generators=generators, opset=max(opsets), exported_with=_versions())
         (build / CONFIG_FILE).write_text(json.dumps(export.model_dump(mode="json"), indent=2) + "\n")
