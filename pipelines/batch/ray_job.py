@@ -233,12 +233,18 @@ def run_on_ray(items: list[WorkItem], spec: ActorSpec, model_files: dict[str, by
     rows: list[dict[str, Any]] = []
     counts = {"translated": 0, "quarantined": 0, "error": 0}
     started = time.perf_counter()
+    first: tuple[float, int] | None = None  # the rate is taken after the first batch: actor start is not per image
     for batch in translated.iter_batches(batch_size=None, batch_format="numpy"):
         for row in iter_rows(batch):
             rows.append(row)
             counts[row["status"]] += 1
+        now = time.perf_counter()
+        if first is None:
+            first, rate = (now, len(rows)), len(rows) / max(now - started, 1e-9)
+        else:
+            rate = (len(rows) - first[1]) / max(now - first[0], 1e-9)
         progress = BatchProgress(len(rows), len(items), counts["translated"], counts["quarantined"], counts["error"],
-                                 len(rows) / max(time.perf_counter() - started, 1e-9))
+                                 rate)
         logger.info("batch translation: %s", progress.line())
         if on_batch is not None:
             on_batch(progress)
