@@ -2,14 +2,15 @@
 
 Configurations (``--configs``): ``fp32`` (eager, NCHW: the reference), ``fp32_cl`` (channels_last),
 ``bf16`` (autocast), ``bf16_cl`` (autocast + channels_last), ``compile_fp32`` / ``compile_bf16``
-(``torch.compile``, bf16 with channels_last), ``onnxruntime`` (fp32 ONNX graph exported with
-``torch.onnx.export``, one session per size), ``auto`` (``Translator.translate_tensor`` with
+(``torch.compile``, bf16 with channels_last), ``onnxruntime`` (the fp32 graph of
+``cyclegan_core.onnx_export.export_onnx`` run by ``OnnxTranslator``), ``auto`` (``Translator.translate_tensor`` with
 ``precision="auto"``: what ``cyclegan translate`` does by default). Every configuration runs once per
 repeat in turn (round-robin), so host-load drift hits all of them alike; one JSON line per
 configuration and size: median ms/image, images/s, ``speedup`` against fp32 eager of the same run,
 ``speedup_paired`` (the median of the rounds' ratios, robust to load drift between rounds),
 and ``psnr_vs_fp32_db`` (output against fp32 eager's on one synthetic scene, [0, 1] scale). Compile
-and ONNX export times are reported apart (``setup_s``: the first call, or export + session).
+and ONNX export times are reported apart (``setup_s``: the first call, with the compile or the export
+and session; the export is made once, for the first size).
 
     python benchmarks/translate.py --sizes 256 1024 --repeats 5 3
 
@@ -90,29 +91,25 @@ def compiled(net: nn.Module, *, bf16: bool) -> Run:
     return run
 
 
-def onnx_session(net: nn.Module, shape: tuple[int, ...], folder: Path, threads: int) -> Run:
-    """Export ``net`` for inputs of ``shape`` (fixed) and run it in an onnxruntime CPU session."""
-    import onnxruntime as ort
+def onnx_session(translator: Translator, folder: Path, threads: int) -> Run:
+    """``cyclegan export``'s ONNX graph (``export_onnx``, dynamic H x W, exported once) run by
+    ``OnnxTranslator`` (onnxruntime, CPU), as ``cyclegan translate --backend onnxruntime`` runs it."""
+    from cyclegan_core.onnx_export import export_onnx
+    from cyclegan_core.onnx_runtime import OnnxTranslator
 
-    path = folder / f"generator_{'x'.join(map(str, shape))}.onnx"
-    with torch.no_grad():
-        torch.onnx.export(copy.deepcopy(net).eval(), (torch.zeros(shape),), str(path), input_names=["x"],
-                          output_names=["y"], dynamo=True, optimize=True, verbose=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(["y"], {"x": x.numpy()})[0])
-    return run
+    dest = folder / "onnx"
+    if not dest.exists():
+        export_onnx(translator, dest)
+    session = OnnxTranslator.from_folder(dest, threads=threads)
+    return lambda x: torch.from_numpy(session.translate_array(x.numpy()))
 
 
-def build(config: str, translator: Translator, shape: tuple[int, ...], folder: Path, threads: int) -> Run:
+def build(config: str, translator: Translator, folder: Path, threads: int) -> Run:
     net = translator.generator()
     if config == "auto":
         return lambda x: translator.translate_tensor(x, precision="auto", batch_size=x.shape[0])
     if config == "onnxruntime":
-        return onnx_session(net, shape, folder, threads)
+        return onnx_session(translator, folder, threads)
     if config.startswith("compile_"):
         return compiled(net, bf16=config == "compile_bf16")
     return eager(net, bf16=config.startswith("bf16"), channels_last=config.endswith("_cl"))
@@ -141,7 +138,7 @@ def measure_size(args: argparse.Namespace, translator: Translator, size: int, re
     outputs: dict[str, torch.Tensor] = {}
     for config in ["fp32", *(c for c in args.configs if c != "fp32")]:
         started = time.perf_counter()
-        runs[config] = build(config, translator, tuple(x.shape), folder, torch.get_num_threads())
+        runs[config] = build(config, translator, folder, torch.get_num_threads())
         outputs[config] = runs[config](x)  # warm-up; compile happens here
         setup[config] = time.perf_counter() - started
         print(f"{size}px {config}: ready in {setup[config]:.1f}s", file=sys.stderr, flush=True)
