@@ -69,21 +69,13 @@ def make_translator(args: argparse.Namespace) -> Translator:
                       ModelConfig(generator=args.generator, ngf=args.ngf))
 
 
-def eager(net: nn.Module, *, bf16: bool, channels_last: bool) -> Run:
-    """A copy of ``net`` in the memory format; the call converts its input and returns NCHW float32."""
+def torch_run(net: nn.Module, *, bf16: bool, channels_last: bool, compile_net: bool = False) -> Run:
+    """A copy of ``net`` in the memory format (``torch.compile``d if asked); the call converts its
+    input and returns NCHW float32."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = copy.deepcopy(net).to(memory_format=memory_format).eval()
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return net(x.contiguous(memory_format=memory_format)).float().contiguous()
-    return run
-
-
-def compiled(net: nn.Module, *, bf16: bool) -> Run:
-    """``torch.compile`` of a copy of ``net`` (channels_last for bf16, as the eager bf16 path)."""
-    memory_format = torch.channels_last if bf16 else torch.contiguous_format
-    net = torch.compile(copy.deepcopy(net).to(memory_format=memory_format).eval())
+    if compile_net:
+        net = torch.compile(net)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -110,9 +102,10 @@ def build(config: str, translator: Translator, folder: Path, threads: int) -> Ru
         return lambda x: translator.translate_tensor(x, precision="auto", batch_size=x.shape[0])
     if config == "onnxruntime":
         return onnx_session(translator, folder, threads)
-    if config.startswith("compile_"):
-        return compiled(net, bf16=config == "compile_bf16")
-    return eager(net, bf16=config.startswith("bf16"), channels_last=config.endswith("_cl"))
+    if config.startswith("compile_"):  # bf16 compiled as the eager bf16 path runs it: channels_last
+        bf16 = config == "compile_bf16"
+        return torch_run(net, bf16=bf16, channels_last=bf16, compile_net=True)
+    return torch_run(net, bf16=config.startswith("bf16"), channels_last=config.endswith("_cl"))
 
 
 def psnr(output: torch.Tensor, reference: torch.Tensor) -> float | None:
