@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from cyclegan_core import precision
 from cyclegan_core.checkpoint import save_checkpoint
 from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.memory import forward_bytes, used_bytes
@@ -118,6 +119,15 @@ def test_an_fp32_call_after_bf16_is_the_nchw_generators_exact_output() -> None:
     assert _first_conv_weight(translator.generator()).is_contiguous()
     with torch.no_grad():
         assert torch.equal(fp32, reference(x))
+
+
+def test_auto_on_a_cpu_with_amx_bf16_is_bf16_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "_host_capabilities", lambda: {"amx_tile": True, "amx_bf16": True})
+    translator, _ = _fresh_translator()
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    auto = translator.translate_tensor(x)
+    assert _first_conv_weight(translator.generator()).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(auto, translator.translate_tensor(x, precision="bf16"))
 
 
 def test_bf16_tiles_at_their_own_size_stay_close_to_fp32_tiles() -> None:
