@@ -46,6 +46,7 @@ class RolloutOutcome(BaseModel):
     triggered_by: str
     rolled_out_at: str | None = None
     results: list[dict[str, Any]] = Field(default_factory=list, description="translate-cyclegan results")
+    served: dict[str, str] = Field(default_factory=dict, description="model server URL -> what it serves")
 
 
 def run_name(model: str, alias: str, version: str | None, triggered_by: str, action: str = "") -> str:
@@ -93,7 +94,23 @@ def summary_markdown(outcome: RolloutOutcome) -> str:
         lines.append(f"- `{result.get('input_uri')}` -> `{result.get('output_prefix')}`: "
                      f"{result.get('translated', 0)} translated, {result.get('skipped', 0)} unchanged, "
                      f"{result.get('quarantined', 0)} quarantined")
+    for url, detail in outcome.served.items():
+        lines.append(f"- model server `{url}`: {detail}")
     return "\n".join(lines) + "\n"
+
+
+def report_servers(urls: list[str], model: str, version: str, timeout_s: float) -> dict[str, str]:
+    """What each model server serves once it had ``timeout_s`` to switch (a server that does not is
+    reported, not a failed rollout: the outputs and the record are written)."""
+    from pipelines.serving.served import wait_until_served
+
+    logger = get_run_logger()
+    served = {}
+    for url in urls:
+        check = wait_until_served(url, model=model, version=version, timeout_s=timeout_s)
+        (logger.info if check.served else logger.warning)("model server %s: %s", url, check.detail)
+        served[url] = check.detail
+    return served
 
 
 def initial_run_name() -> str:
@@ -108,8 +125,10 @@ def initial_run_name() -> str:
 @flow(name=FLOW_NAME, log_prints=False, flow_run_name=initial_run_name)
 def rollout_champion(model_name: str = RegistrySettings().model_name, alias: str = "champion",
                      version: str | None = None, targets: list[RolloutTarget] | None = None,
-                     triggered_by: str = "manual") -> RolloutOutcome:
-    """Roll ``model_name@alias`` out over ``targets`` (``version``: the move's version; None reconciles)."""
+                     triggered_by: str = "manual", servers: list[str] | None = None,
+                     served_timeout_s: float = 120.0) -> RolloutOutcome:
+    """Roll ``model_name@alias`` out over ``targets`` (``version``: the move's version; None reconciles),
+    then wait (at most ``served_timeout_s``) for each ``cyclegan serve`` URL of ``servers`` to serve it."""
     from prefect.runtime import deployment
 
     from pipelines.flows import DeploymentSetupError, deployment_problem, pipeline_logs_in_run
@@ -148,6 +167,7 @@ def rollout_champion(model_name: str = RegistrySettings().model_name, alias: str
                 what=f"recording the rollout of {model_name} v{decision.version}", uri=tracking_uri)
             logger.info("rolled out %s@%s v%s over %d target(s); recorded at %s", model_name, alias,
                         decision.version, len(targets or []), outcome.rolled_out_at)
+            outcome.served = report_servers(servers or [], model_name, decision.version, served_timeout_s)
     create_markdown_artifact(summary_markdown(outcome), key=SUMMARY_KEY,
                              description=f"rollout of {model_name}@{alias}")
     return outcome

@@ -74,25 +74,31 @@ class ModelServer:
                 "last_failure": self.last_failure}
 
     def wanted(self) -> str | None:
-        from pipelines.promotion import state
+        from pipelines.promotion.state import rollout_tag
 
-        model, alias = self.settings.model, self.settings.alias
-        return wanted_version(rolled_out=state.rolled_out_version(self.client, model, alias),
-                              alias_version=state.current_version(self.client, model, alias))
+        registered = self.client.get_registered_model(self.settings.model)
+        alias_version = registered.aliases.get(self.settings.alias)
+        return wanted_version(rolled_out=registered.tags.get(rollout_tag(self.settings.alias)),
+                              alias_version=None if alias_version is None else str(alias_version))
 
     def poll_once(self) -> None:
         """Read the wanted version and switch to it when the plan says so."""
         try:
             wanted = self.wanted()
         except Exception as exc:  # noqa: BLE001 - MLflow down or the model missing: keep serving, retry
-            self.state = f"cannot read {self.settings.model} from {self.settings.tracking_uri}: {exc}"
-            log.warning("%s; v%s stays served", self.state, self.current.version if self.current else "-")
+            state = f"cannot read {self.settings.model} from {self.settings.tracking_uri}: {type(exc).__name__}: {exc}"
+            if state != self.state:  # once per change, not every poll
+                log.warning("%s; v%s stays served, retrying every %g s", state,
+                            self.current.version if self.current else "-", self.settings.poll_s)
+            self.state = state
             return
         serving = self.current.version if self.current else None
         plan = plan_switch(serving=serving, wanted=wanted, failed_at=self.failed_at, now=time.monotonic(),
                            retry_after_s=self.settings.retry_after_s)
         if plan.action == "start" and plan.version is not None:
             self.switch_to(plan.version)
+        elif plan.action == "keep":
+            self.state = plan.reason
         elif plan.action == "wait" and self.state != plan.reason:
             self.state = plan.reason
             log.info("%s", plan.reason)

@@ -30,6 +30,6 @@ def plan_switch(*, serving: str | None, wanted: str | None, failed_at: dict[str,
     failed = failed_at.get(wanted)
     if failed is not None and now - failed < retry_after_s:
         keep = f"v{serving} stays served" if serving else "nothing is served"
-        return SwitchPlan("wait", wanted, f"v{wanted} failed to start {now - failed:.0f} s ago; {keep}, "
-                                          f"retry after {retry_after_s:.0f} s")
+        return SwitchPlan("wait", wanted, f"v{wanted} failed to start; {keep}, v{wanted} is tried again "
+                                          f"{retry_after_s:g} s after its failure")
     return SwitchPlan("start", wanted, f"v{wanted} wanted, v{serving or '-'} served")

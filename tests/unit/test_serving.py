@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 
+from pipelines.embedded import free_port
+from pipelines.promotion.flow import RolloutOutcome, summary_markdown
 from pipelines.serving.backend import ScoringServer
 from pipelines.serving.front import end_to_end, handler_class
+from pipelines.serving.served import wait_until_served
 from pipelines.serving.switch import plan_switch, wanted_version
 
 
@@ -136,3 +139,39 @@ def test_with_nothing_served_the_front_answers_503(front: tuple[int, OneBackend]
     served.backend = None
     status, _, body = request(port, "POST", "/invocations", b"{}", {"Content-Type": "application/json"})
     assert status == 503 and json.loads(body)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+class Status(BaseHTTPRequestHandler):
+    """A /served-version that reports v1, then v2 from its third answer on."""
+
+    answered = 0
+
+    def do_GET(self) -> None:
+        type(self).answered += 1
+        version = "2" if type(self).answered >= 3 else "1"
+        body = json.dumps({"model": "m", "version": version, "since": "t", "state": "x",
+                           "last_failure": None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_the_rollout_wait_returns_once_the_server_serves_the_version() -> None:
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), Status)) as port:
+        check = wait_until_served(f"http://127.0.0.1:{port}", model="m", version="2", timeout_s=10, poll_s=0.05)
+    assert check.served and check.detail == "serves v2 since t"
+
+
+def test_the_rollout_wait_reports_an_unreachable_server_after_its_timeout() -> None:
+    check = wait_until_served(f"http://127.0.0.1:{free_port()}", model="m", version="2", timeout_s=0.2, poll_s=0.05)
+    assert not check.served and check.detail.startswith("unreachable") and check.detail.endswith("after 0.2 s")
+
+
+def test_the_rollout_summary_names_what_each_server_serves() -> None:
+    outcome = RolloutOutcome(model_name="m", alias="champion", requested="2", version="2", action="rollout",
+                             reason="r", triggered_by="t", served={"http://model-server:5001": "serves v2 since t"})
+    assert "- model server `http://model-server:5001`: serves v2 since t" in summary_markdown(outcome)
