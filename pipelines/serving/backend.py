@@ -73,8 +73,10 @@ class ScoringServer:
         threading.Thread(target=self._relay, name=f"mlflow-serve-v{self.version}", daemon=True).start()
         while time.monotonic() - began < timeout_s:
             if self.process.poll() is not None:
+                time.sleep(0.2)  # the relay thread reads the last lines
+                log.info("mlflow models serve of v%s, its last lines: %s", self.version, self.last_output())
                 raise StartFailed(f"{self.label}: mlflow models serve exited with {self.process.returncode}: "
-                                  f"{self.last_output()}")
+                                  f"{self.last_output(1)}")
             if ping(self.port):
                 return time.monotonic() - began
             time.sleep(0.25)
