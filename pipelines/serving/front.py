@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 SERVED_VERSION_PATH = "/served-version"
 FORWARDED_PATHS = ("/invocations", "/ping", "/health", "/version")
-# Headers of one connection, not of the request (RFC 9110 7.6.1); Content-Length is set anew.
+# Headers of one connection, not of the request (RFC 9110 7.6.1); Content-Length is set anew, and
+# Expect: 100-continue (curl's, for large bodies) is answered by the front itself.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade", "proxy-authenticate", "proxy-authorization", "content-length"})
+                        "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "expect"})
 FORWARD_TIMEOUT_S = 600.0
 
 

@@ -50,7 +50,7 @@ def test_nothing_to_serve_waits() -> None:
 def test_hop_by_hop_headers_and_those_connection_names_are_not_passed_on() -> None:
     headers = [("Content-Type", "application/json"), ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"),
                ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"), ("Content-Length", "9"),
-               ("Authorization", "Bearer t"), ("X-Request-Id", "abc")]
+               ("Expect", "100-continue"), ("Authorization", "Bearer t"), ("X-Request-Id", "abc")]
     assert end_to_end(headers) == [("Content-Type", "application/json"), ("Authorization", "Bearer t"),
                                    ("X-Request-Id", "abc")]
 
