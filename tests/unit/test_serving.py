@@ -175,3 +175,12 @@ def test_the_rollout_summary_names_what_each_server_serves() -> None:
     outcome = RolloutOutcome(model_name="m", alias="champion", requested="2", version="2", action="rollout",
                              reason="r", triggered_by="t", served={"http://model-server:5001": "serves v2 since t"})
     assert "- model server `http://model-server:5001`: serves v2 since t" in summary_markdown(outcome)
+
+
+def test_cyclegan_serve_refuses_a_bad_setting_before_starting_anything() -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    done = CliRunner().invoke(app, ["serve", "--model", "m", "--poll-s", "0"])
+    assert done.exit_code == 4 and "poll_s" in done.output, done.output
