@@ -38,6 +38,18 @@ def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | Non
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
+def drain_prefect_queues(timeout_s: float = 60) -> None:
+    """Send what Prefect's process-wide log and event workers still hold, then drop them. They are
+    singletons bound to the API they started with: left bound to a test's own server, the next
+    ``prefect_test_harness`` in the process inherits them, and its teardown waits a request timeout
+    per queued item once that server is gone (10 minutes of a CI run). Call it before the server stops."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout_s)
+    EventsWorker.drain_all(timeout=timeout_s)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """Endpoint URL of a moto S3 server on loopback (the demo's embedded one); AWS_* variables point

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from pipelines.registry.access import Credentials
-from tests.conftest import _stop_process_group, free_port, wait_http
+from tests.conftest import _stop_process_group, drain_prefect_queues, free_port, wait_http
 from tests.integration.test_registry import export_tiny_model, make_config, make_report, make_train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -246,6 +246,7 @@ def auth_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     try:
         wait_http(f"http://127.0.0.1:{port}/api/health", timeout_s=240, process=process)
         yield {"url": f"http://127.0.0.1:{port}/api", "auth": auth, "log": str(home / "server.log")}
+        drain_prefect_queues()  # the in-process flows' log and event workers are bound to this server
     finally:
         _stop_process_group(process)
 
