@@ -31,7 +31,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.conftest import _stop_process_group, free_port, wait_http
+from tests.conftest import _stop_process_group, drain_prefect_queues, free_port, wait_http
 from tests.e2e.conftest import REPO, api_client
 
 pytestmark = pytest.mark.slow
@@ -241,3 +241,22 @@ def test_two_quick_moves_end_with_the_last_version_rolled_out(worker, promotion)
     assert sorted(run.parameters["version"] for run in runs) == ["1", "3"]
     assert rolled_out(client) == "1"
     assert client.get_model_version(MODEL, "1").tags["rolled_out_flow_run"] in {str(run.id) for run in runs}
+
+
+def test_the_webhook_secret_comes_from_a_prefect_secret_block(prefect_server: dict[str, str]) -> None:
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.promotion.settings import PromotionError, webhook_secret
+
+    name = f"webhook-secret-{uuid.uuid4().hex[:6]}"
+    value = secrets.token_hex(16)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
+        Secret(value=value).save(name)
+        assert webhook_secret({"CYCLEGAN_WEBHOOK_SECRET_BLOCK": name}).get_secret_value() == value
+        # the environment's secret wins over the block; a block that does not exist names itself and the fix
+        assert webhook_secret({"CYCLEGAN_WEBHOOK_SECRET": "from-env",
+                               "CYCLEGAN_WEBHOOK_SECRET_BLOCK": name}).get_secret_value() == "from-env"
+        with pytest.raises(PromotionError, match=rf"'{name}-missing'.*prefect block create secret"):
+            webhook_secret({"CYCLEGAN_WEBHOOK_SECRET_BLOCK": f"{name}-missing"})
+        drain_prefect_queues()  # the block's events went through workers bound to this server
