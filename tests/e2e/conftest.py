@@ -1,4 +1,5 @@
-"""The real Prefect deployment path, shared by the e2e modules (one server and one worker per session):
+"""The real Prefect deployment path, shared by the e2e modules (one server and one worker for tests/e2e,
+stopped after its last test so they do not load the rest of the suite):
 
 - ``prefect_server``: a `prefect server start` process on loopback; the environment that points at it,
 - ``worker``: prefect.yaml deployed (`prefect deploy --all`) and a process worker serving its pool with
@@ -39,7 +40,7 @@ def api_client(env: dict[str, str]) -> Any:
         return get_client(sync_client=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real Prefect server on loopback; returns the environment that points clients at it."""
     home = tmp_path_factory.mktemp("prefect-home")
@@ -65,7 +66,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         _stop_process_group(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(prefect_server, ray_head, s3_server, mlflow_server, tmp_path_factory) -> Iterator[dict[str, str]]:
     """prefect.yaml deployed (`prefect deploy --all`) and a process worker serving its pool, with the
     environment a production worker has; yields that environment."""
