@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect.events import Event
 
+from pipelines.local_http import answer_json
 from pipelines.promotion import events
 from pipelines.promotion.settings import ReceiverSettings, receiver_settings_from_env
 from pipelines.promotion.signature import DeliveryLedger, Refused, verify
@@ -153,12 +154,7 @@ def handler_class(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.answer(outcome.status, {"status": int(outcome.status), "message": outcome.message})
 
         def answer(self, status: int, document: dict[str, Any]) -> None:
-            body = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            answer_json(self, status, document)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)

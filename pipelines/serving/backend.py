@@ -8,13 +8,14 @@ import collections
 import http.client
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from pipelines.local_http import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +108,5 @@ class ScoringServer:
         deadline = time.monotonic() + drain_s
         while self.in_flight > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_group(self.process, timeout_s=15)

@@ -5,13 +5,13 @@ back as it is; ``GET /served-version`` answers which version that is."""
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
+from pipelines.local_http import answer_json
 from pipelines.serving.backend import ScoringServer
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,7 @@ def handler_class(served: Served, *, forwarder: Callable[..., tuple[int, str, li
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = handle_any
 
         def answer(self, status: int, document: dict[str, Any]) -> None:
-            body = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            answer_json(self, status, document)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
