@@ -184,7 +184,7 @@ def translate_with(settings: BatchSettings, model_dir: Path, model: ModelIdentit
                    on_batch: Callable[[BatchProgress], None] | None = None) -> BatchResult:
     """Translate what is new or changed under ``settings.input_uri`` with the downloaded ``model_dir``
     (``model``: its identity) into the run root of that version; returns the run's result."""
-    from pipelines.batch.ray_job import connect
+    from pipelines.ray_session import connect_ray
 
     started = time.perf_counter()
     source, output = locations(settings)
@@ -199,7 +199,7 @@ def translate_with(settings: BatchSettings, model_dir: Path, model: ModelIdentit
                 len(plan.work) + len(plan.unchanged), len(plan.work), len(plan.unchanged), model.resolved_uri)
     rows = []
     if plan.work:
-        connect(settings.services.ray_address)
+        connect_ray(settings.services.ray_address)
         import ray
 
         pool = pool_size(actors=settings.actors, use_gpu=settings.use_gpu, cpus_per_actor=settings.cpus_per_actor,

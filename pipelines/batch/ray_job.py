@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 
 from pipelines.batch.planning import (
     InputRecord,
@@ -173,20 +172,6 @@ class TranslateActor:
                         content_type="application/json")
         if item.previous == "translated":  # its old output translated content that no longer exists
             self.root.delete(item.output)
-
-
-def connect(address: str | None) -> None:
-    """The session's Ray when one is initialised (a test fixture, a notebook), else ``address``'s cluster
-    (RAY_ADDRESS), else a local Ray, as training connects."""
-    if ray.is_initialized():
-        return
-    quiet = not logger.isEnabledFor(logging.DEBUG)
-    if address:
-        logger.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING)
-    else:
-        logger.info("starting a local Ray")
-        ray.init(address="local", include_dashboard=False, log_to_driver=not quiet, logging_level=logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cyclegan_core.distributed import all_gather_object
+from pipelines import ray_session
 from pipelines.config import ResolvedConfig
 
 logger = logging.getLogger(__name__)
@@ -24,23 +25,8 @@ CREDENTIALS_DOC = 'README.md, "Credentials on a cluster"'
 
 
 def connect_ray(config: ResolvedConfig) -> bool:
-    """Connect to ``config.services.ray_address``'s cluster, or start a local one; returns True when the
-    cluster is local. An already initialised Ray (a test fixture, a notebook) is used as it is."""
-    address = config.services.ray_address
-    if ray.is_initialized():
-        return not address
-    # Ray's raw worker output is dropped unless debugging: progress is reported by pipelines.train, and
-    # worker errors reach the driver as exceptions.
-    quiet = not logger.isEnabledFor(logging.DEBUG)
-    if address:
-        logger.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING)
-        return False
-    logger.info("starting a local Ray (%s CPUs)", config.scaling.local_num_cpus or "all")
-    # address="local": never attach to a cluster that RAY_ADDRESS names behind the config's back
-    ray.init(address="local", num_cpus=config.scaling.local_num_cpus, include_dashboard=False,
-             log_to_driver=not quiet, logging_level=logging.WARNING)
-    return True
+    """``pipelines.ray_session.connect_ray`` with the run's address and local CPU count."""
+    return ray_session.connect_ray(config.services.ray_address, local_num_cpus=config.scaling.local_num_cpus)
 
 
 def check_storage_shared(storage_path: str, alive_nodes: int) -> None:
