@@ -73,7 +73,10 @@ def worker(prefect_server, ray_head, s3_server, mlflow_server, tmp_path_factory)
     env = {**prefect_server, **ray_head, "PREFECT_HOME": prefect_server["PREFECT_HOME"],
            "MLFLOW_TRACKING_URI": mlflow_server,
            "AWS_ENDPOINT_URL": s3_server,
-           **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
+           **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")},
+           # the worker looks for scheduled runs every second (Prefect's default: 10 s), so a run a test
+           # starts or triggers begins at once
+           "PREFECT_WORKER_QUERY_SECONDS": "1"}
     prefect(env, "work-pool", "create", "cyclegan-pool", "--type", "process")
     prefect(env, "deploy", "--all")
     pause_rollout_schedule(env)

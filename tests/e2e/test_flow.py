@@ -171,6 +171,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 ):
     from mlflow import MlflowClient
 
+    import pipelines.flows
     import pipelines.tracking
     import pipelines.train
     from pipelines import registry
@@ -201,6 +202,9 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
         return real_register(*args, **kwargs)
 
     monkeypatch.setattr(registry, "register_model", register_while_server_down_once)
+    # The retry after 3 s instead of the production backoff's 5-15 s (the watcher polls every 0.5 s).
+    monkeypatch.setattr(pipelines.flows, "register_task",
+                        pipelines.flows.register_task.with_options(retry_delay_seconds=3, retry_jitter_factor=0))
     # Live tracking: rank 0 waits in epoch 2 until epoch 1's losses are in the pipeline's MLflow run.
     seen = tmp_path / "live-metrics-seen.json"
     real_train = pipelines.train.train_on_ray

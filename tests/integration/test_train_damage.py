@@ -1,6 +1,7 @@
 """Resuming after damage on a real local Ray (`ray_local`, the fixtures of test_train_ray): a checkpoint
-replaced by a malicious pickle, a truncated Ray snapshot, and the failure message's first line. The
-pure parts (file checks, folder choice, the summary line) are in tests/unit/test_resume.py."""
+replaced by a malicious pickle, a truncated Ray snapshot, and the failure message's first line; the
+resumed run still ends with the weights of an uninterrupted run, bit for bit. The pure parts (file
+checks, folder choice, the summary line) are in tests/unit/test_resume.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+import torch
 
+from cyclegan_core.translator import Translator
 from pipelines.config import Services
 from pipelines.records import DatasetRef
 from pipelines.train import TrainHooks, TrainingError, train_on_ray
@@ -26,6 +29,10 @@ from tests.unit.test_resume import plant_malicious_checkpoint, write_folder
 def test_a_damaged_checkpoint_and_a_truncated_snapshot_fall_back_to_the_previous_checkpoint(
     ray_local: None, ingested: DatasetRef, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
 ) -> None:
+    """Also the foundation's exact-resume guarantee across Ray: the run that dies in epoch 3 and resumes
+    (from epoch 1, past the damage) ends with the generators of one uninterrupted run, bit for bit."""
+    straight = train_on_ray(tiny_config(ingested, tmp_path, run_name="damage", storage_path=str(tmp_path / "straight"),
+                                        epochs=3), ingested)
     config = tiny_config(ingested, tmp_path, run_name="damage", storage_path=str(tmp_path / "runs"), epochs=3,
                          max_failures=0)
     run_name = config.ray_run_name(ingested.version)
@@ -67,6 +74,16 @@ def test_a_damaged_checkpoint_and_a_truncated_snapshot_fall_back_to_the_previous
     point = find_resume_point(storage, run_name)
     assert point.ray_latest and point.checkpoint.path == result.checkpoint_uri and not point.damaged
     assert check_folder(second).epoch == 2  # epoch 2 trained again over the damaged folder
+
+    # Crashed, damaged and resumed, it ends where the uninterrupted run ended: same losses, same weights.
+    assert (straight.epochs, straight.steps) == (result.epochs, result.steps)
+    for before, after in zip(straight.history, result.history, strict=True):  # epoch 1 from the crashed run
+        assert {k: v for k, v in after.items() if k.startswith(("loss_", "G_AB_checksum"))} == {
+            k: v for k, v in before.items() if k.startswith(("loss_", "G_AB_checksum"))}
+    expected, got = (Translator.from_pretrained(r.generators_dir, device="cpu") for r in (straight, result))
+    for direction in ("AtoB", "BtoA"):
+        want, have = expected.generator(direction).state_dict(), got.generator(direction).state_dict()
+        assert all(torch.equal(have[key], want[key]) for key in want), f"{direction} differs"
 
 
 def test_on_s3_damaged_checkpoints_are_named_by_uri_and_the_snapshot_is_set_aside(
