@@ -220,6 +220,33 @@ def test_a_new_champion_version_translates_everything_into_its_own_prefix(
     assert objects(bucket, f"out/{name}/v1/AtoB/") == v1  # the old version's outputs stay as they were
 
 
+def test_local_folders_are_translated_and_a_rerun_translates_nothing(
+        ray_local: None, mlflow_server: str, champion: dict, tmp_path: Path) -> None:
+    """The same job between local folders (a shared mount on a cluster): outputs, quarantine, manifest
+    as on S3, and a second run finds everything done."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    (inputs / "sub").mkdir(parents=True)
+    for seed, name in enumerate(("a.png", "sub/c.png")):
+        (inputs / name).write_bytes(image_bytes(name, seed))
+    (inputs / "empty.png").write_bytes(b"")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    local = batch_settings(str(inputs), str(out), str(champion["uri"]), env=env, max_quarantined=1, batch_size=2,
+                           actors=1)
+    first = translate_batch(local)
+    root = out / str(champion["name"]) / "v1" / "AtoB"
+    assert (first.model_version, first.translated, first.quarantined) == ("1", 2, 1)
+    written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert [rel for rel in written if not rel.startswith("_")] == ["a.png", "sub/c.png"]
+    expected = Translator.from_pretrained(champion["models"]["1"], device="cpu")(
+        [Image.open(io.BytesIO(image_bytes("a.png", 0))).convert("RGB")])[0]
+    assert np.array_equal(np.asarray(Image.open(root / "a.png")), np.asarray(expected))
+    assert json.loads((root / "_quarantine" / "empty.png.json").read_text())["reason"].startswith("empty")
+    assert len(json.loads((root / "_manifest.json").read_text())["records"]) == 3
+    assert not list(out.rglob(".*"))  # no temporaries left
+    again = translate_batch(local)
+    assert (again.translated, again.skipped) == (0, 3)
+
+
 # --- a run killed mid-way ------------------------------------------------------------------------------
 
 
