@@ -32,8 +32,8 @@ def fast_cpu_bf16(capabilities: Mapping[str, object] | None = None) -> bool:
     """Whether this CPU runs bf16 convolutions faster than fp32: it has AMX-BF16 tiles.
 
     ``capabilities`` is ``torch.cpu.get_capabilities()``'s mapping (this host's when None). AVX512-BF16
-    without AMX (Cooper Lake, Zen 4) is not counted: unmeasured here, so it keeps fp32 until a
-    benchmark says otherwise (``precision="bf16"`` forces it).
+    without AMX is not counted: measured on such a Xeon (benchmarks/README.md, "CPU inference"), bf16
+    autocast ran at 0.64-0.67x of fp32, so it keeps fp32 (``precision="bf16"`` forces it).
     """
     caps = _host_capabilities() if capabilities is None else capabilities
     return bool(caps.get("amx_bf16"))
