@@ -8,7 +8,7 @@ native size (the translator pads to its size multiple and crops back), in fp32:
   file names: ``psnr_AtoB``, ``ssim_AtoB``, ``l1_AtoB``, the identity baseline ``*_identity_AtoB``
   (the untranslated input against the reference) and ``psnr_gain_AtoB``;
 - ``fid_AtoB`` / ``kid_AtoB`` (+ ``kid_AtoB_std``): G_AB(testA) against the real testB (and BtoA),
-  with Inception-v3 pool3 features (conventions in ``cyclegan_core.metrics``);
+  with Inception-v3 pool3 features (conventions in ``cyclegan_core.metrics`` and ``cyclegan_core.inception``);
 - ``n_images_A`` / ``n_images_B``: how many test images were scored.
 
 Every per-image value is averaged over the images of its split. Grids: rows of input | translated |
@@ -21,16 +21,15 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from cyclegan_core.images import InvalidImage, decode_image, list_images
 from cyclegan_core.metrics import (
-    InceptionFeatureExtractor,
     fid_from_features,
     kid_from_features,
     l1,
@@ -41,10 +40,14 @@ from cyclegan_core.metrics import (
 from cyclegan_core.pretrained import DIRECTIONS
 from cyclegan_core.translator import Translator, pil_to_tensor
 
+if TYPE_CHECKING:
+    from cyclegan_core.inception import InceptionFeatureExtractor
+
 logger = logging.getLogger(__name__)
 
 DOMAINS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}  # direction -> (source domain, target domain)
 OPPOSITE = {"AtoB": "BtoA", "BtoA": "AtoB"}
+GRID_PADDING = 2  # white pixels around and between the tiles of a sample grid (torchvision's make_grid layout)
 GridRow = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -190,14 +193,15 @@ def sample_grid(rows: list[GridRow]) -> Image.Image:
     Rows of another size than the first are resized (bilinear) to it, for display only.
     """
     height, width = rows[0][0].shape[-2:]
-    tiles = []
-    for row in rows:
-        for image in row:
-            tile = to_unit_range(image)
-            if tile.shape[-2:] != (height, width):
-                tile = F.interpolate(tile[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            tiles.append(tile)
-    grid = make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=1.0)
+    pad, columns = GRID_PADDING, 3
+    grid = torch.ones(3, pad + len(rows) * (height + pad), pad + columns * (width + pad))
+    for index, image in enumerate(image for row in rows for image in row):
+        tile = to_unit_range(image)
+        if tile.shape[-2:] != (height, width):
+            tile = F.interpolate(tile[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        row, column = divmod(index, columns)
+        top, left = pad + row * (height + pad), pad + column * (width + pad)
+        grid[:, top : top + height, left : left + width] = tile
     array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(array)
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
 from cyclegan_core.evaluation import DOMAINS, OPPOSITE, Evaluation, evaluate_translator, split_paths
 from cyclegan_core.images import InvalidImage, decode_image
-from cyclegan_core.metrics import InceptionFeatureExtractor
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.rng import capture_rng_state, restore_rng_state
 from cyclegan_core.translator import Translator, pil_to_tensor, tensor_to_pil
+
+if TYPE_CHECKING:
+    from cyclegan_core.inception import InceptionFeatureExtractor
 
 COLUMNS = ("input", "translated", "reconstructed", "reference")
 LABEL_HEIGHT = 22

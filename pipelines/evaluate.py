@@ -23,7 +23,7 @@ import torch
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
 from cyclegan_core.evaluation import evaluate_translator
-from cyclegan_core.metrics import (
+from cyclegan_core.inception import (
     InceptionFeatureExtractor,
     InceptionWeightsError,
     torchvision_inception_weights,

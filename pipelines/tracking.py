@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # mlflow is imported where it is used: a Ray worker that only trains never loads it
+    from mlflow.entities import Dataset, Metric
+    from mlflow.tracking import MlflowClient
     from PIL.Image import Image
 
     from pipelines.config import ResolvedConfig
@@ -50,6 +49,8 @@ class TrackingRun:
 
 
 def _client(run: TrackingRun) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=run.tracking_uri, registry_uri=run.tracking_uri)
 
 
@@ -67,6 +68,8 @@ def log_image(run: TrackingRun | None, image: Image, key: str, step: int) -> Non
 
 def epoch_metric_records(metrics: Mapping[str, float], step: int, *, timestamp_ms: int) -> list[Metric]:
     """One epoch's metrics as MLflow metrics ``train/<name>`` at ``step`` (``epoch`` itself is the step)."""
+    from mlflow.entities import Metric
+
     return [Metric(f"{METRIC_PREFIX}{name}", float(value), timestamp_ms, step)
             for name, value in sorted(metrics.items()) if name != "epoch"]
 
@@ -127,6 +130,8 @@ def run_link(run: TrackingRun, experiment_id: str) -> str:
 def dataset_entity(dataset: DatasetRef) -> Dataset:
     """The ingested dataset as an MLflow dataset: its S3 URI as source, its version as digest and name
     suffix, its per-split counts (and quarantined objects) as profile."""
+    from mlflow.entities import Dataset
+
     profile = {"version": dataset.version, "quarantined": dataset.quarantined, **dict(sorted(dataset.counts.items()))}
     name = dataset.uri.rstrip("/").rsplit("/", 1)[-1] or dataset.uri
     return Dataset(name=f"{name}@{dataset.version[:12]}", digest=dataset.version[:MAX_DIGEST], source_type="s3",
@@ -136,6 +141,8 @@ def dataset_entity(dataset: DatasetRef) -> Dataset:
 def log_dataset_input(run: TrackingRun, dataset: DatasetRef, *, run_name: str) -> None:
     """Record the dataset as the run's training input (MLflow's Datasets column), tag its URI and
     version, and name the run ``run_name`` (the Ray run's name, known once the version is)."""
+    from mlflow.entities import DatasetInput, InputTag, RunTag
+
     from pipelines.registry.session import with_mlflow_retries
 
     client = _client(run)
@@ -155,6 +162,8 @@ def open_pipeline_run(config: ResolvedConfig, *, run_name: str, tags: dict[str, 
     URI: ``tags`` plus the training fingerprint and git sha, params = the resolved config that trains
     (``config.user_config()``). Returns the run and its link. Raises RegistryError (transient) when the
     tracking server stays unreachable: before any work."""
+    from mlflow.entities import Param
+
     from pipelines.registry.run_log import TAG_FINGERPRINT, ensure_experiment, flatten_params, git_sha
     from pipelines.registry.session import check_reachable, mlflow_client, with_mlflow_retries
 

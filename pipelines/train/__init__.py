@@ -11,7 +11,22 @@ import os
 # pipeline assumes V2's semantics (resume, errors). Listed in pipelines.config.ENVIRONMENT.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
-from pipelines.train.cluster import connect_ray
-from pipelines.train.driver import TrainHooks, TrainingError, train_on_ray
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.train.cluster import connect_ray
+    from pipelines.train.driver import TrainHooks, TrainingError, train_on_ray
 
 __all__ = ["TrainHooks", "TrainingError", "connect_ray", "train_on_ray"]
+_HOME = {"connect_ray": "cluster", "TrainHooks": "driver", "TrainingError": "driver", "train_on_ray": "driver"}
+
+
+def __getattr__(name: str) -> Any:
+    """The driver's names, imported on first use (PEP 562): a Ray worker that imports
+    ``pipelines.train.worker`` does not pay for the driver's imports (Ray Train, MLflow, the registry)."""
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value

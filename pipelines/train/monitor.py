@@ -16,16 +16,19 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cyclegan_core.distributed import all_gather_object
-from cyclegan_core.metrics import InceptionFeatureExtractor
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.training_eval import labelled_grid, model_translator, sample_rows, score_model
 from cyclegan_core.watchdog import diagnose, lower_learning_rate, non_finite
 from pipelines.config import ResolvedConfig
 from pipelines.tracking import TrackingRun, log_image
+
+if TYPE_CHECKING:
+    from cyclegan_core.inception import InceptionFeatureExtractor
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pipelines.evaluate import (
     resolve_inception_weights,
 )
 from pipelines.records import DatasetRef, EvalReport
-from tests.unit.test_metrics import write_random_inception_weights
+from tests.unit.test_inception import write_random_inception_weights
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
 IMAGES = 3  # per domain: Inception at 299 px on CPU is the cost of this file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -84,3 +85,22 @@ def test_labelled_grid_lays_out_labelled_columns_of_judgeable_tiles() -> None:
     assert grid.getpixel((4 + 132 * 3 + 64, 26 + 64)) == (187, 187, 187)  # a missing reference is grey
     with pytest.raises(ValueError, match="needs 4 images"):
         labelled_grid(["a", "b", "c", "d"], [[red, blue]])
+
+
+def test_sample_grid_is_torchvisions_make_grid_layout_with_odd_sized_rows_resized() -> None:
+    from torchvision.utils import make_grid
+
+    from cyclegan_core.evaluation import sample_grid
+    from cyclegan_core.metrics import to_unit_range
+
+    torch.manual_seed(0)
+    rows = [tuple(torch.rand(3, 5, 7) * 2 - 1 for _ in range(3)) for _ in range(2)]
+    odd = tuple(torch.rand(3, 9, 4) * 2 - 1 for _ in range(3))
+    resized = [torch.nn.functional.interpolate(to_unit_range(t)[None], size=(5, 7), mode="bilinear",
+                                               align_corners=False)[0] for t in odd]
+    expected = make_grid(torch.stack([to_unit_range(t) for row in rows for t in row] + resized), nrow=3,
+                         padding=2, pad_value=1.0)
+    want = expected.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    got = sample_grid([*rows, odd])
+    assert got.size == (2 + 3 * 9, 2 + 3 * 7)
+    assert np.array_equal(np.asarray(got), want)
