@@ -5,8 +5,9 @@ over it: one actor per GPU when the run uses GPUs, CPU actors otherwise. Each ac
 once from the files the driver put in the object store (no MLflow access on the nodes), builds its own
 S3 client from its node's credential chain (nothing secret travels through Ray), and for each batch
 reads the inputs, decodes them (a bad image becomes a quarantine record, never an exception),
-translates (images over the memory budget go through the tiled path), writes the PNGs with their
-metadata, then the batch's ledger; it returns one row per input. The driver logs a line per batch.
+translates (images over the memory budget go through the tiled path; one the budget cannot translate
+even by tiles fails alone with the budget's error, and the next run retries it), writes the PNGs with
+their metadata, then the batch's ledger; it returns one row per input. The driver logs a line per batch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cyclegan_core.memory import MemoryBudgetError
 from pipelines.batch.planning import (
     InputRecord,
     Ledger,
@@ -144,9 +146,11 @@ class TranslateActor:
                 continue
             decoded.append((item, image, row))
         if decoded:
-            outputs = self.translator([image for _, image, _ in decoded], direction=self.direction,
-                                      batch_size=self.spec.batch_size)
+            outputs = self.translate_images([image for _, image, _ in decoded])
             for (item, _, row), output in zip(decoded, outputs, strict=True):
+                if isinstance(output, MemoryBudgetError):  # a re-run with a larger budget retries it
+                    rows.append(row | {"status": "error", "reason": f"{type(output).__name__}: {output}"})
+                    continue
                 try:
                     self.write_output(item, png_bytes(output))
                 except Exception as exc:  # noqa: BLE001
@@ -154,6 +158,16 @@ class TranslateActor:
                     continue
                 rows.append(row | {"status": "translated", "output": item.output})
         return rows
+
+    def translate_images(self, images: list[Any]) -> list[Any]:
+        """The translations of ``images`` in order; an image the memory budget cannot translate even by
+        tiles is its ``MemoryBudgetError`` instead (the batch's other images are translated)."""
+        try:
+            return self.translator(images, direction=self.direction, batch_size=self.spec.batch_size)
+        except MemoryBudgetError as exc:
+            if len(images) == 1:
+                return [exc]
+        return [output for image in images for output in self.translate_images([image])]
 
     def metadata(self, item: WorkItem) -> dict[str, str]:
         model = self.spec.model
