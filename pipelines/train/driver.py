@@ -7,7 +7,8 @@ primary metric evaluated during training (the last one when nothing was evaluate
 ``config.output_dir/<run name>/generators``. Ray Train V2 resumes a run with the same name and storage
 from its latest checkpoint by itself: after a worker failure (``run.max_failures``) and when a
 retried call starts the same run again. Before it starts, ``check_resumable`` makes sure that
-checkpoint loads and otherwise resumes from the newest one that does (``resume``).
+checkpoint loads and otherwise resumes from the newest one that does (``resume``). A run whose latest
+checkpoint ends it (a later call for the same run) is exported from Ray's record without workers.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ from pipelines.train.cluster import check_cluster, connect_ray
 from pipelines.train.layout import CHECKPOINT_FILE, read_in_checkpoint, read_progress
 from pipelines.train.monitor import NO_SCORE
 from pipelines.train.progress import SCORE_KEY, RunProgress, progress_reporter
-from pipelines.train.resume import find_resume_point, set_snapshot_aside, snapshot_exists
+from pipelines.train.resume import (
+    ResumePoint,
+    find_resume_point,
+    run_folder,
+    set_snapshot_aside,
+    snapshot_exists,
+)
 from pipelines.train.storage import StorageTarget, resolve_storage
 from pipelines.train.worker import train_loop_per_worker
 
@@ -90,11 +97,11 @@ def best_checkpoint(result: Result) -> tuple[Checkpoint, dict] | None:
 
 
 def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfig,
-                    dataset: DatasetRef) -> Checkpoint | None:
+                    dataset: DatasetRef) -> tuple[Checkpoint | None, ResumePoint]:
     """Find the checkpoint the run resumes from (the newest that loads), refuse a run folder trained on
     another dataset version or one whose checkpoints all fail to load. Returns the checkpoint the
     workers must be handed when it is not the one Ray Train hands them (Ray's snapshot then set
-    aside), else None."""
+    aside), else None; and the resume point found."""
     point = find_resume_point(storage, run_name)
     if point.snapshot_problem:
         logger.warning("run %s: %s; using the checkpoint folders instead", run_name, point.snapshot_problem)
@@ -107,7 +114,7 @@ def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfi
                 f"run {run_name} cannot resume: none of its {len(point.damaged)} checkpoint(s) in {folder} "
                 f"loads (newest: {point.damaged[0].reason}); restore a good checkpoint folder there, or delete "
                 "the run folder to train from scratch")
-        return None
+        return None, point
     uri = storage.uri(point.checkpoint.path)
     done = point.progress
     if done.dataset_version != dataset.version:
@@ -124,11 +131,27 @@ def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfi
         logger.info("run %s resumes from its checkpoint %s (epoch %d, step %d)", run_name, uri, done.epoch,
                     done.step)
     if point.ray_latest:
-        return None
+        return None, point
     if snapshot_exists(storage, run_name):
         logger.warning("run %s: Ray's checkpoint snapshot set aside as %s (it would resume from the "
                        "damaged checkpoint or not start)", run_name, set_snapshot_aside(storage, run_name))
-    return point.checkpoint
+    return point.checkpoint, point
+
+
+def training_done(progress: RunProgress, *, total_epochs: int, max_steps: int | None) -> bool:
+    """Whether a checkpoint ends its run: its last epoch is done, or ``max_steps`` is reached (what
+    ``cyclegan_core.fit`` stops at)."""
+    return progress.epoch >= total_epochs or (max_steps is not None and progress.step >= max_steps)
+
+
+def finished_result(storage: StorageTarget, run_name: str, point: ResumePoint, config: ResolvedConfig) -> Result | None:
+    """The Result Ray Train's snapshot records for a run whose latest checkpoint ends it (a later call:
+    the export or the flow's cache was lost), None otherwise. Such a run needs no workers: they would
+    load the checkpoint and stop at once."""
+    if not point.ray_latest or point.progress is None or not training_done(
+            point.progress, total_epochs=config.train.total_epochs, max_steps=config.run.max_steps):
+        return None
+    return Result.from_path(run_folder(storage, run_name), storage_filesystem=storage.filesystem)
 
 
 def one_line(text: str, *, limit: int = 300) -> str:
@@ -185,14 +208,31 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     if not TorchTrainer.__module__.startswith("ray.train.v2."):
         raise RuntimeError("pipelines.train needs Ray Train V2; unset RAY_TRAIN_V2_ENABLED=0")
     hooks = hooks or TrainHooks()
-    run, scaling = config.run, config.scaling
     run_name = config.ray_run_name(dataset.version)
     # dataset.root need not exist here: a worker whose node lacks it ingests the dataset itself.
-    storage = resolve_storage(run.storage_path, config.services)
+    storage = resolve_storage(config.run.storage_path, config.services)
     local = connect_ray(config)
     check_cluster(config, local=local)
-    resume_from = check_resumable(storage, run_name, config, dataset)
+    resume_from, point = check_resumable(storage, run_name, config, dataset)
+    result = finished_result(storage, run_name, point, config)
+    if result is None:
+        result = fit_on_ray(config, dataset, storage, run_name, hooks=hooks, tracking=tracking,
+                            resume_from=resume_from)
+    else:
+        logger.info("run %s has finished training (epoch %d, step %d): exporting its generators without "
+                    "starting workers", run_name, point.progress.epoch, point.progress.step)
+    # No report at all: the checkpoint resumed from was already the run's last (Ray's own record of
+    # it was set aside).
+    final = result.checkpoint or resume_from
+    if final is None:
+        raise TrainingError(f"training run {run_name} finished without reporting a checkpoint")
+    return export_result(config, dataset, storage, run_name, result, final)
 
+
+def fit_on_ray(config: ResolvedConfig, dataset: DatasetRef, storage: StorageTarget, run_name: str, *,
+               hooks: TrainHooks, tracking: TrackingRun | None, resume_from: Checkpoint | None) -> Result:
+    """Run the ``TorchTrainer``; raise TrainingError when it fails or the watchdog stopped it."""
+    run, scaling = config.run, config.scaling
     with progress_reporter() as progress_callback:
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -230,11 +270,12 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
         good_uri = last_good_checkpoint(storage, run_name)
         raise TrainingError(f"training run {run_name} stopped by the watchdog: {failure}"
                             + (f"; last good checkpoint {good_uri}" if good_uri else ""), checkpoint_uri=good_uri)
-    # No report at all: the checkpoint resumed from was already the run's last (Ray's own record of
-    # it was set aside).
-    final = result.checkpoint or resume_from
-    if final is None:
-        raise TrainingError(f"training run {run_name} finished without reporting a checkpoint")
+    return result
+
+
+def export_result(config: ResolvedConfig, dataset: DatasetRef, storage: StorageTarget, run_name: str,
+                  result: Result, final: Checkpoint) -> TrainResult:
+    """Export the best checkpoint's generators (``final``'s when nothing was scored) and describe the run."""
     best = best_checkpoint(result)
     scored = best is not None and best[1].get(SCORE_KEY, NO_SCORE) > NO_SCORE
     exported = best[0] if best is not None and scored else final

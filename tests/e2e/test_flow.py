@@ -278,7 +278,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 
     # The cached training result points at exported generators that were deleted since: the flow does
     # not trust it, runs the train stage again, which finds the finished Ray run by its name and
-    # exports the same checkpoint's generators without training further.
+    # exports the same checkpoint's generators from Ray's record of it, without starting workers.
     shutil.rmtree(outcome.train.generators_dir)
     third = train_cyclegan(tiny_config(f"s3://{s3_bucket}/synth", tmp_path, model_name="flow-e2e-third"))
     assert third.train is not None and third.train.generators_dir.is_dir()

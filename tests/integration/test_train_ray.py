@@ -223,6 +223,15 @@ def test_two_workers_train_in_sync_checkpoint_and_export(ray_local: None, ingest
     assert parameter_checksum(translator.generator("AtoB")) == result.metrics["G_AB_checksum_rank0"]
     assert result.best_epoch is None and not any(key.startswith("eval_") for key in result.metrics)
 
+    # A later call for the finished run (max_steps reached) exports it again from Ray's record of the
+    # run, without starting workers.
+    shutil.rmtree(result.generators_dir)
+    caplog.clear()
+    assert train_on_ray(config, ingested) == result
+    assert Translator.from_pretrained(result.generators_dir, device="cpu").config == config.model
+    assert any("has finished training (epoch 3, step" in r.getMessage() for r in caplog.records), caplog.text
+    assert not epoch_lines(caplog) and sorted(p.name for p in checkpoint.parent.glob("checkpoint_epoch*")) == kept
+
 
 def bucket_keys(bucket: str, prefix: str) -> list[str]:
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
