@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan_core.networks.generators import ResnetUnetAdaLINGenerator
-from cyclegan_core.networks.norms import ILN, AdaLIN, _RhoMix
+from cyclegan_core.networks.norms import ILN, AdaLIN, RhoMix
 
 Reader = Callable[[int, int, int, int], torch.Tensor]  # padded rows y0:y1, cols x0:x1 -> 1 x C x h x w float
 Sink = Callable[[int, torch.Tensor], None]  # first padded row, C x h x padded-width finished rows in [-1, 1]
@@ -215,7 +215,7 @@ def _global_layers(net: nn.Module) -> dict[str, nn.Module]:
     """The layers whose output depends on statistics of the whole input, by qualified name."""
     layers: dict[str, nn.Module] = {}
     for name, module in net.named_modules():
-        if isinstance(module, (nn.InstanceNorm2d, _RhoMix)):
+        if isinstance(module, (nn.InstanceNorm2d, RhoMix)):
             layers[name] = module
         elif isinstance(module, ResnetUnetAdaLINGenerator):
             layers[f"{name}.mlp" if name else "mlp"] = module.mlp
@@ -228,7 +228,7 @@ Statistics = dict[str, tuple[torch.Tensor, ...]]
 def _input_statistics(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     x = x.float()
     in_var, in_mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
-    if isinstance(module, _RhoMix):
+    if isinstance(module, RhoMix):
         ln_var, ln_mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
         return in_mean, in_var, ln_mean, ln_var
     return in_mean, in_var
@@ -242,7 +242,7 @@ def capture_statistics(net: nn.Module, image: torch.Tensor) -> Statistics:
     handles = []
     for name, module in _global_layers(net).items():
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, name: str = name) -> None:
-            if isinstance(module, (nn.InstanceNorm2d, _RhoMix)):
+            if isinstance(module, (nn.InstanceNorm2d, RhoMix)):
                 recorded[name] = _input_statistics(module, inputs[0])
             else:
                 recorded[name] = (output.detach().float(),)
@@ -272,7 +272,7 @@ class FrozenInstanceNorm(nn.Module):
 class FrozenRhoMix(nn.Module):
     """AdaLIN or ILN with given instance- and layer-norm statistics."""
 
-    def __init__(self, layer: _RhoMix, *stats: torch.Tensor) -> None:
+    def __init__(self, layer: RhoMix, *stats: torch.Tensor) -> None:
         super().__init__()
         self.layer = layer
         self.in_mean, self.in_var, self.ln_mean, self.ln_var = stats
@@ -310,7 +310,7 @@ def with_frozen_statistics(net: nn.Module, stats: Statistics) -> nn.Module:
         values = stats[name]
         if isinstance(module, nn.InstanceNorm2d):
             replacement: nn.Module = FrozenInstanceNorm(module, *values)
-        elif isinstance(module, _RhoMix):
+        elif isinstance(module, RhoMix):
             replacement = FrozenRhoMix(module, *values)
         else:
             replacement = Constant(values[0])

@@ -61,8 +61,9 @@ def _instance_and_layer_norm(x: torch.Tensor, eps: float) -> tuple[torch.Tensor,
     return (x - in_mean) * torch.rsqrt(in_var + eps), (x - ln_mean) * torch.rsqrt(ln_var + eps)
 
 
-class _RhoMix(nn.Module):
-    """Shared part of AdaLIN and ILN: the clamped rho mixing of IN and LN features."""
+class RhoMix(nn.Module):
+    """Shared part of AdaLIN and ILN: the clamped rho mixing of IN and LN features (the layers whose
+    statistics tiled inference gathers, with InstanceNorm2d: ``cyclegan_core.tiling``)."""
 
     def __init__(self, num_features: int, *, rho_init: float, eps: float = 1e-5) -> None:
         super().__init__()
@@ -84,7 +85,7 @@ class _RhoMix(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-class AdaLIN(_RhoMix):
+class AdaLIN(RhoMix):
     """Adaptive Layer-Instance Normalisation: per-sample ``gamma``, ``beta`` of shape (N, C) are inputs.
 
     rho starts at 0.9 (mostly instance norm), as in U-GAT-IT.
@@ -103,7 +104,7 @@ class AdaLIN(_RhoMix):
         return self.mix(x) * gamma[:, :, None, None] + beta[:, :, None, None]
 
 
-class ILN(_RhoMix):
+class ILN(RhoMix):
     """Layer-Instance Normalisation with learned per-channel ``gamma`` (1) and ``beta`` (0).
 
     rho starts at 0 (pure layer norm), as in U-GAT-IT.
@@ -124,7 +125,7 @@ def clip_rho_(module: nn.Module) -> int:
 
     Call after each optimizer step (U-GAT-IT's RhoClipper). Returns how many layers were clipped.
     """
-    layers = [m for m in module.modules() if isinstance(m, _RhoMix)]
+    layers = [m for m in module.modules() if isinstance(m, RhoMix)]
     for layer in layers:
         layer.rho.clamp_(0.0, 1.0)
     return len(layers)
