@@ -22,14 +22,12 @@ from urllib.parse import urlparse
 
 import pytest
 
-from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from pipelines.config import (
-    EvalSettings,
     PipelineConfig,
     RegistrySettings,
     ScalingSettings,
-    TrainingRunSettings,
 )
+from tests.flow_configs import tiny_flow_config
 
 pytestmark = pytest.mark.slow
 
@@ -124,18 +122,7 @@ def prefect_harness() -> Iterator[None]:
 
 
 def tiny_config(dataset_uri: str, tmp: Path, *, model_name: str) -> PipelineConfig:
-    return PipelineConfig(
-        dataset_uri=dataset_uri,
-        cache_dir=tmp / "cache",
-        output_dir=tmp / "outputs",
-        model=ModelConfig(generator="resnet_6blocks", ngf=8, ndf=8),
-        train=TrainConfig(n_epochs=1, n_epochs_decay=1, batch_size=4, pool_size=10),
-        data=DataConfig(preprocess="none", load_size=32, crop_size=32, num_workers=0),
-        scaling=ScalingSettings(num_workers=2, cpus_per_worker=1),
-        run=TrainingRunSettings(run_name="flow-test", storage_path=str(tmp / "runs"), max_failures=0),
-        eval=EvalSettings(max_images=4),
-        registry=RegistrySettings(model_name=model_name, experiment="flow-test", primary_metric="psnr_AtoB"),
-    )
+    return tiny_flow_config(dataset_uri, tmp, model_name=model_name, experiment="flow-test", workers=2, decay_epochs=1)
 
 
 def task_runs_of(flow_run_id) -> dict[str, object]:

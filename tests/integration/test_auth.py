@@ -308,30 +308,14 @@ def test_the_demo_flow_runs_against_the_authenticated_servers(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
-    from pipelines.config import (
-        EvalSettings,
-        PipelineConfig,
-        RegistrySettings,
-        ScalingSettings,
-        TrainingRunSettings,
-    )
     from pipelines.flows import train_cyclegan
     from pipelines.ingest import upload_folder
+    from tests.flow_configs import tiny_flow_config
 
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_mlflow.uri)
     as_user(monkeypatch, auth_mlflow.pipeline)
-    config = PipelineConfig(
-        dataset_uri=f"s3://{s3_bucket}/synth", cache_dir=tmp_path / "cache", output_dir=tmp_path / "outputs",
-        model=ModelConfig(generator="resnet_6blocks", ngf=8, ndf=8),
-        train=TrainConfig(n_epochs=1, n_epochs_decay=0, batch_size=4, pool_size=10),
-        data=DataConfig(preprocess="none", load_size=32, crop_size=32, num_workers=0),
-        scaling=ScalingSettings(num_workers=1, cpus_per_worker=1),
-        run=TrainingRunSettings(run_name="auth-flow", storage_path=str(tmp_path / "runs"), max_failures=0),
-        eval=EvalSettings(max_images=4),
-        registry=RegistrySettings(model_name=FLOW_MODEL, experiment="auth-flow"),
-    )
+    config = tiny_flow_config(f"s3://{s3_bucket}/synth", tmp_path, model_name=FLOW_MODEL, experiment="auth-flow")
     with temporary_settings(updates={PREFECT_API_URL: auth_prefect["url"],
                                      PREFECT_API_AUTH_STRING: auth_prefect["auth"]}):
         state = train_cyclegan(config, return_state=True)

@@ -28,17 +28,13 @@ import boto3
 import pytest
 import ray.util
 
-from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from pipelines.config import (
-    EvalSettings,
     PipelineConfig,
-    RegistrySettings,
-    ScalingSettings,
-    TrainingRunSettings,
 )
 from pipelines.ingest import upload_folder
 from pipelines.train.cluster import CREDENTIALS_DOC
 from tests.conftest import ray_cluster
+from tests.flow_configs import tiny_flow_config
 
 # Variables of this test process that would point the run at other services or another Ray.
 FOREIGN_PREFIXES = ("RAY_", "PREFECT_", "MLFLOW_")
@@ -74,16 +70,8 @@ def run_root() -> Iterator[Path]:
 
 
 def flow_config(dataset_uri: str, root: Path, bucket: str) -> PipelineConfig:
-    return PipelineConfig(
-        dataset_uri=dataset_uri, cache_dir=root / "cache", output_dir=root / "outputs",
-        model=ModelConfig(generator="resnet_6blocks", ngf=8, ndf=8),
-        train=TrainConfig(n_epochs=1, n_epochs_decay=0, batch_size=4, pool_size=10),
-        data=DataConfig(preprocess="none", load_size=32, crop_size=32, num_workers=0),
-        scaling=ScalingSettings(num_workers=1, cpus_per_worker=1, local_num_cpus=2),
-        run=TrainingRunSettings(run_name="secrets", storage_path=f"s3://{bucket}/runs", max_failures=0),
-        eval=EvalSettings(max_images=4),
-        registry=RegistrySettings(model_name="secrets", experiment="secrets", primary_metric="psnr_AtoB"),
-    )
+    return tiny_flow_config(dataset_uri, root, model_name="secrets", experiment="secrets",
+                            storage_path=f"s3://{bucket}/runs", local_num_cpus=2)
 
 
 def test_files_containing_reads_every_file(tmp_path: Path) -> None:
