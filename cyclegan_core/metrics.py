@@ -212,4 +212,3 @@ def kid_from_features(
     scores = torch.tensor(values, dtype=torch.float64)
     std = float(scores.std(correction=0)) if subsets > 1 else 0.0
     return float(scores.mean()), std
-
