@@ -109,6 +109,16 @@ def train_epoch(
     return stats
 
 
+def max_steps_reached(step: int, max_steps: int | None) -> bool:
+    """Whether ``step`` training steps reach the ``max_steps`` cap (None: no cap)."""
+    return max_steps is not None and step >= max_steps
+
+
+def training_done(epoch: int, step: int, *, total_epochs: int, max_steps: int | None) -> bool:
+    """Whether a model at ``epoch`` / ``step`` has nothing left to train: what ``fit`` stops at."""
+    return epoch >= total_epochs or max_steps_reached(step, max_steps)
+
+
 def fit(
     model: CycleGAN,
     loader: EpochLoader,
@@ -127,7 +137,7 @@ def fit(
     it may restore an earlier state of ``model`` (a rollback): the loop goes on from ``model.epoch``.
     """
     epochs: list[EpochEnd] = []
-    stopped = max_steps is not None and model.step >= max_steps
+    stopped = max_steps_reached(model.step, max_steps)
     cuda = model.device.type == "cuda"
     while model.epoch < total_epochs and not stopped:
         epoch = model.epoch
@@ -157,5 +167,5 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(end)
             # a watchdog rollback in on_epoch_end may have set model.step (and model.epoch) back
-            stopped = max_steps is not None and model.step >= max_steps
+            stopped = max_steps_reached(model.step, max_steps)
     return FitResult(epochs=epochs, stopped=stopped)

@@ -34,6 +34,7 @@ from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.checkpoint import CheckpointError
+from cyclegan_core.fit import training_done
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
@@ -138,18 +139,13 @@ def check_resumable(storage: StorageTarget, run_name: str, config: ResolvedConfi
     return point.checkpoint, point
 
 
-def training_done(progress: RunProgress, *, total_epochs: int, max_steps: int | None) -> bool:
-    """Whether a checkpoint ends its run: its last epoch is done, or ``max_steps`` is reached (what
-    ``cyclegan_core.fit`` stops at)."""
-    return progress.epoch >= total_epochs or (max_steps is not None and progress.step >= max_steps)
-
-
 def finished_result(storage: StorageTarget, run_name: str, point: ResumePoint, config: ResolvedConfig) -> Result | None:
     """The Result Ray Train's snapshot records for a run whose latest checkpoint ends it (a later call:
     the export or the flow's cache was lost), None otherwise. Such a run needs no workers: they would
     load the checkpoint and stop at once."""
     if not point.ray_latest or point.progress is None or not training_done(
-            point.progress, total_epochs=config.train.total_epochs, max_steps=config.run.max_steps):
+            point.progress.epoch, point.progress.step, total_epochs=config.train.total_epochs,
+            max_steps=config.run.max_steps):
         return None
     return Result.from_path(run_folder(storage, run_name), storage_filesystem=storage.filesystem)
 
