@@ -127,15 +127,22 @@ def run_link(run: TrackingRun, experiment_id: str) -> str:
     return f"run {run.run_id} in {run.tracking_uri} (browse with `mlflow ui --backend-store-uri {run.tracking_uri}`)"
 
 
+def dataset_key(uri: str, version: str) -> tuple[str, str]:
+    """(name, digest) of a dataset version as MLflow records it: the run's dataset input and the
+    ``dataset_name`` / ``dataset_digest`` of metrics computed on it."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1] or uri
+    return f"{name}@{version[:12]}", version[:MAX_DIGEST]
+
+
 def dataset_entity(dataset: DatasetRef) -> Dataset:
     """The ingested dataset as an MLflow dataset: its S3 URI as source, its version as digest and name
     suffix, its per-split counts (and quarantined objects) as profile."""
     from mlflow.entities import Dataset
 
     profile = {"version": dataset.version, "quarantined": dataset.quarantined, **dict(sorted(dataset.counts.items()))}
-    name = dataset.uri.rstrip("/").rsplit("/", 1)[-1] or dataset.uri
-    return Dataset(name=f"{name}@{dataset.version[:12]}", digest=dataset.version[:MAX_DIGEST], source_type="s3",
-                   source=json.dumps({"uri": dataset.uri}), profile=json.dumps(profile))
+    name, digest = dataset_key(dataset.uri, dataset.version)
+    return Dataset(name=name, digest=digest, source_type="s3", source=json.dumps({"uri": dataset.uri}),
+                   profile=json.dumps(profile))
 
 
 def log_dataset_input(run: TrackingRun, dataset: DatasetRef, *, run_name: str) -> None:
