@@ -1,10 +1,11 @@
 """The driver side of evaluated checkpoints as MLflow LoggedModels (``pipelines.registry.logged_models``).
 
 ``CheckpointModels.submit`` is the progress reporter's ``on_checkpoint``: for each checkpoint Ray Train
-has committed, it queues the logging of its LoggedModel into the pipeline's MLflow run on one driver
-thread, so neither the workers (they never wait for MLflow) nor the progress lines wait for it. That
-thread reads the checkpoint's ``cyclegan.pt`` and sample grids (downloaded when the storage is S3),
-exports the generators, logs the model, then prunes: the weights of a model whose checkpoint Ray's
+has committed, it queues the logging of its LoggedModel into the pipeline's MLflow run on driver
+threads, so neither the workers (they never wait for MLflow) nor the progress lines wait for it. One
+thread reads the checkpoint at once (``cyclegan.pt``, downloaded when the storage is S3: the generators
+are exported, and the sample grids), before Ray's retention can delete it with the next commit; another
+logs the model, then prunes: the weights of a model whose checkpoint Ray's
 retention has deleted (``run.num_to_keep`` best plus the latest), or that a newer model of the same
 checkpoint folder replaced (a run resumed before it), are deleted, unless a registered version was
 created from it. ``finish`` waits for the queue and prunes once more. A tracking failure is a warning:
@@ -17,6 +18,7 @@ import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,15 +50,18 @@ def fetch_checkpoint_files(storage: StorageTarget, path: str, dest: Path) -> boo
     source = f"{path}/{CHECKPOINT_FILE}"
     if fs.get_file_info(source).type != pyarrow.fs.FileType.File:
         return False
+    local = pyarrow.fs.LocalFileSystem()
     try:
-        pyarrow.fs.copy_files(source, str(dest / CHECKPOINT_FILE), source_filesystem=fs,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        pyarrow.fs.copy_files(source, str(dest / CHECKPOINT_FILE), source_filesystem=fs, destination_filesystem=local)
         samples = f"{path}/{SAMPLES_FOLDER}"
         if fs.get_file_info(samples).type == pyarrow.fs.FileType.Directory:
+            (dest / SAMPLES_FOLDER).mkdir()
             pyarrow.fs.copy_files(samples, str(dest / SAMPLES_FOLDER), source_filesystem=fs,
-                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
-    except FileNotFoundError:  # deleted while we copied it
-        return False
+                                  destination_filesystem=local)
+    except FileNotFoundError:
+        if fs.get_file_info(source).type == pyarrow.fs.FileType.File:
+            raise
+        return False  # deleted while we copied it
     return True
 
 
@@ -69,7 +74,10 @@ class CheckpointModels:
         self.tracking, self.storage, self.run_name = tracking, storage, run_name
         self.config, self.dataset = config, dataset
         self.logged: dict[str, str] = {}  # checkpoint URI -> model id, the models of this call
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-models")
+        # Two stages: reading a checkpoint must not wait behind the logging of the previous one (Ray's
+        # retention may delete a checkpoint once the next one is committed).
+        self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-models-read")
+        self._loggers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-models-log")
 
     def _client(self) -> MlflowClient:
         from pipelines.registry.session import mlflow_client
@@ -82,16 +90,40 @@ class CheckpointModels:
         if not evaluated(metrics):
             return
         context = contextvars.copy_context()  # its log lines belong to the caller's run (Prefect task)
-        self._executor.submit(context.run, self._log_and_prune, path, dict(metrics))
+        self._readers.submit(context.run, self._read_then_queue, path, dict(metrics))
 
     def finish(self) -> dict[str, str]:
         """Wait for the queued models, prune once more; returns checkpoint URI -> model id of this call."""
-        self._executor.shutdown(wait=True, cancel_futures=False)
+        self._readers.shutdown(wait=True)
+        self._loggers.shutdown(wait=True)
         self._guarded("pruning", self.prune)
         return dict(self.logged)
 
-    def _log_and_prune(self, path: str, metrics: dict[str, float]) -> None:
-        self._guarded(f"logging the LoggedModel of checkpoint {self.storage.uri(path)}", self.log, path, metrics)
+    def _read_then_queue(self, path: str, metrics: dict[str, float]) -> None:
+        files = ExitStack()
+        try:
+            folder = files.enter_context(scratch_folder("checkpoint-models", name="checkpoint"))
+            present = self.read(path, folder)
+        except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load gets no weights
+            logger.warning("cannot read checkpoint %s for its MLflow LoggedModel: %s", self.storage.uri(path), exc)
+            files.close()
+            files, folder, present = ExitStack(), None, False
+        context = contextvars.copy_context()
+        self._loggers.submit(context.run, self._log_and_prune, path, metrics, folder if present else None, files)
+
+    def read(self, path: str, dest: Path) -> bool:
+        """Export the generators (``dest/generators``) and copy the sample grids (``dest/samples``) of the
+        checkpoint at ``path``; False when it is gone."""
+        if not fetch_checkpoint_files(self.storage, path, dest):
+            return False
+        Translator.from_checkpoint(dest / CHECKPOINT_FILE).save_pretrained(dest / "generators")
+        (dest / CHECKPOINT_FILE).unlink()  # the training state: not needed any more
+        return True
+
+    def _log_and_prune(self, path: str, metrics: dict[str, float], folder: Path | None, files: ExitStack) -> None:
+        with files:
+            self._guarded(f"logging the LoggedModel of checkpoint {self.storage.uri(path)}", self.log, path,
+                          metrics, folder)
         self._guarded("pruning", self.prune)
 
     def _guarded(self, what: str, fn: Callable[..., object], *args: object) -> None:
@@ -101,22 +133,19 @@ class CheckpointModels:
             logger.warning("%s in MLflow run %s at %s failed: %s", what, self.tracking.run_id,
                            self.tracking.tracking_uri, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
 
-    def log(self, path: str, metrics: dict[str, float]) -> str:
-        """Log the LoggedModel of the checkpoint at ``path``; returns its id."""
+    def log(self, path: str, metrics: dict[str, float], folder: Path | None) -> str:
+        """Log the LoggedModel of the checkpoint at ``path`` from what ``read`` put in ``folder`` (None:
+        the checkpoint was gone); returns its id."""
         from pipelines.registry.logged_models import CheckpointIdentity, log_checkpoint_model
 
         uri = self.storage.uri(path)
         identity = CheckpointIdentity(epoch=int(metrics["epoch"]), step=int(metrics["step"]), checkpoint_uri=uri,
                                       fingerprint=self.config.fingerprint, dataset_uri=self.dataset.uri,
                                       dataset_version=self.dataset.version, ray_run_name=self.run_name)
-        with scratch_folder("checkpoint-models", name="checkpoint") as tmp:
-            present = fetch_checkpoint_files(self.storage, path, tmp)
-            generators = None
-            if present:
-                generators = tmp / "generators"
-                Translator.from_checkpoint(tmp / CHECKPOINT_FILE).save_pretrained(generators)
-            model_id = log_checkpoint_model(self._client(), self.tracking.run_id, identity, generators_dir=generators,
-                                            metrics=evaluated(metrics), samples_dir=tmp / SAMPLES_FOLDER)
+        model_id = log_checkpoint_model(
+            self._client(), self.tracking.run_id, identity, metrics=evaluated(metrics),
+            generators_dir=folder / "generators" if folder is not None else None,
+            samples_dir=folder / SAMPLES_FOLDER if folder is not None else None)
         self.logged[uri] = model_id
         logger.info("checkpoint %s of epoch %d: MLflow LoggedModel %s (%s)", uri, identity.epoch, identity.name,
                     model_id)
