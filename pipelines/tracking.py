@@ -32,6 +32,8 @@ METRIC_PREFIX = "train/"  # per-epoch training metrics, by epoch (what the regis
 TAG_STATUS_REASON = "failed_reason"  # why a run ended FAILED (the registry's stale-run tag too)
 TAG_SKIPPED = "training_skipped"
 TAG_SYSTEM_METRICS = "system_metrics"
+TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+MAX_NOTE_LENGTH = 8000  # MLflow's run tag value limit
 DATASET_CONTEXT = "train"
 MAX_TAG_LENGTH = 5000  # MLflow's run tag value limit is 8000; keep reasons well inside it
 PARAM_BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
@@ -247,11 +249,15 @@ def failure_reason(exc: BaseException) -> str:
     return text[:MAX_TAG_LENGTH]
 
 
-def close_run(run: TrackingRun, *, failed: BaseException | None = None, skipped: str = "") -> None:
+def close_run(run: TrackingRun, *, failed: BaseException | None = None, skipped: str = "",
+              description: str = "") -> None:
     """End the run: FAILED with ``failed``'s reason, else FINISHED (tagged with why training was
-    skipped, when it was). A tracking failure here is a warning: the run's own outcome matters more."""
+    skipped, when it was); ``description``: the run's description in the UI (``mlflow.note.content``).
+    A tracking failure here is a warning: the run's own outcome matters more."""
     client = _client(run)
     try:
+        if description:
+            client.set_tag(run.run_id, TAG_NOTE, description[:MAX_NOTE_LENGTH])
         if failed is not None:
             client.set_tag(run.run_id, TAG_STATUS_REASON, failure_reason(failed))
         if skipped:

@@ -61,10 +61,11 @@ class AwaitCheckpointModel:
 
     tracking_uri: str
     run_id: str
+    steps_per_epoch: int = STEPS_PER_EPOCH
     timeout_s: float = 120.0
 
     def __call__(self, step: int, rank: int) -> None:
-        epoch, rest = divmod(step, STEPS_PER_EPOCH)
+        epoch, rest = divmod(step, self.steps_per_epoch)
         if rank != 0 or rest or epoch < 2:
             return
         client = MlflowClient(self.tracking_uri, self.tracking_uri)
