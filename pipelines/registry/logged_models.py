@@ -7,9 +7,9 @@ the pyfunc the registry serves (``pyfunc.log_pyfunc``) plus the evaluation's sam
 the dataset, so the UI lists them on the model and compares models by them. A registered version is
 created from one (source ``models:/<model_id>``, ``version_model_id``), by the pipeline or by a person.
 
-Pruning deletes a model's artifacts except its sample grids and tags it ``weights_deleted`` with why;
-the record (tags, metrics, grids) stays for comparison. A model a registered version was created from
-is never pruned.
+Pruning deletes a model's artifacts and tags it ``weights_deleted`` with why; the record (tags, metrics)
+stays for comparison, and its sample grids are in the run's images at its step (``samples/<direction>``,
+logged by the evaluation). A model a registered version was created from is never pruned.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def log_checkpoint_model(client: MlflowClient, run_id: str, identity: Checkpoint
             client.log_model_artifacts(model.model_id, str(samples_dir), SAMPLES_ARTIFACT)
         if generators_dir is None:
             client.set_logged_model_tags(model.model_id, {TAG_PRUNED: "its checkpoint was deleted by Ray Train's "
-                                                          "retention before its generators could be read"})
+                                                          "retention before it could be read"})
             client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         else:
             log_pyfunc(model.model_id, generators_dir, tracking_uri=client.tracking_uri)  # READY when done
@@ -162,11 +162,11 @@ def registered_model_ids(client: MlflowClient, run_id: str) -> set[str]:
 
 
 def delete_weights(client: MlflowClient, model: LoggedModel, reason: str) -> None:
-    """Delete the model's artifacts but its sample grids, and tag it ``weights_deleted`` with ``reason``."""
+    """Delete the model's artifacts (its sample grids stay in the run's images at its step) and tag it
+    ``weights_deleted`` with ``reason``; its record (tags, metrics) stays."""
     with global_tracking_uri(client.tracking_uri):
         repository = get_artifact_repository(model.artifact_location, tracking_uri=client.tracking_uri)
         for entry in repository.list_artifacts():
-            if entry.path != SAMPLES_ARTIFACT:
-                repository.delete_artifacts(entry.path)
+            repository.delete_artifacts(entry.path)
     client.set_logged_model_tags(model.model_id, {TAG_PRUNED: reason})
     log.info("deleted the weights of LoggedModel %s (%s): %s", model.name, model.model_id, reason)

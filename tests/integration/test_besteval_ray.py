@@ -119,13 +119,16 @@ def test_a_nan_is_rolled_back_the_run_completes_and_the_best_epoch_is_exported(
         assert linked["eval_psnr_AtoB"].value == epoch["eval_psnr_AtoB"]
         assert linked["eval_psnr_AtoB"].step == int(epoch["epoch"]) and linked["eval_psnr_AtoB"].dataset_digest
         files = {entry.path for entry in client.list_logged_model_artifacts(model.model_id)}
-        assert {"samples"} <= files and {"samples/AtoB.png", "samples/BtoA.png"} <= {
-            entry.path for entry in client.list_logged_model_artifacts(model.model_id, "samples")}
-        if Path(model.tags["checkpoint_uri"]).name in kept:  # kept by Ray: the model holds the generators
-            assert "weights_deleted" not in model.tags and "artifacts" in files and "MLmodel" in files
-        else:  # pruned: the record (tags, metrics, sample grids) stays, the weights are gone
+        if Path(model.tags["checkpoint_uri"]).name in kept:  # kept by Ray: the generators and the sample grids
+            assert "weights_deleted" not in model.tags and {"artifacts", "MLmodel", "samples"} <= files
+            assert {"samples/AtoB.png", "samples/BtoA.png"} <= {
+                entry.path for entry in client.list_logged_model_artifacts(model.model_id, "samples")}
+        else:  # pruned: the record (tags, metrics) stays, the artifacts are gone (the grids are the run's images)
             assert "Ray Train's retention deleted checkpoint" in model.tags["weights_deleted"]
-            assert files == {"samples"}
+            assert files == set()
+    images = [entry.path for entry in client.list_artifacts(live.run_id, "images")]
+    for epoch in (1, 2, 3, 4):  # every epoch's sample grids, pruned or not, at its step in the run's images
+        assert any(path.startswith(f"images/samples~AtoB+step+{epoch}+") for path in images), images
     best_model = models[best]
     assert "weights_deleted" not in best_model.tags
     served = Translator.from_pretrained(download_model(f"models:/{best_model.model_id}", tmp_path / "best",
