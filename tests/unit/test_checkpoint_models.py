@@ -66,3 +66,19 @@ def test_a_checkpoints_files_are_read_unless_it_is_gone(tmp_path: Path) -> None:
                                                                                          "samples/AtoB.png"]
     pyarrow.fs.LocalFileSystem().delete_dir(str(folder))  # Ray's retention deleted it
     assert not fetch_checkpoint_files(storage, str(folder), tmp_path)
+
+
+def test_a_hand_registered_checkpoint_is_described_as_the_training_of_its_epoch(tmp_path: Path) -> None:
+    from mlflow.entities import LoggedModel
+
+    from pipelines.registry.hand_registered import checkpoint_train_record
+
+    identity = CheckpointIdentity(epoch=7, step=84, checkpoint_uri="s3://b/runs/r/checkpoint_epoch0007_step00000084",
+                                  fingerprint="f" * 16, dataset_uri="s3://b/data", dataset_version="v1",
+                                  ray_run_name="r")
+    model = LoggedModel(experiment_id="1", model_id="m-1", name=identity.name, artifact_location="x",
+                        creation_timestamp=0, last_updated_timestamp=0, tags=identity.tags())
+    train = checkpoint_train_record(model, tmp_path)
+    assert (train.best_epoch, train.exported_epoch, train.exported_step) == (7, 7, 84)
+    assert (train.run_name, train.fingerprint, train.dataset_version) == ("r", "f" * 16, "v1")
+    assert train.exported_checkpoint_uri == train.checkpoint_uri == identity.checkpoint_uri
