@@ -144,8 +144,9 @@ def test_translate_benchmark_rates_configurations_against_fp32_eager_in_one_run(
 def test_checkpoint_upload_costs_are_the_epoch_boundaries_beyond_a_step() -> None:
     upload = load_script("checkpoint_upload.py")
     times = {1: 0.0, 2: 1.0, 3: 2.0, 4: 12.0, 5: 13.0, 6: 14.0, 7: 16.5}  # 3 steps per epoch
-    assert upload.boundary_costs(times, steps_per_epoch=3) == {
-        "boundaries_s": [10.0, 2.5], "median_step_s": 1.0, "blocked_s": [9.0, 1.5], "blocked_mean_s": 5.25}
+    assert upload.boundary_costs(times, steps_per_epoch=3) == {  # the mean leaves the first boundary out
+        "boundaries_s": [10.0, 2.5], "median_step_s": 1.0, "blocked_s": [9.0, 1.5], "blocked_mean_s": 1.5}
+    assert upload.boundary_costs({1: 0.0, 2: 1.0, 3: 5.0, 4: 6.0}, steps_per_epoch=2)["blocked_mean_s"] == 3.0
 
 
 @pytest.mark.slow
