@@ -91,18 +91,18 @@ def link_metrics(client: MlflowClient, run_id: str, model_id: str, metrics: Mapp
 
 def log_checkpoint_model(client: MlflowClient, run_id: str, identity: CheckpointIdentity, *,
                          generators_dir: Path | None, metrics: Mapping[str, float],
-                         samples_dir: Path | None = None, tags: Mapping[str, str] | None = None) -> str:
+                         samples_dir: Path | None = None, tags: Mapping[str, str] | None = None,
+                         missing: str = "") -> str:
     """Log one checkpoint as a LoggedModel of run ``run_id`` (see the module docstring); returns its id.
-    ``generators_dir`` None: the checkpoint was gone before it could be read (its record is logged,
-    marked as pruned)."""
+    ``generators_dir`` None: the checkpoint could not be read (``missing`` says why): its record is
+    logged, tagged ``weights_deleted`` with that reason."""
     model = create_model(client, run_id, identity, tags=tags)
     try:
         link_metrics(client, run_id, model.model_id, metrics, identity=identity)
         if samples_dir is not None and any(samples_dir.glob("*.png")):
             client.log_model_artifacts(model.model_id, str(samples_dir), SAMPLES_ARTIFACT)
         if generators_dir is None:
-            client.set_logged_model_tags(model.model_id, {TAG_PRUNED: "its checkpoint was deleted by Ray Train's "
-                                                          "retention before it could be read"})
+            client.set_logged_model_tags(model.model_id, {TAG_PRUNED: missing or "its checkpoint could not be read"})
             client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         else:
             log_pyfunc(model.model_id, generators_dir, tracking_uri=client.tracking_uri)  # READY when done

@@ -101,15 +101,19 @@ class CheckpointModels:
 
     def _read_then_queue(self, path: str, metrics: dict[str, float]) -> None:
         files = ExitStack()
+        missing = ""  # why the model gets no weights
         try:
-            folder = files.enter_context(scratch_folder("checkpoint-models", name="checkpoint"))
-            present = self.read(path, folder)
+            folder: Path | None = files.enter_context(scratch_folder("checkpoint-models", name="checkpoint"))
+            if not self.read(path, folder):
+                missing = "its checkpoint was deleted by Ray Train's retention before it could be read"
         except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load gets no weights
             logger.warning("cannot read checkpoint %s for its MLflow LoggedModel: %s", self.storage.uri(path), exc)
+            missing = f"its checkpoint could not be read: {exc}"
+        if missing:
             files.close()
-            files, folder, present = ExitStack(), None, False
+            files, folder = ExitStack(), None
         context = contextvars.copy_context()
-        self._loggers.submit(context.run, self._log_and_prune, path, metrics, folder if present else None, files)
+        self._loggers.submit(context.run, self._log_and_prune, path, metrics, folder, missing, files)
 
     def read(self, path: str, dest: Path) -> bool:
         """Export the generators (``dest/generators``) and copy the sample grids (``dest/samples``) of the
@@ -120,10 +124,11 @@ class CheckpointModels:
         (dest / CHECKPOINT_FILE).unlink()  # the training state: not needed any more
         return True
 
-    def _log_and_prune(self, path: str, metrics: dict[str, float], folder: Path | None, files: ExitStack) -> None:
+    def _log_and_prune(self, path: str, metrics: dict[str, float], folder: Path | None, missing: str,
+                       files: ExitStack) -> None:
         with files:
             self._guarded(f"logging the LoggedModel of checkpoint {self.storage.uri(path)}", self.log, path,
-                          metrics, folder)
+                          metrics, folder, missing)
         self._guarded("pruning", self.prune)
 
     def _guarded(self, what: str, fn: Callable[..., object], *args: object) -> None:
@@ -133,9 +138,9 @@ class CheckpointModels:
             logger.warning("%s in MLflow run %s at %s failed: %s", what, self.tracking.run_id,
                            self.tracking.tracking_uri, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
 
-    def log(self, path: str, metrics: dict[str, float], folder: Path | None) -> str:
+    def log(self, path: str, metrics: dict[str, float], folder: Path | None, missing: str = "") -> str:
         """Log the LoggedModel of the checkpoint at ``path`` from what ``read`` put in ``folder`` (None:
-        the checkpoint was gone); returns its id."""
+        it could not be read, ``missing`` says why); returns its id."""
         from pipelines.registry.logged_models import CheckpointIdentity, log_checkpoint_model
 
         uri = self.storage.uri(path)
@@ -145,7 +150,7 @@ class CheckpointModels:
         model_id = log_checkpoint_model(
             self._client(), self.tracking.run_id, identity, metrics=evaluated(metrics),
             generators_dir=folder / "generators" if folder is not None else None,
-            samples_dir=folder / SAMPLES_FOLDER if folder is not None else None)
+            samples_dir=folder / SAMPLES_FOLDER if folder is not None else None, missing=missing)
         self.logged[uri] = model_id
         logger.info("checkpoint %s of epoch %d: MLflow LoggedModel %s (%s)", uri, identity.epoch, identity.name,
                     model_id)
