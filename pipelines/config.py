@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -71,6 +71,9 @@ class TrainingRunSettings(StrictModel):
     storage_path: str = Field("./runs", description="local path or s3://bucket/prefix for checkpoints")
     checkpoint_every_epochs: int = Field(1, ge=1)
     num_to_keep: int = Field(2, ge=1)
+    checkpoint_upload: Literal["async", "sync"] = Field(
+        "async", description="async: workers go on training while Ray Train uploads a checkpoint (at most one "
+        "upload in flight per worker); sync: they wait for the upload")
     max_failures: int = Field(1, ge=-1, description="worker failures tolerated (-1 = unlimited)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
 

@@ -5,18 +5,19 @@ and hands the ResolvedConfig to each stage's task. Tasks add what orchestration 
 backoff and jitter on transient failures only (``pipelines.retry.is_transient``), timeouts, caching of
 finished stages on the run identity (dataset version + training fingerprint), the flow run's logs (the
 ``pipelines`` loggers' INFO lines, per-epoch progress included), a training progress artifact and the
-summary artifact. A run created from a deployment refuses to start without a tracking server.
+summary artifact, and Prefect assets for the lineage (dataset -> training run -> model version,
+``pipelines.lineage``). A run created from a deployment refuses to start without a tracking server.
 One MLflow run (``pipelines.tracking``) follows the whole pipeline run: opened before ingest, the
-epochs logged live, the model registered into it, closed FINISHED or FAILED with the reason.
+epochs logged live, each evaluated checkpoint a LoggedModel of it, the best one registered, closed
+FINISHED or FAILED with the reason and the run's summary as its description.
 A re-run does not redo finished work: ingest is incremental, training is cached or resumes its Ray run,
 evaluation is cached on the checkpoint and registration is idempotent.
 """
 
-import base64
 import hashlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -25,15 +26,31 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.assets import Asset, materialize
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.flow_engine import FlowRunTimeoutError
 from prefect.logging.handlers import APILogHandler
 from prefect.task_engine import TaskRunTimeoutError
-from prefect.tasks import exponential_backoff
+from prefect.tasks import MaterializingTask, exponential_backoff
 
 from pipelines.config import PipelineConfig, ResolvedConfig, resolve
+from pipelines.lineage import (
+    dataset_asset,
+    dataset_metadata,
+    model_metadata,
+    model_version_asset,
+    record_metadata,
+    training_run_asset,
+)
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
+from pipelines.summary import (
+    failed_description,
+    run_description,
+    running_description,
+    summary_markdown,
+    version_url,
+)
 from pipelines.tracking import TrackingRun
 
 FLOW_NAME = "train-cyclegan"
@@ -175,23 +192,20 @@ def run_cached_stage(stage: Any, *args: Any, force: bool) -> Any:
     return stage.with_options(refresh_cache=True)(*args)
 
 
-@task(name="ingest", timeout_seconds=2 * HOUR, cache_policy=NO_CACHE, **_retrying())
-def ingest_task(config: ResolvedConfig) -> DatasetRef:
-    """Bring the S3 prefix into the local cache (incremental) and return the verified dataset."""
+def ingest_stage(config: ResolvedConfig) -> DatasetRef:
+    """Bring the S3 prefix into the local cache (incremental) and return the verified dataset (its
+    version recorded on the dataset asset)."""
     from pipelines.ingest import ingest_dataset
 
-    return ingest_dataset(config).dataset
+    dataset = ingest_dataset(config).dataset
+    record_metadata(dataset_asset(config.dataset_uri), dataset_metadata(dataset))
+    return dataset
 
 
-@task(
-    name="train",
-    timeout_seconds=72 * HOUR,
-    cache_key_fn=_train_cache_key,
-    cache_expiration=timedelta(days=30),
-    persist_result=True,
-    **_retrying(),
-)
-def train_task(config: ResolvedConfig, dataset: DatasetRef, live: TrackingRun | None = None) -> TrainResult:
+INGEST_OPTIONS: dict[str, Any] = dict(name="ingest", timeout_seconds=2 * HOUR, cache_policy=NO_CACHE, **_retrying())
+
+
+def train_stage(config: ResolvedConfig, dataset: DatasetRef, live: TrackingRun | None = None) -> TrainResult:
     """Train on Ray (resumes from the run's last checkpoint if an earlier attempt died); the progress
     artifact and the live MLflow run follow the epochs."""
     from pipelines.tracking import EpochMetricsLogger
@@ -203,6 +217,17 @@ def train_task(config: ResolvedConfig, dataset: DatasetRef, live: TrackingRun | 
         trained = train_on_ray(config, dataset, tracking=live)
     progress.finished()
     return trained
+
+
+TRAIN_OPTIONS: dict[str, Any] = dict(name="train", timeout_seconds=72 * HOUR, cache_key_fn=_train_cache_key,
+                                     cache_expiration=timedelta(days=30), persist_result=True, **_retrying())
+
+
+def materializing(stage: Callable[..., Any], options: dict[str, Any], asset: Asset, *,
+                  depends_on: Sequence[Asset] = ()) -> MaterializingTask:
+    """``stage`` as the task of ``options`` that materializes ``asset`` (keys are known only at run time,
+    see ``pipelines.lineage``), depending on the assets ``depends_on``."""
+    return materialize(asset, asset_deps=list(depends_on) or None, **options)(stage)
 
 
 @task(
@@ -229,6 +254,20 @@ def register_task(config: ResolvedConfig, trained: TrainResult, report: EvalRepo
     from pipelines.registry import register_model
 
     return register_model(config, trained, report, live=live)
+
+
+def version_asset(config: ResolvedConfig, model: ModelVersionRef) -> Asset:
+    uri = config.services.tracking_uri
+    return model_version_asset(uri, model.name, model.version, url=version_url(uri, model))
+
+
+def model_version_stage(config: ResolvedConfig, model: ModelVersionRef) -> ModelVersionRef:
+    """Record the registered version as an asset (version, aliases, the gate's decision)."""
+    record_metadata(version_asset(config, model), model_metadata(model))
+    return model
+
+
+MODEL_VERSION_OPTIONS: dict[str, Any] = {"name": "model-version", "cache_policy": NO_CACHE}
 
 
 @task(name="champion-identity", cache_policy=NO_CACHE, **_retrying(timeout_seconds=600))
@@ -263,7 +302,14 @@ def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
     from prefect.runtime import flow_run
     from prefect.utilities.urls import url_for
 
-    from pipelines.tracking import close_run, flow_run_tags, open_pipeline_run, start_system_metrics
+    from pipelines.tracking import (
+        TAG_NOTE,
+        close_run,
+        failure_reason,
+        flow_run_tags,
+        open_pipeline_run,
+        start_system_metrics,
+    )
 
     logger = get_run_logger()
     logger.info("train-cyclegan: dataset %s, model %s, %d Ray worker(s), fingerprint %s",
@@ -272,18 +318,19 @@ def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
     flow_run_id = str(flow_run.id) if flow_run.id else None
     url = url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None
     live, link = open_pipeline_run(resolved, run_name=flow_run.name or FLOW_NAME,
-                                   tags={"pipeline": FLOW_NAME, **flow_run_tags(flow_run_id, url)})
+                                   tags={"pipeline": FLOW_NAME, **flow_run_tags(flow_run_id, url),
+                                         TAG_NOTE: running_description(resolved, flow_run_url=url)})
     logger.info("MLflow run: %s", link)
     monitor = start_system_metrics(live)
     try:
         outcome = tracked_stages(resolved, live, link)
     except BaseException as exc:  # cancellation and interrupts end the run FAILED too
-        close_run(live, failed=exc)
+        close_run(live, failed=exc, description=failed_description(resolved, failure_reason(exc), flow_run_url=url))
         raise
     finally:
         if monitor is not None:
             monitor.finish()
-    close_run(live, skipped=outcome.skipped)
+    close_run(live, skipped=outcome.skipped, description=run_description(resolved, outcome, flow_run_url=url))
     return outcome
 
 
@@ -292,7 +339,8 @@ def tracked_stages(resolved: ResolvedConfig, live: TrackingRun, link: str) -> Pi
     from pipelines.tracking import log_dataset_input
 
     logger = get_run_logger()
-    dataset = ingest_task(resolved)
+    data_asset = dataset_asset(resolved.dataset_uri)
+    dataset = materializing(ingest_stage, INGEST_OPTIONS, data_asset)(resolved)
     logger.info("dataset version %s: %s", dataset.version, dataset.counts)
     log_dataset_input(live, dataset, run_name=resolved.ray_run_name(dataset.version))
 
@@ -304,11 +352,16 @@ def tracked_stages(resolved: ResolvedConfig, live: TrackingRun, link: str) -> Pi
             publish_summary(resolved, outcome, tracking_link=link)
             return outcome
 
-    logger.info("Ray Train run %s (a re-run with the same data and config resumes it)",
-                resolved.ray_run_name(dataset.version))
+    run_name = resolved.ray_run_name(dataset.version)
+    logger.info("Ray Train run %s (a re-run with the same data and config resumes it)", run_name)
+    run_asset = training_run_asset(resolved.run.storage_path, run_name,
+                                   url=link if link.startswith("http") else None)
+    train_task = materializing(train_stage, TRAIN_OPTIONS, run_asset, depends_on=[data_asset])
     trained = run_cached_stage(train_task, resolved, dataset, live, force=resolved.force)
     report = run_cached_stage(evaluate_task, resolved, trained, dataset, force=resolved.force)
     model = register_task(resolved, trained, report, live)
+    materializing(model_version_stage, MODEL_VERSION_OPTIONS, version_asset(resolved, model),
+                  depends_on=[run_asset])(resolved, model)
     outcome = PipelineOutcome(dataset=dataset, train=trained, report=report, model=model)
     publish_summary(resolved, outcome, tracking_link=link)
     logger.info("done: %s version %s (%s) %s=%.4f; %s", model.name, model.version,
@@ -325,55 +378,6 @@ def skip_reason(champion: tuple[str, str] | None, dataset: DatasetRef, config: R
     return (f"the champion of {config.registry.model_name!r} was trained on dataset version "
             f"{dataset.version} with this config (fingerprint {config.fingerprint}); "
             "set force=true to retrain")
-
-
-def summary_markdown(config: ResolvedConfig, outcome: PipelineOutcome, *, tracking_link: str = "") -> str:
-    """The run summary shown as a Prefect artifact (and printed by the demo); ``tracking_link``: the
-    pipeline's MLflow run."""
-    lines = [
-        f"# train-cyclegan: {config.registry.model_name}",
-        "",
-        (f"- dataset: `{outcome.dataset.uri}` version `{outcome.dataset.version}` "
-         f"({', '.join(f'{k}: {v}' for k, v in sorted(outcome.dataset.counts.items()))}; "
-         f"{outcome.dataset.quarantined} quarantined)"),
-    ]
-    if tracking_link:
-        lines += [f"- MLflow run: {tracking_link}"]
-    if outcome.skipped:
-        lines += [f"- training skipped: {outcome.skipped}"]
-        return "\n".join(lines) + "\n"
-    assert outcome.train and outcome.report and outcome.model
-    model = outcome.model
-    lines += [
-        (f"- training: run `{outcome.train.run_name}` (fingerprint `{outcome.train.fingerprint}`), "
-         f"{outcome.train.epochs} epochs, "
-         f"{outcome.train.steps} steps, checkpoint `{outcome.train.checkpoint_uri}`"),
-        (f"- model: `{model.name}` version {model.version} "
-         f"(aliases: {', '.join(model.aliases) or 'none'}); {model.reason}"),
-        f"- MLflow: {mlflow_link(config.services.tracking_uri, model)}",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    for name, value in sorted(outcome.report.metrics.items()):
-        marker = " (primary)" if name == outcome.report.primary_metric else ""
-        lines.append(f"| {name}{marker} | {value:.4f} |")
-    for name, why in sorted(outcome.report.skipped.items()):
-        lines.append(f"| {name} | skipped: {why} |")
-    grid = outcome.report.artifacts.get("grid_AtoB")
-    if grid is not None and Path(grid).is_file() and Path(grid).stat().st_size < 512 * 1024:
-        encoded = base64.b64encode(Path(grid).read_bytes()).decode()
-        lines += ["", f"Sample grid (input | translated | reconstructed), `{grid}`:", "",
-                  f"![grid_AtoB](data:image/png;base64,{encoded})"]
-    elif grid is not None:
-        lines += ["", f"Sample grid: `{grid}`"]
-    return "\n".join(lines) + "\n"
-
-
-def mlflow_link(uri: str, model: ModelVersionRef) -> str:
-    if uri.startswith("http"):
-        return f"{uri.rstrip('/')}/#/models/{model.name}/versions/{model.version} (run {model.run_id})"
-    return f"run {model.run_id} in {uri} (browse with `mlflow ui --backend-store-uri {uri}`)"
 
 
 def publish_summary(config: ResolvedConfig, outcome: PipelineOutcome, *, tracking_link: str = "") -> None:

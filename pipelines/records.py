@@ -40,6 +40,19 @@ class TrainResult(Record):
     history: list[dict[str, float]] = Field(default_factory=list, description="per-epoch metrics")
     best_epoch: int | None = Field(None, description="epoch of the checkpoint exported (the best by the primary "
                                                     "metric when evaluated during training); None: the last")
+    exported_checkpoint_uri: str | None = Field(None, description="the checkpoint whose generators were exported "
+                                                                  "(None: checkpoint_uri)")
+
+    @property
+    def exported_epoch(self) -> int:
+        """The epoch of the exported generators."""
+        return self.best_epoch if self.best_epoch is not None else self.epochs
+
+    @property
+    def exported_step(self) -> int:
+        """The step of the exported generators (from the history; the last step when it lacks it)."""
+        return next((int(entry["step"]) for entry in self.history
+                     if int(entry.get("epoch", -1)) == self.exported_epoch and "step" in entry), self.steps)
 
 
 class EvalReport(Record):

@@ -32,6 +32,8 @@ METRIC_PREFIX = "train/"  # per-epoch training metrics, by epoch (what the regis
 TAG_STATUS_REASON = "failed_reason"  # why a run ended FAILED (the registry's stale-run tag too)
 TAG_SKIPPED = "training_skipped"
 TAG_SYSTEM_METRICS = "system_metrics"
+TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+MAX_NOTE_LENGTH = 8000  # MLflow's run tag value limit
 DATASET_CONTEXT = "train"
 MAX_TAG_LENGTH = 5000  # MLflow's run tag value limit is 8000; keep reasons well inside it
 PARAM_BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
@@ -127,15 +129,22 @@ def run_link(run: TrackingRun, experiment_id: str) -> str:
     return f"run {run.run_id} in {run.tracking_uri} (browse with `mlflow ui --backend-store-uri {run.tracking_uri}`)"
 
 
+def dataset_key(uri: str, version: str) -> tuple[str, str]:
+    """(name, digest) of a dataset version as MLflow records it: the run's dataset input and the
+    ``dataset_name`` / ``dataset_digest`` of metrics computed on it."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1] or uri
+    return f"{name}@{version[:12]}", version[:MAX_DIGEST]
+
+
 def dataset_entity(dataset: DatasetRef) -> Dataset:
     """The ingested dataset as an MLflow dataset: its S3 URI as source, its version as digest and name
     suffix, its per-split counts (and quarantined objects) as profile."""
     from mlflow.entities import Dataset
 
     profile = {"version": dataset.version, "quarantined": dataset.quarantined, **dict(sorted(dataset.counts.items()))}
-    name = dataset.uri.rstrip("/").rsplit("/", 1)[-1] or dataset.uri
-    return Dataset(name=f"{name}@{dataset.version[:12]}", digest=dataset.version[:MAX_DIGEST], source_type="s3",
-                   source=json.dumps({"uri": dataset.uri}), profile=json.dumps(profile))
+    name, digest = dataset_key(dataset.uri, dataset.version)
+    return Dataset(name=name, digest=digest, source_type="s3", source=json.dumps({"uri": dataset.uri}),
+                   profile=json.dumps(profile))
 
 
 def log_dataset_input(run: TrackingRun, dataset: DatasetRef, *, run_name: str) -> None:
@@ -240,11 +249,15 @@ def failure_reason(exc: BaseException) -> str:
     return text[:MAX_TAG_LENGTH]
 
 
-def close_run(run: TrackingRun, *, failed: BaseException | None = None, skipped: str = "") -> None:
+def close_run(run: TrackingRun, *, failed: BaseException | None = None, skipped: str = "",
+              description: str = "") -> None:
     """End the run: FAILED with ``failed``'s reason, else FINISHED (tagged with why training was
-    skipped, when it was). A tracking failure here is a warning: the run's own outcome matters more."""
+    skipped, when it was); ``description``: the run's description in the UI (``mlflow.note.content``).
+    A tracking failure here is a warning: the run's own outcome matters more."""
     client = _client(run)
     try:
+        if description:
+            client.set_tag(run.run_id, TAG_NOTE, description[:MAX_NOTE_LENGTH])
         if failed is not None:
             client.set_tag(run.run_id, TAG_STATUS_REASON, failure_reason(failed))
         if skipped:

@@ -39,7 +39,8 @@ def run_flow(
 ) -> None:
     """Run the train-cyclegan flow once, here, with the given config (Prefect's API or ephemeral)."""
     from pipelines.config import resolve
-    from pipelines.flows import summary_markdown, train_cyclegan
+    from pipelines.flows import train_cyclegan
+    from pipelines.summary import summary_markdown
 
     pipeline_config = config_from_cli(config, set_)
     outcome = train_cyclegan(pipeline_config)

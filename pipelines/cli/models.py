@@ -1,4 +1,4 @@
-"""``cyclegan register | promote | translate``: the MLflow registry and using a model."""
+"""``cyclegan register | promote | gate | translate``: the MLflow registry and using a model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.cli.app import ExitCode, app, fail, print_json, refuse, services
+from pipelines.cli.app import ExitCode, app, fail, print_json, refuse, resolved_from_cli, services
 
 
 # --- register, promote (pipelines.registry) ------------------------------------------------------
@@ -64,6 +64,58 @@ def promote(
     except RegistryError as exc:  # a version or model that does not exist, or a store that refuses: 4
         fail(str(exc), ExitCode.FAILED if exc.transient else ExitCode.REFUSED)
     typer.echo(f"{ref.uri}: {ref.reason}")
+    if json_out:
+        print_json(ref.model_dump(mode="json"))
+
+
+@app.command()
+def gate(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    version: Annotated[str, typer.Argument(help="a version registered by hand from a checkpoint's LoggedModel")],
+    config: Annotated[Path, typer.Option("--config", help="the pipeline config it was trained with (YAML)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field (repeatable)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the ModelVersionRef as JSON (last line)")] = False,
+) -> None:
+    """Give a version registered by hand in the MLflow UI (a checkpoint's LoggedModel, "Register model")
+    the pipeline's evaluation, model card and gate: alias challenger, champion when it wins."""
+    from pipelines.evaluate import evaluate_model
+    from pipelines.ingest import IngestError, ingest_dataset
+    from pipelines.registry import RegistryError, download_model
+    from pipelines.registry.hand_registered import (
+        checkpoint_train_record,
+        gate_registered,
+        registered_checkpoint,
+    )
+    from pipelines.registry.session import check_reachable, mlflow_client
+    from pipelines.s3 import S3Error
+
+    resolved = resolved_from_cli(config, set_)
+    tracking_uri = resolved.services.tracking_uri
+    require_store(tracking_uri, f"cannot gate {name} version {version}")
+    try:
+        check_reachable(tracking_uri)
+        client = mlflow_client(tracking_uri)
+        model_version, model = registered_checkpoint(client, name, version)
+    except RegistryError as exc:
+        fail(str(exc), ExitCode.FAILED if exc.transient else ExitCode.REFUSED)
+    try:
+        dataset = ingest_dataset(resolved).dataset
+    except (IngestError, S3Error) as exc:
+        fail(f"cannot ingest {resolved.dataset_uri}: {exc}")
+    if dataset.version != model.tags["dataset_version"]:
+        refuse(f"{name} version {version} ({model.name}) was trained on dataset version {model.tags['dataset_version']}, "
+               f"{resolved.dataset_uri} is now version {dataset.version}: its evaluation would not compare with the "
+               "other versions'; promote it by hand (`cyclegan promote`) if you want it anyway")
+    out_dir = resolved.output_dir / model.tags.get("ray_run_name", name) / f"gate-{model.name}"
+    try:
+        generators = download_model(f"models:/{model.model_id}", out_dir / "model", tracking_uri=tracking_uri)
+        train = checkpoint_train_record(model, generators)
+        report = evaluate_model(generators, dataset, resolved, out_dir / "eval")
+        ref = gate_registered(client, resolved, model_version, model, train, report)
+    except RegistryError as exc:
+        fail(str(exc))
+    state = "promoted to champion" if ref.promoted else "champion unchanged"
+    typer.echo(f"{ref.uri} ({model.name}, aliases {', '.join(ref.aliases) or 'none'}): {state}: {ref.reason}")
     if json_out:
         print_json(ref.model_dump(mode="json"))
 

@@ -1,8 +1,9 @@
 """MLflow logging, model registry and the promotion gate: the last stage of the pipeline.
 
 ``session`` (clients, retries, probe), ``run_log`` (the MLflow run), ``pyfunc`` (the served model),
-``gate`` (the promotion decision), ``operations`` (register, promote, champion, download) and ``access``
-(users and grants of a basic-auth tracking server).
+``logged_models`` (checkpoints as LoggedModels), ``gate`` (the promotion decision), ``operations``
+(register, promote, champion, download), ``hand_registered`` (a version registered by hand from a
+LoggedModel: its card and gate) and ``access`` (users and grants of a basic-auth tracking server).
 
 Browse a local store with:
 ``mlflow ui --backend-store-uri sqlite:///mlruns.db --default-artifact-root ./mlartifacts``

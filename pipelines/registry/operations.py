@@ -1,7 +1,8 @@
 """Registry operations: register a trained model (idempotent, gate applied), promote a version by
 hand, read the champion's identity, download a model.
 
-``register_model`` logs ONE run (``run_log``; the flow's live run when it passes one), registers it as a new version of
+``register_model`` logs ONE run (``run_log``; the flow's live run when it passes one), registers the
+LoggedModel of the exported checkpoint (``logged_models``) as a new version of
 ``config.registry.model_name`` with alias ``challenger`` and applies the gate (``gate``): ``champion``
 moves to the new version when it wins. Moving an alias is the only state change the gate makes. A
 retry reuses what an earlier, possibly interrupted, attempt left (a finished run without a version, a
@@ -34,12 +35,13 @@ from pipelines.registry.run_log import (
     TAG_METRIC_VALUE,
     check_inputs,
     ensure_experiment,
+    exported_identity,
+    exported_model,
     fail_stale_runs,
     finished_run_id,
     git_sha,
     log_into_run,
     log_run,
-    logged_model_uri,
     registration_key,
     version_tags,
 )
@@ -151,13 +153,14 @@ def apply_gate(client: MlflowClient, version: ModelVersion, settings: RegistrySe
     return promote_it, reason
 
 
-def run_model_uri(client: MlflowClient, run_id: str) -> str:
-    """The models:/<model_id> URI of the pyfunc model logged by a run."""
-    uri = logged_model_uri(client, run_id)
-    if uri is None:
-        raise RegistryError(f"MLflow run {run_id} is FINISHED but has no logged model; "
-                            "delete its registration_key tag or register again with a new run name")
-    return uri
+def finished_run_model(client: MlflowClient, run_id: str, train: TrainResult) -> str:
+    """The id of the LoggedModel a finished run of an earlier attempt logged for ``train``."""
+    model_id = exported_model(client, run_id, train)
+    if model_id is None:
+        raise RegistryError(f"MLflow run {run_id} is FINISHED but has no logged model of checkpoint "
+                            f"{exported_identity(train).checkpoint_uri}; delete its registration_key tag or "
+                            "register again with a new run name")
+    return model_id
 
 
 def register_once(client: MlflowClient, config: ResolvedConfig, train: TrainResult, report: EvalReport, *,
@@ -185,17 +188,19 @@ def register_once(client: MlflowClient, config: ResolvedConfig, train: TrainResu
         # reuses a finished run of an earlier attempt that died before creating the version.
         run_id = live.run_id if live is not None else finished_run_id(client, experiment_id, key)
         if live is not None:
-            model_uri = log_into_run(client, run_id, config, train, report)
+            model_id = log_into_run(client, run_id, config, train, report)
         elif run_id is not None:
             log.info("model %s: reusing finished run %s of an earlier attempt", name, run_id)
-            model_uri = run_model_uri(client, run_id)
+            model_id = finished_run_model(client, run_id, train)
         else:
-            run_id, model_uri = log_run(client, experiment_id, config, train, report)
-        version = client.create_model_version(name, source=model_uri, run_id=run_id,
+            run_id, model_id = log_run(client, experiment_id, config, train, report)
+        # what the UI's "Register model" on a LoggedModel does, plus the model card's tags
+        version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
                                               tags=version_tags(train, report) | card_tags(config, train, report,
                                                                                            git_sha=sha),
-                                              model_id=model_uri.removeprefix("models:/"))
-        log.info("model %s: registered version %s from run %s", name, version.version, run_id)
+                                              model_id=model_id)
+        log.info("model %s: registered version %s from LoggedModel %s (epoch %d) of run %s", name,
+                 version.version, model_id, train.exported_epoch, run_id)
 
     def describe(decision: str, reason: str, champion_value: float | None) -> str:
         return card_markdown(config, train, report, git_sha=sha, decision=decision, reason=reason,

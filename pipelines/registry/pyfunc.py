@@ -146,17 +146,21 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def log_pyfunc(run_id: str, generators_dir: Path, *, tracking_uri: str) -> str:
-    """Log the pyfunc model (holding the two generator folders, the only copy of them in MLflow) in run
-    ``run_id``; returns its ``models:/<model_id>`` URI."""
+def log_pyfunc(model_id: str, generators_dir: Path, *, tracking_uri: str) -> str:
+    """Log the pyfunc model (holding the two generator folders, the only copy of them in MLflow) into
+    the LoggedModel ``model_id`` (created by the caller, who links it to its run) and mark it READY;
+    returns its ``models:/<model_id>`` URI."""
     with scratch_folder("register", name=GENERATORS_ARTIFACT) as tmp:
         # Only the two generator folders go into the model, whatever else generators_dir holds.
         staged = tmp / GENERATORS_ARTIFACT
         for folder in DIRECTION_FOLDERS.values():
             shutil.copytree(generators_dir / folder, staged / folder)
-        with global_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        # No active run: MLflow would copy every run metric at the model's step (system metrics too)
+        # into the model; the caller links the model's own metrics.
+        with global_tracking_uri(tracking_uri):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
+                model_id=model_id,
                 python_model=ImageTranslationModel(),
                 artifacts={GENERATORS_ARTIFACT: str(staged)},
                 code_paths=[str(PROJECT_ROOT / package) for package in CODE_PACKAGES],

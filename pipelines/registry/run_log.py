@@ -2,7 +2,8 @@
 
 Params and ``records/config.yaml`` are the resolved config that trained, without services
 (``config.user_config()``: ``run.run_name`` as the user gave it); the Ray run name and the training
-fingerprint are tags. The generators are logged once, inside the pyfunc model. A run and its model
+fingerprint are tags. The generators are logged once, as the pyfunc inside the LoggedModel of the
+exported checkpoint (``logged_models``; during training when the run was live). A run and its model
 version carry a ``registration_key`` (Ray run name + checkpoint URI + training fingerprint), so a
 retry finds what an earlier attempt logged, and marks FAILED a run a killed attempt left RUNNING.
 ``log_run`` creates and finishes a run of its own (``cyclegan register``); ``log_into_run`` fills the
@@ -29,7 +30,15 @@ from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.pretrained import DIRECTION_FOLDERS
 from pipelines.config import DEFAULT_ARTIFACT_ROOT, PipelineConfig, ResolvedConfig
 from pipelines.records import EvalReport, TrainResult
-from pipelines.registry.pyfunc import PROJECT_ROOT, log_pyfunc
+from pipelines.registry.logged_models import (
+    TAG_DATASET_VERSION,
+    TAG_FINGERPRINT,
+    CheckpointIdentity,
+    find_checkpoint_model,
+    link_metrics,
+    log_checkpoint_model,
+)
+from pipelines.registry.pyfunc import PROJECT_ROOT
 from pipelines.registry.session import RegistryError
 
 log = logging.getLogger(__name__)
@@ -42,8 +51,10 @@ METRIC_BATCH = 1000
 
 # Tags written on runs and versions (read back by the gate, champion_identity and retries).
 TAG_KEY = "registration_key"
-TAG_FINGERPRINT = "training_fingerprint"
-TAG_DATASET_VERSION = "dataset_version"
+# MLflow 3's UI opens an experiment by its kind: this one is model training (runs, logged models to
+# compare and register), not the GenAI view it infers for an untagged experiment.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 TAG_METRIC = "primary_metric"
 TAG_METRIC_VALUE = "primary_metric_value"
 TAG_FAILED_REASON = "failed_reason"  # on a stale run a retry marked FAILED
@@ -112,19 +123,23 @@ def version_tags(train: TrainResult, report: EvalReport) -> dict[str, str]:
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """Id of the experiment ``name``, created if missing (under ./mlartifacts for a SQLite store)."""
+    """Id of the experiment ``name``, created if missing (under ./mlartifacts for a SQLite store),
+    tagged as a model-training experiment (``EXPERIMENT_KIND``) unless it already says what it is."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             raise RegistryError(f"MLflow experiment {name!r} at {uri} is deleted; "
                                 "restore it in the UI or set registry.experiment to another name")
+        if experiment.tags.get(TAG_EXPERIMENT_KIND) is None:
+            client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return experiment.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:"):
         # The embedded default keeps artifacts in ./mlartifacts (what `mlflow ui` is told in the README).
         artifact_location = Path(DEFAULT_ARTIFACT_ROOT).resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -174,36 +189,45 @@ def check_inputs(config: ResolvedConfig, train: TrainResult, report: EvalReport)
                             "(each needs config.json + model.safetensors; see Translator.save_pretrained)")
 
 
-def run_metrics(train: TrainResult, report: EvalReport) -> list[Metric]:
-    """Per-epoch training metrics (``train/<name>`` by epoch), final ones and the evaluation's."""
+def run_metrics(train: TrainResult) -> list[Metric]:
+    """Per-epoch training metrics (``train/<name>`` by epoch) and the final ones (``train/final/<name>``)."""
     now = int(time.time() * 1000)
     metrics = [Metric(f"train/{name}", float(value), now, int(entry.get("epoch", epoch)))
                for epoch, entry in enumerate(train.history, start=1) for name, value in entry.items()
                if name != "epoch"]
     metrics += [Metric(f"train/final/{name}", float(value), now, train.epochs) for name, value in train.metrics.items()]
-    metrics += [Metric(name, float(value), now, train.epochs) for name, value in report.metrics.items()]
     return metrics
 
 
-def logged_model_uri(client: MlflowClient, run_id: str) -> str | None:
-    """The models:/<model_id> URI of the last model logged by run ``run_id`` (None: none yet)."""
-    run = client.get_run(run_id)
-    outputs = run.outputs.model_outputs if run.outputs else []
-    return f"models:/{outputs[-1].model_id}" if outputs else None
+def exported_identity(train: TrainResult) -> CheckpointIdentity:
+    """The identity of the checkpoint whose generators ``train`` exported."""
+    return CheckpointIdentity(epoch=train.exported_epoch, step=train.exported_step,
+                              checkpoint_uri=train.exported_checkpoint_uri or train.checkpoint_uri,
+                              fingerprint=train.fingerprint, dataset_uri=train.dataset_uri,
+                              dataset_version=train.dataset_version, ray_run_name=train.run_name)
+
+
+def exported_model(client: MlflowClient, run_id: str, train: TrainResult) -> str | None:
+    """Id of run ``run_id``'s LoggedModel of the exported checkpoint (logged during training or by an
+    earlier attempt), None when it has none with its weights."""
+    identity = exported_identity(train)
+    model = find_checkpoint_model(client, run_id, identity.checkpoint_uri, identity.fingerprint)
+    return model.model_id if model is not None else None
 
 
 def log_contents(client: MlflowClient, run_id: str, config: ResolvedConfig, train: TrainResult,
                  report: EvalReport) -> str:
-    """Log params, metrics, eval artifacts, records and the pyfunc model into run ``run_id``; returns
-    the model URI. Params and per-epoch metrics the run already holds (logged live) and a model an
-    earlier attempt logged are kept, not logged again."""
+    """Log params, metrics, eval artifacts and records into run ``run_id``, and make sure it has the
+    LoggedModel of the exported checkpoint (logged during training, else from ``train.generators_dir``),
+    the evaluation's metrics linked to it; returns its model id. Params and per-epoch metrics the run
+    already holds (logged live) and a model already logged are kept, not logged again."""
     existing = client.get_run(run_id).data
     live = {key for key in existing.metrics if key.startswith("train/") and not key.startswith("train/final/")}
     user_config = config.user_config()
     params = [Param(k, v) for k, v in flatten_params(user_config).items() if k not in existing.params]
     for start in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[start : start + PARAM_BATCH])
-    metrics = [metric for metric in run_metrics(train, report) if metric.key not in live]
+    metrics = [metric for metric in run_metrics(train) if metric.key not in live]
     for start in range(0, len(metrics), METRIC_BATCH):
         client.log_batch(run_id, metrics=metrics[start : start + METRIC_BATCH])
     for name, path in report.artifacts.items():
@@ -218,27 +242,28 @@ def log_contents(client: MlflowClient, run_id: str, config: ResolvedConfig, trai
         (records / "train_result.json").write_text(train.model_dump_json(indent=2))
         (records / "eval_report.json").write_text(report.model_dump_json(indent=2))
         client.log_artifacts(run_id, str(records), artifact_path="records")
-    return logged_model_uri(client, run_id) or log_pyfunc(run_id, Path(train.generators_dir),
-                                                          tracking_uri=client.tracking_uri)
+    identity = exported_identity(train)
+    model_id = exported_model(client, run_id, train) or log_checkpoint_model(
+        client, run_id, identity, generators_dir=Path(train.generators_dir), metrics={})
+    # the final evaluation (run metrics as before), linked to the model it scored
+    link_metrics(client, run_id, model_id, report.metrics, identity=identity)
+    return model_id
 
 
 def log_into_run(client: MlflowClient, run_id: str, config: ResolvedConfig, train: TrainResult,
                  report: EvalReport) -> str:
     """Register into the flow's live run ``run_id``: lineage tags, then ``log_contents``; returns the
-    model URI. The run stays RUNNING (the flow closes it FINISHED or FAILED)."""
+    model id. The run stays RUNNING (the flow closes it FINISHED or FAILED)."""
     client.log_batch(run_id, tags=[RunTag(key, value) for key, value in lineage_tags(train).items()])
-    model_uri = log_contents(client, run_id, config, train, report)
-    # log_pyfunc logs inside ``mlflow.start_run(run_id)``, whose exit ends the run: it is the flow's to end.
-    client.update_run(run_id, status="RUNNING")
-    return model_uri
+    return log_contents(client, run_id, config, train, report)
 
 
 def log_run(client: MlflowClient, experiment_id: str, config: ResolvedConfig, train: TrainResult,
             report: EvalReport) -> tuple[str, str]:
-    """Log one complete run; returns (run_id, model_uri). The run is FINISHED only once all is logged."""
+    """Log one complete run; returns (run_id, model_id). The run is FINISHED only once all is logged."""
     run_id = client.create_run(experiment_id, run_name=train.run_name, tags=lineage_tags(train)).info.run_id
     try:
-        model_uri = log_contents(client, run_id, config, train, report)
+        model_id = log_contents(client, run_id, config, train, report)
     except BaseException:
         try:
             client.set_terminated(run_id, status="FAILED")
@@ -246,4 +271,4 @@ def log_run(client: MlflowClient, experiment_id: str, config: ResolvedConfig, tr
             log.warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
         raise
     client.set_terminated(run_id, status="FINISHED")
-    return run_id, model_uri
+    return run_id, model_id

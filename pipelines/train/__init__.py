@@ -2,7 +2,9 @@
 
 Modules: ``driver`` (train_on_ray), ``worker`` (the per-worker function), ``cluster`` (Ray connection
 and checks), ``progress`` (the epoch metrics schema and the driver's progress lines), ``layout`` (the
-checkpoint folder), ``storage`` (local or S3 checkpoint storage).
+checkpoint folder), ``storage`` (local or S3 checkpoint storage), ``upload`` (a checkpoint's report,
+uploaded off the training path), ``checkpoint_models`` (the driver's MLflow LoggedModel per evaluated
+checkpoint), ``resume`` and ``monitor``.
 """
 
 import os

@@ -40,10 +40,11 @@ from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
 from pipelines.tracking import TrackingRun
+from pipelines.train.checkpoint_models import CheckpointModels
 from pipelines.train.cluster import check_cluster, connect_ray
 from pipelines.train.layout import CHECKPOINT_FILE, read_in_checkpoint, read_progress
 from pipelines.train.monitor import NO_SCORE
-from pipelines.train.progress import SCORE_KEY, RunProgress, progress_reporter
+from pipelines.train.progress import SCORE_KEY, CheckpointListener, RunProgress, progress_reporter
 from pipelines.train.resume import (
     ResumePoint,
     find_resume_point,
@@ -199,7 +200,8 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     Raises TrainingError when training fails beyond ``run.max_failures`` worker restarts, ValueError for
     a configuration the cluster cannot run (resources, local storage on a multi-node cluster).
     ``tracking`` (the pipeline's open MLflow run, None for none) reaches the workers as
-    ``loop_config["tracking"]`` (rank 0 logs its sample images there).
+    ``loop_config["tracking"]`` (rank 0 logs its sample images there), and each evaluated checkpoint
+    becomes a LoggedModel of it (``checkpoint_models``), logged by the driver as Ray commits it.
     """
     if not TorchTrainer.__module__.startswith("ray.train.v2."):
         raise RuntimeError("pipelines.train needs Ray Train V2; unset RAY_TRAIN_V2_ENABLED=0")
@@ -212,8 +214,13 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     resume_from, point = check_resumable(storage, run_name, config, dataset)
     result = finished_result(storage, run_name, point, config)
     if result is None:
-        result = fit_on_ray(config, dataset, storage, run_name, hooks=hooks, tracking=tracking,
-                            resume_from=resume_from)
+        models = CheckpointModels(tracking, storage, run_name, config, dataset) if tracking is not None else None
+        try:
+            result = fit_on_ray(config, dataset, storage, run_name, hooks=hooks, tracking=tracking,
+                                resume_from=resume_from, on_checkpoint=models.submit if models else None)
+        finally:
+            if models is not None:
+                models.finish()
     else:
         logger.info("run %s has finished training (epoch %d, step %d): exporting its generators without "
                     "starting workers", run_name, point.progress.epoch, point.progress.step)
@@ -226,10 +233,12 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
 
 
 def fit_on_ray(config: ResolvedConfig, dataset: DatasetRef, storage: StorageTarget, run_name: str, *,
-               hooks: TrainHooks, tracking: TrackingRun | None, resume_from: Checkpoint | None) -> Result:
-    """Run the ``TorchTrainer``; raise TrainingError when it fails or the watchdog stopped it."""
+               hooks: TrainHooks, tracking: TrackingRun | None, resume_from: Checkpoint | None,
+               on_checkpoint: CheckpointListener | None = None) -> Result:
+    """Run the ``TorchTrainer``; raise TrainingError when it fails or the watchdog stopped it.
+    ``on_checkpoint(path, metrics)`` runs on the driver for each committed checkpoint."""
     run, scaling = config.run, config.scaling
-    with progress_reporter() as progress_callback:
+    with progress_reporter(on_checkpoint) as progress_callback:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": config, "dataset": dataset, "after_step": hooks.after_step,
@@ -290,6 +299,7 @@ def export_result(config: ResolvedConfig, dataset: DatasetRef, storage: StorageT
                 generators_dir)
     return TrainResult(
         run_name=run_name, checkpoint_uri=checkpoint_uri, generators_dir=generators_dir,
+        exported_checkpoint_uri=storage.uri(exported.path),
         dataset_version=dataset.version, dataset_uri=dataset.uri, fingerprint=config.fingerprint,
         steps=progress.step, epochs=progress.epoch,
         metrics=progress.history[-1] if progress.history else {}, history=progress.history, best_epoch=best_epoch,

@@ -1,17 +1,18 @@
 """The run-checkpoint folder Ray Train stores: write it, read it, restore a model from it.
 
 A folder holds ``cyclegan.pt`` (the full ``cyclegan_core`` training state, rank 0), ``progress.json``
-(``RunProgress``: dataset version and the epoch history, rank 0) and ``rank<r>_pools.pt`` for every
-other rank (its image pools: the one per-rank state an exact resume needs, since the global RNGs are
-reseeded from (seed, epoch, rank) every epoch). Ray merges the ranks' files into one folder.
+(``RunProgress``: dataset version and the epoch history, rank 0), ``samples/<direction>.png`` (the
+evaluation's labelled sample grids, rank 0, when the epoch was evaluated) and ``rank<r>_pools.pt`` for
+every other rank (its image pools: the one per-rank state an exact resume needs, since the global RNGs
+are reseeded from (seed, epoch, rank) every epoch). Ray merges the ranks' files into one folder.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from ray.train import Checkpoint
@@ -27,21 +28,31 @@ from cyclegan_core.checkpoint import (
 from cyclegan_core.model import CycleGAN
 from pipelines.train.progress import RunProgress
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
 T = TypeVar("T")
 
 CHECKPOINT_FILE = "cyclegan.pt"
 PROGRESS_FILE = "progress.json"
+SAMPLES_FOLDER = "samples"
 
 
 def rank_pools_file(rank: int) -> str:
     return f"rank{rank}_pools.pt"
 
 
-def write_checkpoint_folder(directory: Path, model: CycleGAN, progress: RunProgress, *, rank: int) -> None:
-    """This rank's part of a checkpoint folder (see the module docstring)."""
+def write_checkpoint_folder(directory: Path, model: CycleGAN, progress: RunProgress, *, rank: int,
+                            samples: Mapping[str, Image] | None = None) -> None:
+    """This rank's part of a checkpoint folder (see the module docstring); ``samples``: rank 0's sample
+    grids by direction."""
     if rank == 0:
         save_checkpoint(model, directory / CHECKPOINT_FILE)
         write_json_atomic(directory / PROGRESS_FILE, progress.model_dump(mode="json"))
+        for direction, grid in (samples or {}).items():
+            (directory / SAMPLES_FOLDER).mkdir(exist_ok=True)
+            with atomic_path(directory / SAMPLES_FOLDER / f"{direction}.png") as tmp:
+                grid.save(tmp, format="PNG")
     else:
         pools = {"fake_A": model.fake_A_pool.state_dict(), "fake_B": model.fake_B_pool.state_dict()}
         with atomic_path(directory / rank_pools_file(rank)) as tmp:

@@ -3,7 +3,7 @@
 ``EpochJudge`` (one per worker) decides for each finished epoch whether it is evaluated (every
 ``eval.every_epochs`` epochs and at each checkpoint, so every checkpoint carries a score), scores the
 generators on rank 0 with the final evaluation's code (``cyclegan_core.training_eval``), logs the
-labelled sample grids to the pipeline's MLflow run, shares the ``eval_<metric>`` values with every rank,
+labelled sample grids to the pipeline's MLflow run (and keeps them for the next checkpoint), shares the ``eval_<metric>`` values with every rank,
 and asks the watchdog (``cyclegan_core.watchdog``) whether the epoch is healthy. A faulty epoch rolls
 every rank back to its last healthy in-memory state with lowered learning rates, or, once
 ``watchdog.max_rollbacks`` are spent, raises ``WatchdogError`` naming the epoch and the symptom (the
@@ -28,6 +28,8 @@ from pipelines.config import ResolvedConfig
 from pipelines.tracking import TrackingRun, log_image
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from cyclegan_core.inception import InceptionFeatureExtractor
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class EpochJudge:
     history: list[dict[str, float]]
     tracking: TrackingRun | None = None
     rollbacks: int = 0
+    # rank 0: the sample grids of the latest evaluation (written into the next checkpoint folder)
+    samples: dict[str, Image] = field(default_factory=dict, repr=False)
     _healthy: bytes = b""
     _healthy_epochs: int = 0
     _lr_scale: float = 1.0  # the rollbacks' LR cuts so far, and those already in the healthy state
@@ -122,11 +126,12 @@ class EpochJudge:
             scores = {f"eval_{name}": value for name, value in evaluation.metrics.items()
                       if not name.startswith("n_images_") and "_identity_" not in name}
             translator = model_translator(self.model)
+            self.samples = {}
             for direction in ("AtoB", "BtoA"):
                 labels, rows = sample_rows(translator, self.data_root, direction, count=settings.sample_images)
                 if rows:
-                    log_image(self.tracking, labelled_grid(labels, rows, tile=settings.sample_tile),
-                              f"samples/{direction}", epoch)
+                    self.samples[direction] = labelled_grid(labels, rows, tile=settings.sample_tile)
+                    log_image(self.tracking, self.samples[direction], f"samples/{direction}", epoch)
         shared = all_gather_object(scores)[0]
         assert isinstance(shared, dict)
         return shared

@@ -25,6 +25,7 @@ from cyclegan_core.fit import EpochEnd
 logger = logging.getLogger(__name__)
 
 EpochListener = Callable[[dict[str, float]], None]
+CheckpointListener = Callable[[str, dict[str, float]], None]  # (checkpoint path in storage, epoch record)
 # The one key of a checkpoint's report to Ray Train that is not part of the epoch record: its score
 # (Ray's checkpoint_score_attribute, order "max"; ``monitor.checkpoint_score``).
 SCORE_KEY = "checkpoint_score"
@@ -117,9 +118,12 @@ class ForwardProgress(UserCallback):
         self.inbox = inbox
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        # Ray's checkpoint manager handles a report first: this checkpoint is committed and the ones
+        # its retention dropped are already deleted.
         if metrics:
             record = {key: value for key, value in metrics[0].items() if key != SCORE_KEY}
-            self.inbox.push.remote({"kind": "epoch", "metrics": record, "checkpoint": checkpoint is not None})
+            self.inbox.push.remote({"kind": "epoch", "metrics": record,
+                                    "checkpoint": checkpoint.path if checkpoint is not None else None})
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         ranks = sorted(worker_exceptions)
@@ -140,24 +144,28 @@ class ProgressInbox:
         return items
 
 
-def log_item(item: dict[str, Any]) -> None:
+def log_item(item: dict[str, Any], on_checkpoint: CheckpointListener | None = None) -> None:
     if item["kind"] == "failure":
         logger.warning("worker rank(s) %s failed: %s; Ray Train restarts from the latest checkpoint "
                        "if run.max_failures allows", item["ranks"], item["error"])
-    else:
-        logger.info(format_epoch_line(item["metrics"]) + (" [checkpoint]" if item["checkpoint"] else ""))
-        for listener in _listeners.copy():  # the flow thread may remove one meanwhile
-            try:
-                listener(item["metrics"])
-            except Exception:  # a progress display must never stop training
-                logger.warning("epoch listener %r failed", listener, exc_info=True)
+        return
+    logger.info(format_epoch_line(item["metrics"]) + (" [checkpoint]" if item["checkpoint"] else ""))
+    listeners: list[EpochListener] = _listeners.copy()  # the flow thread may remove one meanwhile
+    if on_checkpoint is not None and item["checkpoint"]:
+        listeners.append(lambda metrics: on_checkpoint(item["checkpoint"], metrics))
+    for listener in listeners:
+        try:
+            listener(item["metrics"])
+        except Exception:  # a progress display must never stop training
+            logger.warning("epoch listener %r failed", listener, exc_info=True)
 
 
 @contextmanager
-def progress_reporter() -> Iterator[UserCallback]:
-    """Yields the Ray Train callback to pass to RunConfig; a driver thread logs what it forwards. The
-    thread runs in a copy of the caller's context, so its lines and listeners belong to the caller's
-    run (a Prefect task run's logs and artifacts are found through context variables)."""
+def progress_reporter(on_checkpoint: CheckpointListener | None = None) -> Iterator[UserCallback]:
+    """Yields the Ray Train callback to pass to RunConfig; a driver thread logs what it forwards and
+    calls ``on_checkpoint(path, metrics)`` for each committed checkpoint (its path on the storage
+    filesystem). The thread runs in a copy of the caller's context, so its lines and listeners belong
+    to the caller's run (a Prefect task run's logs and artifacts are found through context variables)."""
     inbox = ProgressInbox.remote()
     stop = threading.Event()
 
@@ -166,7 +174,7 @@ def progress_reporter() -> Iterator[UserCallback]:
             finished = stop.wait(1.0)
             try:
                 for item in ray.get(inbox.drain.remote(), timeout=30):
-                    log_item(item)
+                    log_item(item, on_checkpoint)
             except ray.exceptions.RayError as exc:  # Ray shutting down under us: stop reporting
                 logger.debug("progress reporting stopped: %s", exc)
                 return

@@ -3,15 +3,16 @@
 Ray initialises the process group (gloo on CPU, NCCL on GPU) and ``CycleGAN`` wraps its nets in DDP
 itself; the worker shards the data by rank, resumes from ``ray.train.get_checkpoint()`` when there is
 one (a worker-group restart, or a new run with the same name and storage) and reports each epoch's
-metrics, with a checkpoint folder every ``run.checkpoint_every_epochs`` epochs and at the end. Between
-the epochs ``monitor.EpochJudge`` evaluates (each checkpoint carries its score) and rolls a faulty
-epoch back.
+metrics, with a checkpoint folder every ``run.checkpoint_every_epochs`` epochs and at the end, uploaded
+off the training path (``upload``). Between the epochs ``monitor.EpochJudge`` evaluates (each checkpoint
+carries its score and the evaluation's sample grids) and rolls a faulty epoch back.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from pipelines.train.cluster import count_nodes, require_node_credentials
 from pipelines.train.layout import read_in_checkpoint, restore_from_folder, write_checkpoint_folder
 from pipelines.train.monitor import EpochJudge, WatchdogError, checkpoint_score
 from pipelines.train.progress import SCORE_KEY, RunProgress, epoch_metrics
+from pipelines.train.upload import CheckpointUploads
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> str | None:
     loader = build_dataloader(train_set, batch_size=config.train.batch_size, shuffle=True,
                               num_workers=config.data.num_workers, rank=rank, world_size=world_size, seed=seed)
     judge = EpochJudge(model, config, root, rank, history, tracking=loop_config.get("tracking"))
+    uploads = CheckpointUploads(config.run.checkpoint_upload, rank=rank)
 
     def report(end: EpochEnd) -> None:
         metrics = epoch_metrics(end, step=model.step, total_epochs=total_epochs, nodes=nodes,
@@ -130,14 +133,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> str | None:
             return
         progress = RunProgress(dataset_version=dataset.version, dataset_uri=dataset.uri, epoch=model.epoch,
                                step=model.step, history=history)
-        # <tmp>/cyclegan-checkpoints/: a killed worker's folder is swept by the next checkpoint on the node
-        with scratch_folder("checkpoints", name=f"rank{rank}") as tmp:
-            write_checkpoint_folder(tmp, model, progress, rank=rank)
-            # Every rank reports (V2 synchronises on it); Ray merges the ranks' files into one folder.
-            score = checkpoint_score(metrics, primary_key=judge.primary_key,
-                                     higher_is_better=config.registry.higher_is_better)
-            ray.train.report({**metrics, SCORE_KEY: score}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
+        uploads.wait_for_previous()
+        # <tmp>/cyclegan-checkpoints/: a killed worker's folder is swept by the next checkpoint on the node;
+        # the upload releases it (``upload``), so it outlives this call when the upload is asynchronous.
+        scratch = ExitStack()
+        try:
+            tmp = scratch.enter_context(scratch_folder("checkpoints", name=f"rank{rank}"))
+            write_checkpoint_folder(tmp, model, progress, rank=rank, samples=judge.samples)
+        except BaseException:
+            scratch.close()
+            raise
+        # Every rank reports (V2 synchronises on it); Ray merges the ranks' files into one folder.
+        score = checkpoint_score(metrics, primary_key=judge.primary_key,
+                                 higher_is_better=config.registry.higher_is_better)
+        uploads.report({**metrics, SCORE_KEY: score}, tmp, scratch,
+                       dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
 
     # one monitor per node (its first worker): CPU, memory and GPU charts of every training node
     tracking = loop_config.get("tracking") if context.get_local_rank() == 0 else None

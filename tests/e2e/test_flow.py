@@ -5,7 +5,9 @@ One flow run covers the happy path *and* the retry path: the MLflow server sits 
 TCP proxy that is down when registration first runs, and comes up once Prefect has scheduled the
 retry. The flow completes, registration ran twice, and no stage before it ran again. The same run is
 watched live: a training hook holds rank 0 in epoch 2 until the server shows epoch 1's metrics in the
-pipeline's MLflow run.
+pipeline's MLflow run. Its 4 evaluated checkpoints are LoggedModels of that run (the registered version
+is the best one's, those Ray dropped lose their weights), another one registered as the UI does is gated
+and translated, and Prefect's events API shows the lineage dataset -> training run -> model version.
 """
 
 from __future__ import annotations
@@ -15,19 +17,29 @@ import shutil
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
 
+from cyclegan_core.translator import Translator
+from pipelines.cli import app
 from pipelines.config import (
     PipelineConfig,
     RegistrySettings,
     ScalingSettings,
 )
+from pipelines.registry.logged_models import run_models, version_model_id
+from tests.conftest import drain_prefect_queues
 from tests.flow_configs import tiny_flow_config
+from tests.integration.test_besteval_ray import AwaitCheckpointModel
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +76,18 @@ class WaitForLiveMetric:
                 break
             time.sleep(0.5)
         self.marker.write_text(json.dumps(seen))
+
+
+@dataclass(frozen=True)
+class Both:
+    """Two ``TrainHooks.after_step`` hooks, one after the other."""
+
+    first: object
+    second: object
+
+    def __call__(self, step: int, rank: int) -> None:
+        self.first(step, rank)
+        self.second(step, rank)
 
 
 class SwitchableProxy:
@@ -122,7 +146,38 @@ def prefect_harness() -> Iterator[None]:
 
 
 def tiny_config(dataset_uri: str, tmp: Path, *, model_name: str) -> PipelineConfig:
-    return tiny_flow_config(dataset_uri, tmp, model_name=model_name, experiment="flow-test", workers=2, decay_epochs=1)
+    """4 epochs, each checkpointed and evaluated (num_to_keep=2: Ray keeps the 2 best and the latest)."""
+    return tiny_flow_config(dataset_uri, tmp, model_name=model_name, experiment="flow-test", workers=2, decay_epochs=3)
+
+
+def asset_events(flow_run_id: object, timeout_s: float = 60) -> dict[str, object]:
+    """The flow run's asset materializations through Prefect's events API, by asset key."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    drain_prefect_queues()  # the events this process emitted, sent
+    wanted = EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"]),
+                         related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(wanted, limit=50).events
+        if len(events) >= 3 or time.monotonic() > deadline:
+            return {event.resource.id: event for event in events}
+        time.sleep(0.5)
+
+
+def asset_dependencies(event: object) -> set[str]:
+    return {resource.id for resource in event.related if resource.role == "asset"}
+
+
+def register_as_the_ui_does(tracking_uri: str, name: str, model_id: str, run_id: str) -> str:
+    """The MLflow UI's "Register model" on a LoggedModel: its request, as the UI sends it; the version."""
+    body = json.dumps({"name": name, "source": f"models:/{model_id}", "run_id": run_id, "model_id": model_id})
+    request = urllib.request.Request(f"{tracking_uri}/ajax-api/2.0/mlflow/model-versions/create", data=body.encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())["model_version"]["version"]
 
 
 def task_runs_of(flow_run_id) -> dict[str, object]:
@@ -199,7 +254,9 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     def train_watched_live(config, dataset, *, hooks=None, tracking=None):
         assert tracking is not None, "the flow hands training its MLflow run"
         watch = WaitForLiveMetric(mlflow_server, tracking.run_id, STEPS_PER_EPOCH + 1, seen)
-        return real_train(config, dataset, hooks=TrainHooks(after_step=watch), tracking=tracking)
+        # the driver logs each checkpoint's LoggedModel before Ray's retention can drop it (epochs of ~2 s)
+        logged = AwaitCheckpointModel(mlflow_server, tracking.run_id, steps_per_epoch=STEPS_PER_EPOCH)
+        return real_train(config, dataset, hooks=TrainHooks(after_step=Both(watch, logged)), tracking=tracking)
 
     monkeypatch.setattr(pipelines.train, "train_on_ray", train_watched_live)
     monkeypatch.setattr(pipelines.tracking, "SYSTEM_METRICS_INTERVAL_S", 1.0)  # a sample within this short run
@@ -215,7 +272,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     for stage in ("ingest", "train", "evaluate"):
         assert runs[stage].run_count == 1, f"{stage} ran again"
 
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(mlflow_server, mlflow_server)
     champion = client.get_model_version_by_alias("flow-e2e", "champion")
     assert champion.version == outcome.model.version
     assert "champion" in outcome.model.aliases
@@ -223,7 +280,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 
     # One MLflow run followed the flow run: epoch 1 was on the server while epoch 2 trained; it holds
     # the params, the dataset input and the model registered (once, over two attempts), and is FINISHED.
-    assert outcome.train.steps == 2 * STEPS_PER_EPOCH
+    assert outcome.train.steps == 4 * STEPS_PER_EPOCH
     watched = json.loads(seen.read_text())
     assert watched["losses"] and watched["steps"] == [1] and watched["status"] == "RUNNING", watched
     run = client.get_run(outcome.model.run_id)
@@ -233,8 +290,8 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == outcome.dataset.version[:36]
     assert json.loads(dataset_input.dataset.profile)["trainA"] == outcome.dataset.counts["trainA"]
-    assert len(run.outputs.model_outputs) == 1 and len(client.search_model_versions("name = 'flow-e2e'")) == 1
-    assert [m.step for m in client.get_metric_history(run.info.run_id, watched["losses"][0])] == [1, 2]
+    assert len(run.outputs.model_outputs) == 4 and len(client.search_model_versions("name = 'flow-e2e'")) == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, watched["losses"][0])] == [1, 2, 3, 4]
     assert run.data.metrics["psnr_AtoB"] == outcome.report.metrics["psnr_AtoB"]
     # MLflow's system metrics followed the run: the flow's host, and the training node as node-0
     assert run.data.tags["system_metrics"] == "on"
@@ -242,9 +299,61 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
             "system/node-0/cpu_utilization_percentage"} <= set(run.data.metrics)
     assert "dataset_version" in champion.tags and champion.tags["best_epoch"] and "gate:" in champion.description
 
+    # Each of the 4 evaluated checkpoints is a LoggedModel of the run, its metrics linked; the registered
+    # version was created from the best one; those Ray's retention dropped have lost their weights.
+    models = {model.name: model for model in run_models(client, run.info.run_id)}
+    assert sorted(models) == ["epoch-0001", "epoch-0002", "epoch-0003", "epoch-0004"]
+    assert all("eval_psnr_AtoB" in {metric.key for metric in model.metrics} for model in models.values())
+    best = models[f"epoch-{outcome.train.best_epoch:04d}"]
+    assert version_model_id(champion) == best.model_id
+    assert client.get_logged_model(best.model_id).tags["mlflow.modelVersions"]  # the UI links model and version
+    kept = {folder.name for folder in (tmp_path / "runs" / outcome.train.run_name).glob("checkpoint_epoch*")}
+    assert 2 <= len(kept) < 4  # num_to_keep=2 best + the latest
+    for model in models.values():
+        assert ("weights_deleted" not in model.tags) == (Path(model.tags["checkpoint_uri"]).name in kept)
+        if "weights_deleted" in model.tags:
+            assert client.list_logged_model_artifacts(model.model_id) == []
+    # The UI opens the experiment as model training; the run's description is the pipeline's summary.
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    note = run.data.tags["mlflow.note.content"]
+    assert f"`{outcome.dataset.uri}` version `{outcome.dataset.version}`" in note
+    assert f"registered: best epoch {outcome.train.best_epoch} by eval_psnr_AtoB" in note
+    assert "- gate: promoted to champion" in note and str(state.state_details.flow_run_id) in note
+
+    # Lineage in Prefect: dataset -> training run -> model version, through Prefect's events API.
+    materialized = asset_events(state.state_details.flow_run_id)
+    data_key, run_key = f"s3://{s3_bucket}/synth", f"file://{tmp_path / 'runs' / outcome.train.run_name}"
+    (version_key,) = [key for key in materialized if key.endswith(f"/models/flow-e2e/{outcome.model.version}")]
+    assert version_key.startswith("mlflow://127.0.0.1:")
+    assert materialized[data_key].payload["version"] == outcome.dataset.version
+    assert asset_dependencies(materialized[run_key]) == {data_key}
+    # the version: from the training run, scored on the dataset's test split (the evaluate stage's input)
+    assert asset_dependencies(materialized[version_key]) == {run_key, data_key}
+    assert materialized[version_key].payload["promoted"] is True
+
+    # Another kept checkpoint, registered by hand as the UI does, gets the pipeline's evaluation, model
+    # card and gate (`cyclegan gate`), and translates with `cyclegan translate --model models:/NAME/N`.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    other = next(model for model in models.values() if "weights_deleted" not in model.tags and model != best)
+    by_hand = register_as_the_ui_does(mlflow_server, "flow-e2e", other.model_id, run.info.run_id)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    gated = CliRunner().invoke(app, ["gate", "flow-e2e", by_hand, "--config", str(config_file), "--json"])
+    assert gated.exit_code == 0, gated.output
+    version = client.get_model_version("flow-e2e", by_hand)
+    assert version.tags["best_epoch"] == other.tags["epoch"] and version.tags["gate_decision"] in (
+        "promoted", "kept_champion") and "psnr_AtoB" in version.tags["primary_metric"]
+    assert "challenger" in json.loads(gated.stdout.strip().splitlines()[-1])["aliases"]
+    image = min((synthetic_dataset / "testA").glob("*.png"))
+    translated = tmp_path / "by-hand.png"
+    done = CliRunner().invoke(app, ["translate", "--model", f"models:/flow-e2e/{by_hand}", str(image), str(translated)])
+    assert done.exit_code == 0, done.output
+    checkpoint = Translator.from_checkpoint(Path(other.tags["checkpoint_uri"]) / "cyclegan.pt", device="cpu")
+    expected = np.asarray(checkpoint([Image.open(image).convert("RGB")], direction="AtoB")[0])
+    assert np.array_equal(np.asarray(Image.open(translated)), expected)
+
     # A second run on the same data and config under another model name: training and evaluation
     # come from Prefect's cache (keyed on dataset version + training fingerprint), only registration runs.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setattr(registry, "register_model", real_register)
     again = tiny_config(f"s3://{s3_bucket}/synth", tmp_path, model_name="flow-e2e-copy")
     second = train_cyclegan(again, return_state=True)

@@ -7,7 +7,7 @@ SIGKILLs it there. Production code has no hook for this; the pause is installed 
 
     python paused_writer.py NAME READY cli ARGS...            # `cyclegan ARGS...` in this process
     python paused_writer.py NAME READY export DEST            # save_pretrained of a tiny Translator
-    python paused_writer.py NAME READY train CONFIG DATASET RESULT  # train_on_ray, paused in rank 0's worker
+    python paused_writer.py NAME READY train CONFIG DATASET RESULT [PIDS]  # train_on_ray, paused in rank 0's worker
 """
 
 from __future__ import annotations
@@ -39,13 +39,20 @@ def install_pause(name: str, ready: Path) -> None:
 @dataclass(frozen=True)
 class PauseInWorker:
     """``TrainHooks.after_step``: rank 0's worker installs the pause once, unless a previous worker
-    already paused there (READY exists), so the worker Ray restarts after the kill runs normally."""
+    already paused there (READY exists), so the worker Ray restarts after the kill runs normally. With
+    ``pids``, every rank-0 worker that starts appends its pid there (a test kills a later one too)."""
 
     name: str
     ready: Path
+    pids: Path | None = None
 
     def __call__(self, step: int, rank: int) -> None:
-        if rank == 0 and step == 1 and not self.ready.exists():
+        if rank != 0 or step != 1:
+            return
+        if self.pids is not None:
+            with open(self.pids, "a") as out:
+                out.write(f"{os.getpid()}\n")
+        if not self.ready.exists():
             install_pause(self.name, self.ready)
 
 
@@ -65,14 +72,19 @@ def main(argv: list[str]) -> None:
         cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
         Translator(generator_from_config(cfg), generator_from_config(cfg), cfg).save_pretrained(Path(rest[0]))
     elif mode == "train":
+        import logging
+
         from pipelines.config import load_pipeline_config, resolve
         from pipelines.records import DatasetRef
         from pipelines.train import TrainHooks, train_on_ray
 
-        config_path, dataset_path, result_path = rest
+        logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("pipelines").setLevel(logging.INFO)  # the driver's epoch lines, in the test's log
+        config_path, dataset_path, result_path, *pids = rest
         config = resolve(load_pipeline_config(Path(config_path)))
         dataset = DatasetRef.model_validate_json(Path(dataset_path).read_text())
-        result = train_on_ray(config, dataset, hooks=TrainHooks(after_step=PauseInWorker(name, Path(ready))))
+        hook = PauseInWorker(name, Path(ready), Path(pids[0]) if pids else None)
+        result = train_on_ray(config, dataset, hooks=TrainHooks(after_step=hook))
         Path(result_path).write_text(result.model_dump_json())
     else:
         raise SystemExit(f"unknown mode {mode!r}: cli, export or train")

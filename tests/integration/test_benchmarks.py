@@ -139,3 +139,21 @@ def test_translate_benchmark_rates_configurations_against_fp32_eager_in_one_run(
     assert all(line["images_per_s"] > 0 and line["ms_per_image"] > 0 for line in lines)
     assert 30 < bf16_cl["psnr_vs_fp32_db"] < 100, "bf16 is close to fp32 but not identical"
     assert auto["auto_resolves_to"] == ("bf16" if auto["fast_cpu_bf16"] else "fp32")
+
+
+def test_checkpoint_upload_costs_are_the_epoch_boundaries_beyond_a_step() -> None:
+    upload = load_script("checkpoint_upload.py")
+    times = {1: 0.0, 2: 1.0, 3: 2.0, 4: 12.0, 5: 13.0, 6: 14.0, 7: 16.5}  # 3 steps per epoch
+    assert upload.boundary_costs(times, steps_per_epoch=3) == {  # the mean leaves the first boundary out
+        "boundaries_s": [10.0, 2.5], "median_step_s": 1.0, "blocked_s": [9.0, 1.5], "blocked_mean_s": 1.5}
+    assert upload.boundary_costs({1: 0.0, 2: 1.0, 3: 5.0, 4: 6.0}, steps_per_epoch=2)["blocked_mean_s"] == 3.0
+
+
+@pytest.mark.slow
+def test_checkpoint_upload_prints_the_blocked_time_of_each_configuration() -> None:
+    lines = run_script("checkpoint_upload.py", "--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4",
+                       "--size", "32", "--images", "2", "--epochs", "2", "--bandwidth-mb", "0", "--cpus", "1",
+                       "--modes", "async")
+    (line,) = lines
+    assert line["config"] == "async" and len(line["blocked_s"]) == 1 and line["median_step_s"] > 0
+    assert line["checkpoint_mb"] > 0 and line["fit_wall_s"] > 0 and line["steps_per_epoch"] == 2

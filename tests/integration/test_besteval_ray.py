@@ -1,23 +1,31 @@
 """Evaluation during training, the best checkpoint exported and the watchdog, on a real local Ray.
 
 Two Ray fits (~50 s each here): one whose weights are poisoned with NaN once in epoch 3 (rolled back,
-the run completes, the exported generators are the best evaluated epoch's), one poisoned at every
-try (the rollbacks run out: a clear failure, no Ray Train restart into the same fault).
+the run completes, the exported generators are the best evaluated epoch's, each checkpoint a
+LoggedModel of the MLflow run against a real `mlflow server`), one poisoned at every try (the
+rollbacks run out: a clear failure, no Ray Train restart into the same fault).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow.entities import LoggedModelStatus
+from mlflow.tracking import MlflowClient
 
 from cyclegan_core.distributed import parameter_checksum
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.translator import Translator
 from pipelines.records import DatasetRef
+from pipelines.registry import download_model
+from pipelines.registry.logged_models import run_models
+from pipelines.tracking import open_pipeline_run
 from pipelines.train import TrainHooks, TrainingError, train_on_ray
 from pipelines.train.layout import read_progress
 from tests.integration.test_train_ray import (  # noqa: F401 - ingested: the fixture
@@ -44,14 +52,47 @@ class PoisonWeights:
                 next(model.G_AB.parameters()).fill_(math.nan)
 
 
+@dataclass(frozen=True)
+class AwaitCheckpointModel:
+    """``TrainHooks.after_step``: rank 0, at the last step of each epoch after the first, waits until
+    the previous epoch's checkpoint is a READY LoggedModel of run ``run_id``. With num_to_keep=1, Ray may
+    delete that checkpoint as soon as this epoch's is committed: this test's epochs (~2 s) are shorter
+    than the driver's reading of it may take on a loaded host; a real epoch is minutes."""
+
+    tracking_uri: str
+    run_id: str
+    steps_per_epoch: int = STEPS_PER_EPOCH
+    timeout_s: float = 120.0
+
+    def __call__(self, step: int, rank: int) -> None:
+        epoch, rest = divmod(step, self.steps_per_epoch)
+        if rank != 0 or rest or epoch < 2:
+            return
+        client = MlflowClient(self.tracking_uri, self.tracking_uri)
+        experiment = client.get_run(self.run_id).info.experiment_id
+        deadline = time.monotonic() + self.timeout_s
+        while not [model for model in client.search_logged_models(
+                [experiment], filter_string=f"source_run_id = '{self.run_id}' AND name = 'epoch-{epoch - 1:04d}'")
+                if model.status == LoggedModelStatus.READY]:
+            assert time.monotonic() < deadline, f"no LoggedModel of epoch {epoch - 1} within {self.timeout_s} s"
+            time.sleep(0.2)
+
+
 def test_a_nan_is_rolled_back_the_run_completes_and_the_best_epoch_is_exported(
-    ray_local: None, ingested: DatasetRef, tmp_path: Path,  # noqa: F811 - the fixture
+    ray_local: None, ingested: DatasetRef, tmp_path: Path, mlflow_server: str,  # noqa: F811 - the fixture
 ) -> None:
+    """Also: each evaluated checkpoint becomes a LoggedModel of the pipeline's MLflow run (logged by the
+    driver as Ray commits it), and those Ray's retention dropped lose their weights."""
     config = tiny_config(ingested, tmp_path, run_name="watched", storage_path=str(tmp_path / "runs"), epochs=4,
                          checkpoint_every_epochs=1, num_to_keep=1, max_failures=0)
+    config = config.model_copy(update={
+        "services": config.services.model_copy(update={"tracking_uri": mlflow_server}),
+        "registry": config.registry.model_copy(update={"experiment": f"besteval-{tmp_path.name}"})})
+    live, _ = open_pipeline_run(config, run_name="watched", tags={})
     poison = PoisonWeights(at_step=2 * STEPS_PER_EPOCH + 3)  # in epoch 3
 
-    result = train_on_ray(config, ingested, hooks=TrainHooks(after_step_model=poison))
+    hooks = TrainHooks(after_step=AwaitCheckpointModel(mlflow_server, live.run_id), after_step_model=poison)
+    result = train_on_ray(config, ingested, hooks=hooks, tracking=live)
 
     history = result.history
     assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4] and result.steps == 4 * STEPS_PER_EPOCH
@@ -67,6 +108,32 @@ def test_a_nan_is_rolled_back_the_run_completes_and_the_best_epoch_is_exported(
     assert read_progress(Path(result.checkpoint_uri)).epoch == 4  # the latest is kept for a resume
     kept = sorted(p.name for p in (tmp_path / "runs" / result.run_name).glob("checkpoint_epoch*"))
     assert len(kept) == (1 if best == 3 else 2)  # num_to_keep=1 best + the latest
+
+    client = MlflowClient(mlflow_server, mlflow_server)
+    models = sorted(run_models(client, live.run_id), key=lambda model: int(model.tags["epoch"]))
+    assert [model.name for model in models] == ["epoch-0001", "epoch-0002", "epoch-0003", "epoch-0004"]
+    for model, epoch in zip(models, history, strict=True):
+        assert model.tags["checkpoint_uri"].startswith(str(tmp_path / "runs" / result.run_name / "checkpoint_epoch"))
+        assert (model.tags["step"], model.tags["training_fingerprint"]) == (str(int(epoch["step"])), config.fingerprint)
+        linked = {metric.key: metric for metric in model.metrics}
+        assert linked["eval_psnr_AtoB"].value == epoch["eval_psnr_AtoB"]
+        assert linked["eval_psnr_AtoB"].step == int(epoch["epoch"]) and linked["eval_psnr_AtoB"].dataset_digest
+        files = {entry.path for entry in client.list_logged_model_artifacts(model.model_id)}
+        if Path(model.tags["checkpoint_uri"]).name in kept:  # kept by Ray: the generators and the sample grids
+            assert "weights_deleted" not in model.tags and {"artifacts", "MLmodel", "samples"} <= files
+            assert {"samples/AtoB.png", "samples/BtoA.png"} <= {
+                entry.path for entry in client.list_logged_model_artifacts(model.model_id, "samples")}
+        else:  # pruned: the record (tags, metrics) stays, the artifacts are gone (the grids are the run's images)
+            assert "Ray Train's retention deleted checkpoint" in model.tags["weights_deleted"]
+            assert files == set()
+    images = [entry.path for entry in client.list_artifacts(live.run_id, "images")]
+    for epoch in (1, 2, 3, 4):  # every epoch's sample grids, pruned or not, at its step in the run's images
+        assert any(path.startswith(f"images/samples~AtoB+step+{epoch}+") for path in images), images
+    best_model = models[best]
+    assert "weights_deleted" not in best_model.tags
+    served = Translator.from_pretrained(download_model(f"models:/{best_model.model_id}", tmp_path / "best",
+                                                       tracking_uri=mlflow_server), device="cpu")
+    assert parameter_checksum(served.generator("AtoB")) == history[best]["G_AB_checksum_rank0"]
 
 
 def test_with_the_rollbacks_spent_the_run_fails_naming_the_epoch_and_the_symptom(

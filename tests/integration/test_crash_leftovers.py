@@ -2,13 +2,15 @@
 
 Real processes, real SIGKILLs: ``paused_writer.py`` runs the real ``cyclegan ingest`` (from the moto
 S3 server) or a real Ray training and stops for good just before one file is committed (the
-temporary complete on disk), so the kill lands inside the write every time.
+temporary complete on disk), so the kill lands inside the write every time. A training worker is
+also killed in the middle of a checkpoint upload (a loopback proxy in front of the S3 server holds it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,12 +29,15 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.data import CACHE_SPLITS, fresh_cache_array, write_decoded_cache
 from cyclegan_core.networks import generator_from_config
 from cyclegan_core.translator import Translator
+from pipelines.config import Services
 from pipelines.ingest import MANIFEST_FILE, ingest_prefix, upload_folder
 from pipelines.ingest.download import sweep_dead_temps
 from pipelines.records import DatasetRef, TrainResult
 from pipelines.s3 import make_s3_client
-from pipelines.train.layout import read_progress
+from pipelines.train.resume import find_resume_point
+from pipelines.train.storage import resolve_storage
 from tests.conftest import clean_ray_env
+from tests.integration.faulty_proxy import FaultyProxy
 
 PAUSED_WRITER = Path(__file__).with_name("paused_writer.py")
 LOAD_SIZE = 32
@@ -238,14 +243,14 @@ def test_an_evaluation_killed_inside_its_report_write_is_cleaned_up_by_the_next(
     assert "psnr_AtoB" in json.loads((out / "eval_report.json").read_text())["metrics"]
 
 
-def tiny_training_config(dataset: DatasetRef, tmp_path: Path) -> Path:
+def tiny_training_config(dataset: DatasetRef, tmp_path: Path, *, storage_path: str) -> Path:
     config = {
         "dataset_uri": dataset.uri, "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "outputs"),
         "model": {"generator": "resnet_6blocks", "ngf": 8, "ndf": 8},
         "train": {"n_epochs": 2, "n_epochs_decay": 0, "batch_size": 4, "lr": 1e-3, "pool_size": 10},
         "data": {"preprocess": "none", "load_size": LOAD_SIZE, "crop_size": LOAD_SIZE, "num_workers": 0},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "local_num_cpus": 2},
-        "run": {"run_name": "killed", "storage_path": str(tmp_path / "runs"), "max_failures": 1},
+        "run": {"run_name": "killed", "storage_path": storage_path, "max_failures": 2},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -257,32 +262,68 @@ def ingested(uploaded: str, s3: Any, tmp_path: Path) -> DatasetRef:
     return ingest_prefix(uploaded, tmp_path / "cache", load_size=LOAD_SIZE, client=s3).dataset
 
 
+def uploads_second_checkpoint_state(method: str, path: str) -> bool:
+    """The PUT of the epoch-2 checkpoint's training state (``FaultyProxy.hold``)."""
+    return method == "PUT" and "/checkpoint_epoch0002_" in path and "/cyclegan.pt" in path
+
+
+def pid_of_a_later_worker(pids: Path, first: int, timeout_s: float = 60) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        later = [int(line) for line in pids.read_text().split()] if pids.exists() else []
+        later = [pid for pid in later if pid != first]
+        if later:
+            return later[-1]
+        assert time.monotonic() < deadline, f"no worker after {first} started within {timeout_s} s"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
-def test_a_training_worker_killed_mid_checkpoint_leaves_a_folder_its_restart_removes(
-        ingested: DatasetRef, tmp_path: Path) -> None:
+def test_training_workers_killed_mid_checkpoint_and_mid_upload_resume_from_a_complete_checkpoint(
+        ingested: DatasetRef, s3_bucket: str, tmp_path: Path) -> None:
     """Rank 0's worker is SIGKILLed while writing its first checkpoint into its scratch folder; Ray
-    restarts it (max_failures=1), its first checkpoint sweeps the dead worker's folder, the run ends."""
+    restarts it (max_failures=2), its first checkpoint sweeps the dead worker's folder. The restarted
+    worker is SIGKILLed in turn while its epoch-2 checkpoint uploads to S3 (asynchronously: training
+    went on; a loopback proxy holds the upload): the next restart resumes from the complete epoch-1
+    checkpoint, not from the half-uploaded one, and the run ends."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     scratch = tmpdir / f"{SCRATCH_PREFIX}checkpoints"
     dataset_file = tmp_path / "dataset.json"
     dataset_file.write_text(ingested.model_dump_json())
-    ready, result_file = tmp_path / "paused-worker.json", tmp_path / "result.json"
-    # TMPDIR is where the workers' scratch goes; Ray's own session folder stays short (socket paths)
-    env = clean_ray_env(tmp_path / "home") | {"TMPDIR": str(tmpdir), "RAY_TMPDIR": "/tmp"}
-    cmd = [sys.executable, str(PAUSED_WRITER), "cyclegan.pt", str(ready), "train",
-           str(tiny_training_config(ingested, tmp_path)), str(dataset_file), str(result_file)]
-    paused = Paused(cmd, ready, tmp_path / "train.log", env=env, timeout_s=420)
-    try:
-        folder = paused.temp.parent
-        assert folder.parent == scratch.resolve() and parse_temp_name(folder.name).pid == paused.pid
-        paused.kill()
-        assert paused.process.wait(timeout=480) == 0, (tmp_path / "train.log").read_text()[-3000:]
-    finally:
-        paused.stop()
+    ready, result_file, pids = tmp_path / "paused-worker.json", tmp_path / "result.json", tmp_path / "pids"
+    config = tiny_training_config(ingested, tmp_path, storage_path=f"s3://{s3_bucket}/runs")
+    log = tmp_path / "train.log"
+    with FaultyProxy(os.environ["AWS_ENDPOINT_URL"], fail_every=0, drop_every=0, truncate_every=0,
+                     hold=uploads_second_checkpoint_state) as proxy:
+        # TMPDIR is where the workers' scratch goes; Ray's own session folder stays short (socket paths)
+        env = clean_ray_env(tmp_path / "home") | {"TMPDIR": str(tmpdir), "RAY_TMPDIR": "/tmp",
+                                                  "AWS_ENDPOINT_URL": proxy.url}
+        cmd = [sys.executable, str(PAUSED_WRITER), "cyclegan.pt", str(ready), "train", str(config),
+               str(dataset_file), str(result_file), str(pids)]
+        paused = Paused(cmd, ready, log, env=env, timeout_s=420)
+        try:
+            folder = paused.temp.parent
+            assert folder.parent == scratch.resolve() and parse_temp_name(folder.name).pid == paused.pid
+            paused.kill()
+            assert proxy.held.wait(timeout=420), log.read_text()[-3000:]
+            uploading = pid_of_a_later_worker(pids, paused.pid)
+            os.kill(uploading, signal.SIGKILL)  # its epoch-2 checkpoint is half-way to S3
+            wait_dead(uploading)
+            proxy.release()
+            assert paused.process.wait(timeout=480) == 0, log.read_text()[-3000:]
+        finally:
+            paused.stop()
 
     result = TrainResult.model_validate_json(result_file.read_text())
     assert not folder.exists() and list(scratch.iterdir()) == []
     assert temporaries(tmpdir) == []  # nor the driver's export scratch (<tmp>/cyclegan-final/)
     assert result.epochs == 2 and [int(h["epoch"]) for h in result.history] == [1, 2]
-    assert read_progress(Path(result.checkpoint_uri)).epoch == 2
+    text = log.read_text()
+    # the driver saw epoch 1 once: the last restart resumed from its checkpoint, not from scratch
+    assert re.findall(r"epoch (\d)/2 step", text) == ["1", "2"], text[-3000:]
+    assert text.count("Ray Train restarts from the latest checkpoint") >= 2, text[-3000:]
+    storage = resolve_storage(f"s3://{s3_bucket}/runs", Services(s3_endpoint_url=os.environ["AWS_ENDPOINT_URL"]))
+    point = find_resume_point(storage, result.run_name)  # the final checkpoint, complete, what Ray records
+    assert point.ray_latest and not point.damaged and point.progress.epoch == 2
+    assert storage.uri(point.checkpoint.path) == result.checkpoint_uri

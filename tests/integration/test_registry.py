@@ -35,6 +35,7 @@ from pipelines.registry import (
     promote,
     register_model,
 )
+from pipelines.registry.logged_models import version_model_id
 from pipelines.retry import RetryPolicy, is_transient
 
 FAST_RETRY = RetryPolicy(attempts=2, base_delay_s=0.05)
@@ -191,7 +192,17 @@ def test_one_run_holds_params_metrics_lineage_and_artifacts(mlflow_server: str, 
     (model_output,) = run.outputs.model_outputs
     model_files = client.list_logged_model_artifacts(model_output.model_id, "artifacts/generators/G_AB")
     assert {Path(f.path).name for f in model_files} == {"config.json", "model.safetensors"}
+    # the registered version was created from that LoggedModel, named after the exported epoch
+    model = client.get_logged_model(model_output.model_id)
+    assert model.name == "epoch-0002" and model.source_run_id == run_id and model_output.step == 2
+    assert model.tags["checkpoint_uri"] == "/ckpt/run-1/checkpoint_000002" and model.tags["epoch"] == "2"
+    assert model.tags["training_fingerprint"] == FINGERPRINT and model.tags["dataset_version"] == "data-v1"
+    assert version_model_id(client.get_model_version(gated["name"], "1")) == model.model_id
+    linked = {m.key: m for m in model.metrics}  # the evaluation's metrics, linked to the model and the data
+    assert linked["psnr_AtoB"].value == 20.0 and linked["psnr_AtoB"].step == 2
+    assert (linked["psnr_AtoB"].dataset_name, linked["psnr_AtoB"].dataset_digest) == ("synth@data-v1", "data-v1")
     experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(client.search_runs([experiment.experiment_id])) == 3
 
 
@@ -254,7 +265,7 @@ def test_download_model_resolves_alias_version_and_run_uris(
     )
     by_version = download_model(f"models:/{gated['name']}/1", tmp_path / "v1", tracking_uri=mlflow_server)
     by_run = download_model(
-        f"runs:/{gated['refs'][0].run_id}/model", tmp_path / "run", tracking_uri=mlflow_server
+        f"runs:/{gated['refs'][0].run_id}/epoch-0002", tmp_path / "run", tracking_uri=mlflow_server
     )
     weights = "G_AB/model.safetensors"
     assert (local / weights).read_bytes() == (models["two"] / weights).read_bytes()
@@ -380,13 +391,14 @@ from pathlib import Path
 import yaml
 from pipelines.config import PipelineConfig, resolve
 from pipelines.records import EvalReport, TrainResult
-from pipelines.registry import register_model, run_log
+from pipelines.registry import logged_models, register_model
 
 config_file, train_file, report_file, uri, marker = sys.argv[1:]
-def paused(run_id, *args, **kwargs):  # the hook point: the params and metrics are logged, the model not
-    Path(marker).write_text(run_id)
+def paused(model_id, *args, **kwargs):  # the hook point: params, metrics, records logged, the model's files not
+    from mlflow import MlflowClient
+    Path(marker).write_text(MlflowClient(uri).get_logged_model(model_id).source_run_id)
     time.sleep(600)
-run_log.log_pyfunc = paused
+logged_models.log_pyfunc = paused
 config = resolve(PipelineConfig.model_validate(yaml.safe_load(open(config_file))), env={"MLFLOW_TRACKING_URI": uri})
 register_model(config, TrainResult.model_validate_json(open(train_file).read()),
                EvalReport.model_validate_json(open(report_file).read()))

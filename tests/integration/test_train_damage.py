@@ -1,5 +1,6 @@
 """Resuming after damage on a real local Ray (`ray_local`, the fixtures of test_train_ray): a checkpoint
-replaced by a malicious pickle, a truncated Ray snapshot, and the failure message's first line; the
+replaced by a malicious pickle, a truncated Ray snapshot, a half-uploaded checkpoint folder (a worker
+killed during its upload: test_crash_leftovers kills one on S3), and the failure message's first line; the
 resumed run still ends with the weights of an uninterrupted run, bit for bit. The pure parts (file
 checks, folder choice, the summary line) are in tests/unit/test_resume.py."""
 
@@ -49,12 +50,18 @@ def test_a_damaged_checkpoint_and_a_truncated_snapshot_fall_back_to_the_previous
                         "to resume from it", headline), headline
     assert "Ray Train's report:" in rest and failed.value.checkpoint_uri == str(second)
 
-    # 2. Damage: the latest checkpoint becomes a malicious pickle, then Ray's snapshot is cut in half.
+    # 2. Damage: the latest checkpoint becomes a malicious pickle, then Ray's snapshot is cut in half,
+    #    and the epoch-3 checkpoint lies half-uploaded (what a worker killed during its asynchronous
+    #    upload leaves on a filesystem: a folder Ray never recorded, its state file cut short).
     storage = resolve_storage(str(tmp_path / "runs"), Services())
     plant_malicious_checkpoint(second / CHECKPOINT_FILE, tmp_path / "pwned")
     assert last_good_checkpoint(storage, run_name) == str(first)  # what a failure message would name
     snapshot = folder / "checkpoint_manager_snapshot.json"
     snapshot.write_bytes(snapshot.read_bytes()[: snapshot.stat().st_size // 2])
+    partial = folder / f"checkpoint_epoch0003_step{3 * STEPS_PER_EPOCH:08d}"
+    partial.mkdir()
+    state = (first / CHECKPOINT_FILE).read_bytes()
+    (partial / CHECKPOINT_FILE).write_bytes(state[: len(state) // 3])
 
     # 3. The same config again: it skips the damaged checkpoint (named first), resumes from epoch 1, ends.
     caplog.set_level(logging.INFO, logger="pipelines.train")
@@ -62,6 +69,8 @@ def test_a_damaged_checkpoint_and_a_truncated_snapshot_fall_back_to_the_previous
 
     messages = [r.getMessage() for r in caplog.records if r.name == "pipelines.train.driver"]
     assert any(f"Ray's snapshot {snapshot} is unreadable" in m for m in messages), messages
+    assert any(m.startswith(f"run {run_name}: skipping checkpoint {partial}, it does not load: checkpoint progress "
+                            f"file {partial / 'progress.json'} is missing") for m in messages), messages
     assert any(m.startswith(f"run {run_name}: skipping checkpoint {second}, it does not load: checkpoint "
                             f"{second / CHECKPOINT_FILE} holds objects that weights_only loading refuses")
                for m in messages), messages
@@ -74,6 +83,7 @@ def test_a_damaged_checkpoint_and_a_truncated_snapshot_fall_back_to_the_previous
     point = find_resume_point(storage, run_name)
     assert point.ray_latest and point.checkpoint.path == result.checkpoint_uri and not point.damaged
     assert check_folder(second).epoch == 2  # epoch 2 trained again over the damaged folder
+    assert check_folder(partial).epoch == 3  # and epoch 3 over the half-uploaded one
 
     # Crashed, damaged and resumed, it ends where the uninterrupted run ended: same losses, same weights.
     assert (straight.epochs, straight.steps) == (result.epochs, result.steps)

@@ -16,12 +16,12 @@ from pipelines.flows import (
     is_transient_failure,
     pipeline_logs_in_run,
     skip_reason,
-    summary_markdown,
 )
 from pipelines.ingest import IngestError
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.registry import RegistryError
 from pipelines.s3 import S3Error
+from pipelines.summary import failed_description, run_description, running_description, summary_markdown
 
 CONFIG = resolve(PipelineConfig(dataset_uri="s3://bucket/horses"), env={})
 DATASET = DatasetRef(uri="s3://bucket/horses", root=Path("/cache"), manifest=Path("/cache/manifest.json"),
@@ -91,6 +91,29 @@ def test_summary_lists_metrics_model_and_skipped_metrics(tmp_path):
     assert "| psnr_AtoB (primary) | 18.5000 |" in text
     assert "| fid_AtoB | skipped: no Inception weights |" in text
     assert "version 3 (aliases: challenger, champion); beats the champion" in text
+    assert "registered: the last epoch (nothing evaluated during training)" in text and "- gate: promoted" in text
+    best = outcome.model_copy(update={"train": outcome.train.model_copy(update={"best_epoch": 1})})
+    assert "registered: best epoch 1 by eval_psnr_AtoB" in summary_markdown(CONFIG, best)
+
+
+def test_the_mlflow_run_description_is_the_summary_without_inline_images_and_links_the_flow_run(tmp_path):
+    (tmp_path / "grid.png").write_bytes(b"\x89PNG")
+    outcome = PipelineOutcome(
+        dataset=DATASET,
+        train=TrainResult(run_name="cyclegan-x", checkpoint_uri="/runs/ckpt", generators_dir=tmp_path,
+                          dataset_version=DATASET.version, dataset_uri=DATASET.uri, fingerprint="f" * 16, steps=10,
+                          epochs=2, best_epoch=2),
+        report=EvalReport(metrics={"psnr_AtoB": 18.5}, primary_metric="psnr_AtoB", primary_value=18.5,
+                          artifacts={"grid_AtoB": tmp_path / "grid.png"}),
+        model=ModelVersionRef(name="cyclegan", version="3", run_id="r1", promoted=False, reason="champion stays"),
+    )
+    assert "data:image/png;base64" in summary_markdown(CONFIG, outcome)
+    text = run_description(CONFIG, outcome, flow_run_url="http://prefect/runs/flow-run/f1")
+    assert "data:image/png" not in text and f"Sample grid: `{tmp_path / 'grid.png'}`" in text
+    assert f"`{DATASET.uri}` version `{DATASET.version}`" in text and "best epoch 2" in text
+    assert "- gate: champion unchanged" in text and text.endswith("Prefect flow run: http://prefect/runs/flow-run/f1\n")
+    assert "failed: RuntimeError: boom" in failed_description(CONFIG, "RuntimeError: boom", flow_run_url=None)
+    assert "each evaluated checkpoint appears under Logged models" in running_description(CONFIG, flow_run_url=None)
 
 
 def test_summary_of_a_skipped_run_says_why():

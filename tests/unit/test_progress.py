@@ -50,12 +50,15 @@ def test_listeners_get_each_epoch_while_registered_and_a_failing_one_does_not_st
     def broken(metrics: dict[str, float]) -> None:
         raise RuntimeError("artifact API down")
 
-    report = {"kind": "epoch", "metrics": EPOCH, "checkpoint": True}
+    report = {"kind": "epoch", "metrics": EPOCH, "checkpoint": "bucket/runs/run/checkpoint_epoch0002_step00000024"}
+    checkpoints: list[tuple[str, float]] = []
     with caplog.at_level(logging.INFO, logger="pipelines.train.progress"):
         with epoch_listener(broken), epoch_listener(lambda metrics: seen.append(metrics["epoch"])):
-            log_item(report)
+            log_item(report, lambda path, metrics: checkpoints.append((path, metrics["epoch"])))
         log_item(report)
+        log_item({**report, "checkpoint": None}, lambda path, metrics: checkpoints.append((path, 0.0)))
     assert seen == [2.0]
+    assert checkpoints == [("bucket/runs/run/checkpoint_epoch0002_step00000024", 2.0)]  # reported checkpoints only
     assert any(r.getMessage().startswith("epoch 2/5") and r.getMessage().endswith("[checkpoint]")
                for r in caplog.records)
     assert any("epoch listener" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
@@ -65,5 +68,5 @@ def test_a_listener_is_removed_when_its_block_raises():
     seen: list[float] = []
     with pytest.raises(ValueError), epoch_listener(lambda metrics: seen.append(metrics["epoch"])):
         raise ValueError("training failed")
-    log_item({"kind": "epoch", "metrics": EPOCH, "checkpoint": False})
+    log_item({"kind": "epoch", "metrics": EPOCH, "checkpoint": None})
     assert seen == []
