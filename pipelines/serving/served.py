@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.serving.front import SERVED_VERSION_PATH
+from pipelines.serving.settings import SERVED_VERSION_PATH
 
 
 @dataclass(frozen=True)
