@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
     from cyclegan_core.translator import Translator
 
-log = logging.getLogger(__name__)
+# Serve sets up this logger in every replica (its log file and stderr; a pod's log on Kubernetes)
+log = logging.getLogger("ray.serve")
 
 
 class ModelLoadError(RuntimeError):

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pipelines.serving.settings import MODEL_DEPLOYMENT, ServeSettings, settings_fingerprint
 
-log = logging.getLogger(__name__)
+# Serve sets up this logger in every replica (its log file and stderr; a pod's log on Kubernetes)
+log = logging.getLogger("ray.serve")
 
 DEPLOY_CHECK_S = 1.0  # how often a switch in progress is checked
 
@@ -112,7 +113,6 @@ class RolloutWatcher:
     async def poll_once(self) -> None:
         if self.deploying:
             await self._check_deploy()
-            return
         try:
             wanted = await asyncio.to_thread(self._wanted)
         except Exception as exc:  # noqa: BLE001 - MLflow down or the model missing: keep serving, retry
@@ -120,6 +120,11 @@ class RolloutWatcher:
             if state != self.state:
                 log.warning("%s; v%s stays served, retrying every %g s", state, self.served or "-", self.settings.poll_s)
             self.state = state
+            return
+        if self.deploying:
+            if wanted is not None and wanted != self.deploying[0]:  # the rollout moved on meanwhile
+                log.info("v%s is wanted now: it replaces the switch to v%s", wanted, self.deploying[0])
+                await self._deploy(wanted)
             return
         plan = plan_switch(serving=self.served, wanted=wanted, failed_at=self.failed_at, now=time.monotonic(),
                            retry_after_s=self.settings.retry_after_s)
@@ -146,6 +151,8 @@ class RolloutWatcher:
         self.state = f"switching to v{version}: its replicas are starting; v{self.served or '-'} serves meanwhile"
         log.info("%s", self.state)
         app = model_app(self.settings, version)
+        # serve.run would wait until the new replicas run, without a bound; _run(_blocking=False) returns
+        # once Serve has the new target, and _check_deploy follows it with its own timeout.
         await asyncio.to_thread(serve._run, app, _blocking=False, name=self.settings.model_app_name,
                                 route_prefix=None)
         self.deploying = (version, time.monotonic())

@@ -226,6 +226,26 @@ def test_a_body_over_the_limit_is_refused_with_413(server: Server) -> None:
     conn.close()
 
 
+def test_with_ray_address_it_deploys_onto_that_cluster_and_detach_leaves_it_running(
+    ray_head: dict[str, str], versions: dict, mlflow_server: str
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**ray_head, "MLFLOW_TRACKING_URI": mlflow_server}
+    done = subprocess.run([str(BIN / "cyclegan"), "serve", "--model", str(versions["name"]), "--port", str(port),
+                           "--detach"], check=False, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "detached" in done.stderr, done.stderr
+        wait_http(f"{url}/ping", timeout_s=180)  # the watcher, on the cluster, deployed v1 after the command left
+        assert served_version(url)["version"] == "1"
+        status, answer = invoke(url, request_body(IMAGE))
+        assert status == 200, answer
+    finally:  # Serve's shutdown from a driver of that cluster (never a Ray in this process)
+        subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); serve.shutdown()"],
+                       check=True, env=env, capture_output=True, timeout=120)
+
+
 @pytest.mark.slow
 def test_the_served_version_follows_the_rollout_without_a_failed_request_and_a_broken_one_keeps_the_old(
     server: Server, versions: dict, mlflow_server: str
