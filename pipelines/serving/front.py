@@ -1,8 +1,10 @@
 """The HTTP routes of ``cyclegan serve`` (a FastAPI ingress deployment): MLflow's scoring server's
 ``POST /invocations``, ``/ping``, ``/health``, ``/version``, plus ``POST /translate`` (image bytes in, PNG
 out) and ``GET /served-version`` (the rollout watcher's record). Each image of a request is one call to
-the model replicas, so images of concurrent requests share their batches."""
+the model replicas, so images of concurrent requests share their batches.
 
+No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations (``Request``) at
+run time, and Serve's ingress wrapper resolves them outside this module's namespace."""
 
 import asyncio
 import json

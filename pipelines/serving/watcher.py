@@ -206,7 +206,8 @@ class RolloutWatcher:
         if deploy_outcome(app_status, deployment_status) != "healthy":
             return
         try:
-            handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=self.settings.model_app_name)
+            handle = await asyncio.to_thread(serve.get_deployment_handle, MODEL_DEPLOYMENT,
+                                             self.settings.model_app_name)
             replica = await asyncio.wait_for(handle.describe.remote(), timeout=30)
         except Exception as exc:  # noqa: BLE001 - nothing to adopt: the first poll deploys
             log.info("not adopting the running model replicas: %s", exc)
