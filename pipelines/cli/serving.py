@@ -10,38 +10,36 @@ import typer
 
 from pipelines.cli.app import app, fail, refuse, services
 
-Option = typer.Option
-
 
 @app.command()
 def serve(
-    model: Annotated[str, Option(help="registered model to serve")],
-    alias: Annotated[str, Option(help="alias whose rollouts it follows (tag rollout.<alias>.version)")] = "champion",
-    host: Annotated[str, Option(help="listen address (0.0.0.0: every interface; Serve asks for no credentials)")
+    model: Annotated[str, typer.Option(help="registered model to serve")],
+    alias: Annotated[str, typer.Option(help="alias whose rollouts it follows (tag rollout.<alias>.version)")] = "champion",
+    host: Annotated[str, typer.Option(help="listen address (0.0.0.0: every interface; Serve asks for no credentials)")
                     ] = "127.0.0.1",
-    port: Annotated[int, Option(help="listen port")] = 5001,
-    detach: Annotated[bool, Option(help="with RAY_ADDRESS: deploy, leave it running on the cluster, exit")] = False,
-    poll_s: Annotated[float, Option("--poll-s", help="seconds between reads of the rollout tag")] = 5.0,
-    retry_after_s: Annotated[float, Option("--retry-after-s", help="seconds before a version that failed to load "
+    port: Annotated[int, typer.Option(help="listen port")] = 5001,
+    detach: Annotated[bool, typer.Option(help="with RAY_ADDRESS: deploy, leave it running on the cluster, exit")] = False,
+    poll_s: Annotated[float, typer.Option("--poll-s", help="seconds between reads of the rollout tag")] = 5.0,
+    retry_after_s: Annotated[float, typer.Option("--retry-after-s", help="seconds before a version that failed to load "
                                                                    "is tried again")] = 60.0,
-    start_timeout_s: Annotated[float, Option("--start-timeout-s", help="how long a version's replicas may take "
+    start_timeout_s: Annotated[float, typer.Option("--start-timeout-s", help="how long a version's replicas may take "
                                                                        "to start")] = 600.0,
-    backend: Annotated[str, Option(help="inference backend of the replicas")] = "auto",
-    precision: Annotated[str, Option(help="auto (bf16 on CUDA and on CPUs with fast bf16, else fp32), fp32, "
+    backend: Annotated[str, typer.Option(help="inference backend of the replicas")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA and on CPUs with fast bf16, else fp32), fp32, "
                                           "bf16, fp16")] = "auto",
-    min_replicas: Annotated[int, Option(help="model replicas kept running")] = 1,
-    max_replicas: Annotated[int, Option(help="model replicas autoscaling may add up to")] = 1,
-    target_ongoing_requests: Annotated[float, Option(help="autoscaling aims at this many requests per replica")
+    min_replicas: Annotated[int, typer.Option(help="model replicas kept running")] = 1,
+    max_replicas: Annotated[int, typer.Option(help="model replicas autoscaling may add up to")] = 1,
+    target_ongoing_requests: Annotated[float, typer.Option(help="autoscaling aims at this many requests per replica")
                                        ] = 4.0,
-    replica_cpus: Annotated[float | None, Option(help="CPUs (and torch threads) per model replica; default: this "
+    replica_cpus: Annotated[float | None, typer.Option(help="CPUs (and torch threads) per model replica; default: this "
                                                       "machine's CPUs / --max-replicas locally, 1 on a cluster")
                             ] = None,
-    replica_gpus: Annotated[float, Option(help="GPUs per model replica (> 0: the replicas run on CUDA)")] = 0.0,
-    max_batch_size: Annotated[int, Option(help="images of one size a replica translates together")] = 8,
-    batch_wait_s: Annotated[float, Option("--batch-wait-s", help="how long a replica waits to fill a batch")] = 0.01,
-    memory_budget: Annotated[str | None, Option(help="memory a replica may use per batch, e.g. 4GiB (larger images "
+    replica_gpus: Annotated[float, typer.Option(help="GPUs per model replica (> 0: the replicas run on CUDA)")] = 0.0,
+    max_batch_size: Annotated[int, typer.Option(help="images of one size a replica translates together")] = 8,
+    batch_wait_s: Annotated[float, typer.Option("--batch-wait-s", help="how long a replica waits to fill a batch")] = 0.01,
+    memory_budget: Annotated[str | None, typer.Option(help="memory a replica may use per batch, e.g. 4GiB (larger images "
                                                      "are tiled); default: half the available memory")] = None,
-    max_body_size: Annotated[str, Option(help="larger request bodies are refused with 413")] = "64MiB",
+    max_body_size: Annotated[str, typer.Option(help="larger request bodies are refused with 413")] = "64MiB",
 ) -> None:
     """Serve MODEL on Ray Serve: POST /invocations (MLflow's scoring JSON), POST /translate (image bytes in,
     PNG out), /ping, /health, /version; GET /served-version says which version serves. The served version
