@@ -1,6 +1,5 @@
-"""Two small pieces the project's own local servers share (the promotion receiver, the serving front,
-the scoring-server backend and the tests' server fixtures): a JSON answer from a stdlib HTTP handler,
-and stopping a process started in its own session (its whole process group)."""
+"""Two small pieces the promotion receiver and the tests' server fixtures share: a JSON answer from a
+stdlib HTTP handler, and stopping a process started in its own session (its whole process group)."""
 
 from __future__ import annotations
 

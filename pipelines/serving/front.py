@@ -1,114 +1,134 @@
-"""The forwarding front: what clients call. ``/invocations``, ``/ping``, ``/health``, ``/version`` (any
-method) go to the backend being served, method, path, headers and body unchanged, and its answer comes
-back as it is; ``GET /served-version`` answers which version that is."""
+"""The HTTP routes of ``cyclegan serve`` (a FastAPI ingress deployment): MLflow's scoring server's
+``POST /invocations``, ``/ping``, ``/health``, ``/version``, plus ``POST /translate`` (image bytes in, PNG
+out) and ``GET /served-version`` (the rollout watcher's record). Each image of a request is one call to
+the model replicas, so images of concurrent requests share their batches.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations (``Request``) at
+run time, and Serve's ingress wrapper resolves them outside this module's namespace."""
 
-import http.client
+import asyncio
+import json
 import logging
-from collections.abc import Callable, Iterable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
-from typing import Any, Protocol
+import time
+from typing import Any
 
-from pipelines.local_http import answer_json
-from pipelines.serving.backend import ScoringServer
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pipelines.serving.scoring import (
+    JSON_TYPE,
+    Invocation,
+    ScoringError,
+    body_too_large,
+    check_length,
+    parse_image_body,
+    parse_invocation,
+    predictions_document,
+)
+from pipelines.serving.settings import MODEL_DEPLOYMENT, SERVED_VERSION_PATH, ServeSettings
 
 log = logging.getLogger(__name__)
 
-SERVED_VERSION_PATH = "/served-version"
-FORWARDED_PATHS = ("/invocations", "/ping", "/health", "/version")
-# Headers of one connection, not of the request (RFC 9110 7.6.1); Content-Length is set anew, and
-# Expect: 100-continue (curl's, for large bodies) is answered by the front itself.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "expect"})
-FORWARD_TIMEOUT_S = 600.0
+SCORING_PATHS = ("/invocations", "/ping", "/health", "/version")
+STATUS_TTL_S = 1.0  # how long a request may use the watcher's record before asking again
+VERSION_HEADER = "X-Model-Version"
+
+api = FastAPI(title="cyclegan serve", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-class Served(Protocol):
-    def acquire(self) -> ScoringServer | None: ...
-    def status(self) -> dict[str, Any]: ...
+def error_response(error: ScoringError) -> Response:
+    return Response(error.document(), status_code=error.status, media_type=JSON_TYPE)
 
 
-def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The headers a proxy passes on: all but the hop-by-hop ones and those the Connection header names."""
-    items = list(headers)
-    named = {token.strip().lower() for key, value in items if key.lower() == "connection" for token in value.split(",")}
-    return [(key, value) for key, value in items if key.lower() not in HOP_BY_HOP and key.lower() not in named]
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    check_length(request.headers.get("content-length"), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def forward(port: int, method: str, path: str, headers: list[tuple[str, str]], body: bytes,
-            timeout_s: float = FORWARD_TIMEOUT_S) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    """One request to the backend on loopback ``port``; (status, reason, end-to-end headers, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        for key, value in headers:
-            conn.putheader(key, value)
-        if body or method in ("POST", "PUT", "PATCH"):
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body or None)
-        response = conn.getresponse()
-        return response.status, response.reason, end_to_end(response.getheaders()), response.read()
-    finally:
-        conn.close()
+@serve.ingress(api)
+class Front:
+    """The ingress replica: parses and answers requests; the model replicas translate."""
 
+    def __init__(self, settings: ServeSettings, watcher: DeploymentHandle) -> None:
+        self.settings, self.watcher = settings, watcher
+        self._model: DeploymentHandle | None = None
+        self._status: tuple[float, dict[str, Any]] | None = None
 
-def handler_class(served: Served, *, forwarder: Callable[..., tuple[int, str, list[tuple[str, str]], bytes]]
-                  = forward) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "cyclegan-serve"
-        protocol_version = "HTTP/1.1"
+    async def served(self, *, fresh: bool = False) -> dict[str, Any]:
+        """The watcher's record (cached for STATUS_TTL_S: requests must not queue on the one watcher)."""
+        if fresh or self._status is None or time.monotonic() - self._status[0] > STATUS_TTL_S:
+            self._status = (time.monotonic(), await self.watcher.status.remote())
+        return self._status[1]
 
-        def handle_any(self) -> None:
-            route = self.path.split("?", 1)[0]
-            if route == SERVED_VERSION_PATH and self.command == "GET":
-                self.answer(HTTPStatus.OK, served.status())
-                return
-            if route not in FORWARDED_PATHS:
-                self.answer(HTTPStatus.NOT_FOUND, {"error_code": "NOT_FOUND", "message": (
-                    f"no such path {route}: POST /invocations, GET /ping, /health, /version or {SERVED_VERSION_PATH}")})
-                return
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                self.answer(HTTPStatus.LENGTH_REQUIRED, {"error_code": "BAD_REQUEST",
-                                                         "message": "send the body with a Content-Length"})
-                return
-            length = self.headers.get("Content-Length", "0") or "0"
-            if not length.isdigit():
-                self.answer(HTTPStatus.BAD_REQUEST, {"error_code": "BAD_REQUEST",
-                                                     "message": f"Content-Length {length!r} is not a number"})
-                return
-            body = self.rfile.read(int(length)) if int(length) else b""
-            backend = served.acquire()
-            if backend is None:
-                self.answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error_code": "TEMPORARILY_UNAVAILABLE",
-                                                             "message": served.status()["state"]})
-                return
-            try:
-                status, reason, headers, payload = forwarder(backend.port, self.command, self.path,
-                                                             end_to_end(self.headers.items()), body)
-            except (OSError, http.client.HTTPException) as exc:
-                log.error("%s %s to %s failed: %s", self.command, route, backend.label, exc)
-                self.answer(HTTPStatus.BAD_GATEWAY, {"error_code": "TEMPORARILY_UNAVAILABLE",
-                                                     "message": f"the scoring server of v{backend.version} "
-                                                                f"did not answer ({exc})"})
-                return
-            finally:
-                backend.leave()
-            self.send_response(status, reason)
-            for key, value in headers:
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+    async def model(self) -> DeploymentHandle:
+        """The model replicas' handle; 503 while no version serves."""
+        status = await self.served()
+        if status["version"] is None:
+            raise ScoringError(503, "TEMPORARILY_UNAVAILABLE", f"no version of {self.settings.model} serves yet: "
+                                                               f"{status['state']}")
+        if self._model is None:
+            self._model = await asyncio.to_thread(serve.get_deployment_handle, MODEL_DEPLOYMENT,
+                                                  self.settings.model_app_name)
+        return self._model
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = handle_any
+    async def translate(self, invocation: Invocation) -> tuple[list[bytes], str]:
+        """Each image through the model replicas; (PNGs in order, the versions that answered)."""
+        model = await self.model()
+        answers = await asyncio.gather(*(model.translate.remote(image, invocation.direction, invocation.memory_budget)
+                                         for image in invocation.images))
+        for answer in answers:
+            if answer.error is not None:
+                if answer.client_error:
+                    raise ScoringError(400, "INVALID_PARAMETER_VALUE", answer.error)
+                raise ScoringError(500, "INTERNAL_ERROR", answer.error)
+        return [answer.png for answer in answers], ",".join(sorted({answer.version for answer in answers}))
 
-        def answer(self, status: int, document: dict[str, Any]) -> None:
-            answer_json(self, status, document)
+    @api.post("/invocations")
+    async def invocations(self, request: Request) -> Response:
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+            invocation = await asyncio.to_thread(parse_invocation, body, request.headers.get("content-type"))
+            pngs, versions = await self.translate(invocation)
+            document = await asyncio.to_thread(predictions_document, pngs)
+        except ScoringError as error:
+            return error_response(error)
+        return Response(document, media_type=JSON_TYPE, headers={VERSION_HEADER: versions})
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
+    @api.post("/translate")
+    async def translate_image(self, request: Request) -> Response:
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+            invocation = await asyncio.to_thread(parse_image_body, body, dict(request.query_params))
+            (png,), versions = await self.translate(invocation)
+        except ScoringError as error:
+            return error_response(error)
+        return Response(png, media_type="image/png", headers={VERSION_HEADER: versions})
 
-    return Handler
+    @api.get("/ping")
+    @api.get("/health")
+    async def ping(self) -> Response:
+        """200 while a version serves (as MLflow's scoring server once its model loaded), else 503."""
+        status = await self.served(fresh=True)
+        if status["version"] is None:
+            return error_response(ScoringError(503, "TEMPORARILY_UNAVAILABLE", status["state"]))
+        return Response("\n", media_type=JSON_TYPE)
+
+    @api.get("/version")
+    async def version(self) -> Response:
+        """The MLflow version, as MLflow's scoring server answers."""
+        from mlflow.version import VERSION
+
+        return Response(VERSION, media_type=JSON_TYPE)
+
+    @api.get(SERVED_VERSION_PATH)
+    async def served_version(self) -> Response:
+        return Response(json.dumps(await self.served(fresh=True)), media_type=JSON_TYPE)

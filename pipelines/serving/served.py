@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.serving.front import SERVED_VERSION_PATH
+from pipelines.serving.settings import SERVED_VERSION_PATH
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def wait_until_served(url: str, *, model: str, version: str, timeout_s: float, p
                 return ServedCheck(url, True, f"serves v{version} since {status.get('since')}")
             failure = status.get("last_failure") or {}
             if failure.get("version") == version:
-                return ServedCheck(url, False, f"v{version} failed to start there: {failure.get('reason')}; "
+                return ServedCheck(url, False, f"v{version} failed to load there: {failure.get('reason')}; "
                                                f"still v{status.get('version')}")
             detail = f"still serves v{status.get('version')} ({status.get('state')})"
         if clock() >= deadline:
