@@ -35,6 +35,7 @@ from cyclegan_core.networks.generators import ResnetUnetAdaLINGenerator
 from cyclegan_core.networks.norms import ILN, AdaLIN, RhoMix
 
 Reader = Callable[[int, int, int, int], torch.Tensor]  # padded rows y0:y1, cols x0:x1 -> 1 x C x h x w float
+TileNet = Callable[[torch.Tensor], torch.Tensor]  # 1 x C x h x w tile -> 1 x C' x h x w output
 Sink = Callable[[int, torch.Tensor], None]  # first padded row, C x h x padded-width finished rows in [-1, 1]
 
 
@@ -118,7 +119,7 @@ def window(row: Span, col: Span) -> torch.Tensor:
     return torch.outer(window_1d(row), window_1d(col)).float()[None]
 
 
-def run_tiled(net: Callable[[torch.Tensor], torch.Tensor], read: Reader, plan: TilePlan, write: Sink) -> None:
+def run_tiled(net: TileNet, read: Reader, plan: TilePlan, write: Sink) -> None:
     """Run ``net`` on every tile of ``plan`` (``read`` gives a tile's input) and hand the blended output
     to ``write`` row band by row band, top to bottom; only two bands of accumulators are alive."""
     carry: tuple[torch.Tensor, torch.Tensor] | None = None  # accumulators of the rows shared with the next band
@@ -329,17 +330,19 @@ def has_global_layers(net: nn.Module) -> bool:
 
 @torch.no_grad()
 def translate_tiled(net: nn.Module, read: Reader, plan: TilePlan, write: Sink, *, multiple: int,
-                    thumbnail_factor: int | None, band_rows: int = 64) -> None:
+                    thumbnail_factor: int | None, band_rows: int = 64,
+                    compile_tiles: Callable[[nn.Module], TileNet] | None = None) -> None:
     """Translate the image behind ``read`` tile by tile. ``thumbnail_factor``: gather the global layers'
     statistics from the image box-downscaled by this factor and use them in every tile; None: each tile
-    normalises with its own statistics."""
+    normalises with its own statistics. ``compile_tiles`` turns the network (statistics frozen) into
+    what runs the tiles (another runtime); None: the network itself."""
     if thumbnail_factor is not None and has_global_layers(net):
         small = thumbnail(read, plan, thumbnail_factor, band_rows=band_rows)
         pads = pad_amounts(small.shape[2], small.shape[3], multiple)
         small = F.pad(small, pads, mode="reflect" if reflectable(pads, *small.shape[2:]) else "replicate")
         net = with_frozen_statistics(net, capture_statistics(net, small))
         del small
-    run_tiled(net, read, plan, write)
+    run_tiled(net if compile_tiles is None else compile_tiles(net), read, plan, write)
 
 
 @dataclass(frozen=True)

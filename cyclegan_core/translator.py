@@ -6,9 +6,12 @@ Like a diffusers pipeline: ``Translator.from_pretrained(path)`` loads an exporte
 ``save_pretrained(dest)`` writes the exported format. ``translate_tensor`` takes any H x W: inputs are
 reflection-padded (symmetrically) up to the generator's size multiple and the output is cropped
 back. Calling the translator on PIL images returns PIL images in the input order, batching images
-of equal size. A single generator is held as the A->B one. ``precision="auto"`` is bf16 on CUDA and on
-CPUs with fast bf16 (``cyclegan_core.precision``); bf16 on CPU converts the generator to channels_last
-(once, back to NCHW for an fp32 call) and each input batch; outputs are contiguous NCHW float32.
+of equal size. A single generator is held as the A->B one. ``precision`` is bound to the translator
+(``Translator.precision``; a call may name another): ``"auto"`` is bf16 on CUDA and fp32 on the CPU,
+where the measured choice is ``cyclegan_core.backends.load_translator``'s; bf16 on CPU converts the
+generator to channels_last (once, back to NCHW for an fp32 call) and each input batch; outputs are
+contiguous NCHW float32. ``tile_engine`` lets another runtime run the tiles of a large image
+(``cyclegan_core.backends`` runs them through OpenVINO); None: PyTorch runs them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -55,6 +59,7 @@ from cyclegan_core.tiling import (
     MIN_THUMBNAIL,
     Reader,
     Sink,
+    TileNet,
     TilePlan,
     Tiling,
     array_reader,
@@ -132,6 +137,15 @@ def _array_sink(out: np.ndarray) -> Callable[[tuple[int, int, int, int]], Sink]:
     return sink
 
 
+class TileEngine(Protocol):
+    """Runs the tiles of a large image in another runtime: ``compile(net, precision)`` turns the generator
+    (its global statistics frozen) into what ``tiling.run_tiled`` calls on each tile."""
+
+    name: str
+
+    def compile(self, net: nn.Module, precision: ResolvedPrecision) -> TileNet: ...
+
+
 def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -140,12 +154,15 @@ class Translator:
     """Both generators of a model (``G_BA`` may be None) with their size multiples; ``config`` is G_AB's."""
 
     def __init__(self, G_AB: nn.Module, G_BA: nn.Module | None, config: ModelConfig, *,
-                 memory_budget: int | None = None, tiling: Tiling | None = None) -> None:
+                 memory_budget: int | None = None, tiling: Tiling | None = None, precision: str = "auto") -> None:
         self.config = config
         # bytes the process may hold while translating (None: memory.default_budget at each call); an
         # image whose forward pass does not fit in what is left is translated by tiles (``tiling``)
         self.memory_budget = memory_budget
         self.tiling = tiling or Tiling()
+        self.precision = precision  # what a call without ``precision`` runs at
+        self.reason = ""  # why this precision (``describe``), set by whoever chose it
+        self.tile_engine: TileEngine | None = None
         self._generators = {"AtoB": unwrap(G_AB)}
         if G_BA is not None:
             self._generators["BtoA"] = unwrap(G_BA)
@@ -229,13 +246,19 @@ class Translator:
         self.generator(direction)
         return self.config.input_nc if direction == "AtoB" else self.config.output_nc
 
+    def describe(self) -> str:
+        """One line: backend, precision and why (``TranslatorLike.describe``)."""
+        resolved = resolve_precision(self.precision, self.device)
+        label = resolved if self.precision != "auto" else f"{resolved} (auto on {self.device.type})"
+        return f"torch {label}" + (f" ({self.reason})" if self.reason else "")
+
     # --- inference ----------------------------------------------------------------------------------
     def translate_tensor(self, images: torch.Tensor, *, direction: str = "AtoB", batch_size: int = 8,
-                         precision: str = "auto") -> torch.Tensor:
+                         precision: str | None = None) -> torch.Tensor:
         """Translate an N x C x H x W (or C x H x W) float batch in [-1, 1]; returns the same layout and device.
 
-        Runs on the translator's device in eval mode without autograd; ``precision="auto"`` means bf16
-        autocast on CUDA and on CPUs with fast bf16, fp32 elsewhere. The output is contiguous float32 in
+        Runs on the translator's device in eval mode without autograd at ``precision`` (None: the bound
+        ``self.precision``; ``"auto"``: bf16 autocast on CUDA, fp32 on CPU). The output is contiguous float32 in
         [-1, 1]. Batches are split to fit the memory budget; an image whose single forward pass does not
         fit is translated by tiles.
         """
@@ -244,7 +267,7 @@ class Translator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         generator, multiple = self.generator(direction), self.multiple(direction)
-        resolved = resolve_precision(precision, self.device)
+        resolved = resolve_precision(self.precision if precision is None else precision, self.device)
         memory_format = self._memory_format(direction, resolved)
         single = images.dim() == 3
         batch = images.unsqueeze(0) if single else images
@@ -272,7 +295,7 @@ class Translator:
         return result[0] if single else result
 
     def __call__(self, images: Sequence[Image.Image], *, direction: str = "AtoB", batch_size: int = 8,
-                 precision: str = "auto") -> list[Image.Image]:
+                 precision: str | None = None) -> list[Image.Image]:
         """Translate PIL images of any sizes; returns them in the input order.
 
         Images are converted to RGB for 3-channel generators and to L (greyscale) for 1-channel ones.
@@ -284,6 +307,7 @@ class Translator:
                              f"{channels} channels: use translate_tensor")
         mode = "L" if channels == 1 else "RGB"
         multiple = self.multiple(direction)
+        precision = self.precision if precision is None else precision
         results: list[Image.Image | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
@@ -363,12 +387,15 @@ class Translator:
                 factor += 1
         elif self.tiling.statistics == "tile":
             factor = None
+        engine = self.tile_engine
         logger.info("%dx%d needs ~%s in one forward pass, %s is left of the memory budget: %d tile(s) of %d px "
-                    "(overlap %d)%s", width, height, format_bytes(per_image), format_bytes(free), plan.count,
-                    tile, overlap, f", statistics from a 1/{factor} thumbnail" if factor else "")
+                    "(overlap %d)%s, run by %s", width, height, format_bytes(per_image), format_bytes(free),
+                    plan.count, tile, overlap, f", statistics from a 1/{factor} thumbnail" if factor else "",
+                    engine.name if engine else f"the PyTorch tiler ({precision})")
+        compile_tiles = None if engine is None else (lambda net: engine.compile(net, precision))
         with _eval_mode(generator), torch.no_grad(), autocast(self.device, precision):
             translate_tiled(generator, reader(plan, pads), plan, sink(pads), multiple=multiple,
-                            thumbnail_factor=factor)
+                            thumbnail_factor=factor, compile_tiles=compile_tiles)
 
     def __repr__(self) -> str:
         return f"Translator({describe_config(self.config)}, directions={self.directions}, device={self.device})"

@@ -130,12 +130,16 @@ def test_tiling_benchmark_compares_tiled_with_whole_and_measures_peak_rss() -> N
 
 
 def test_translate_benchmark_rates_configurations_against_fp32_eager_in_one_run() -> None:
-    lines = run_script("translate.py", "--generator", "resnet_6blocks", "--ngf", "4", "--sizes", "32", "--repeats",
-                       "2", "--threads", "1", "--configs", "fp32", "bf16_cl", "auto")
-    assert [(line["config"], line["size"], line["repeats"]) for line in lines] == [
-        ("fp32", 32, 2), ("bf16_cl", 32, 2), ("auto", 32, 2)]
-    fp32, bf16_cl, auto = lines
+    lines = run_script("translate.py", "--generator", "resnet_6blocks", "--ngf", "4", "--sizes", "32", "--batch", "1",
+                       "2", "--repeats", "2", "--threads", "1", "--calibration", "2", "--configs", "fp32", "bf16_cl",
+                       "openvino_fp32", "openvino_bf16", "openvino_int8", "auto")
+    configs = ["fp32", "bf16_cl", "openvino_fp32", "openvino_bf16", "openvino_int8", "auto"]
+    assert [(line["config"], line["batch"]) for line in lines] == [(c, b) for b in (1, 2) for c in configs]
+    by = {(line["config"], line["batch"]): line for line in lines}
+    fp32 = by[("fp32", 1)]
     assert fp32["speedup"] == fp32["speedup_paired"] == 1.0 and fp32["psnr_vs_fp32_db"] is None
     assert all(line["images_per_s"] > 0 and line["ms_per_image"] > 0 for line in lines)
-    assert 30 < bf16_cl["psnr_vs_fp32_db"] < 100, "bf16 is close to fp32 but not identical"
-    assert auto["auto_resolves_to"] == ("bf16" if auto["fast_cpu_bf16"] else "fp32")
+    assert 30 < by[("bf16_cl", 1)]["psnr_vs_fp32_db"] < 100, "bf16 is close to fp32 but not identical"
+    assert by[("openvino_fp32", 2)]["psnr_vs_fp32_db"] is None or by[("openvino_fp32", 2)]["psnr_vs_fp32_db"] > 80
+    assert by[("openvino_int8", 1)]["psnr_vs_fp32_db"] > 15
+    assert by[("auto", 1)]["auto_chose"].split()[0] in ("torch", "openvino")
