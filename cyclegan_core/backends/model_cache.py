@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -84,7 +85,10 @@ def cached_model(cache_dir: Path | None, variant: str, key: dict[str, Any], buil
         model = _read_entry(folder, key)
         if model is not None:
             return model
+        started = time.perf_counter()
         model = build()
+        logger.info("built the %s OpenVINO model in %.1fs; keeping it in %s", variant, time.perf_counter() - started,
+                    folder)
         ov = import_openvino()
         sweep_stale_temps(root)
         try:
