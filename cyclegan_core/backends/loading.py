@@ -102,8 +102,10 @@ def with_backend(translator: Translator, *, backend: str = "auto", precision: st
         return _torch(translator, fallback, f"{backend} could not run here")
     reason = explain(choice, decision, source, backend=backend, precision=precision)
     logger.info("translating with %s (%s)", choice.label, reason)
+    fallback = choose(decision.measurements, backend="torch",  # should OpenVINO fail: the fastest torch path
+                      precision=precision if precision in ("fp32", "bf16") else "auto").precision
     return _build(translator, choice.backend, choice.precision, reason, cache_dir=cache_dir, host=host,
-                  calibration=calibration)
+                  calibration=calibration, fallback=fallback)
 
 
 def _torch(translator: Translator, precision: str, reason: str) -> Translator:
@@ -112,14 +114,16 @@ def _torch(translator: Translator, precision: str, reason: str) -> Translator:
 
 
 def _build(translator: Translator, backend: str, precision: str, reason: str, *, cache_dir: Path, host: HostIdentity,
-           calibration: Sequence[Image.Image] | None) -> TranslatorLike:
+           calibration: Sequence[Image.Image] | None, fallback: str | None = None) -> TranslatorLike:
+    """``translator`` on ``backend`` at ``precision``; OpenVINO failing: torch at ``fallback`` (None: bf16 for
+    bf16, else fp32), with one warning."""
     if backend == "torch":
         return _torch(translator, precision, reason)
     try:
         return openvino_runtime.build(translator, precision=precision, reason=reason, cache_dir=cache_dir, host=host,
-                                      calibration=calibration)
+                                      calibration=calibration, fallback=fallback)
     except Exception as exc:  # noqa: BLE001 - missing, conversion or compilation: torch translates instead
-        fallback = "bf16" if precision == "bf16" else "fp32"
+        fallback = fallback or ("bf16" if precision == "bf16" else "fp32")
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         logger.warning("OpenVINO %s could not be set up (%s: %s): translating with torch %s instead", precision,
                        type(exc).__name__, detail, fallback)

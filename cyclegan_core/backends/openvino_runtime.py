@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from cyclegan_core.backends.host import HostIdentity, digest, package_version
-from cyclegan_core.backends.libraries import import_openvino
+from cyclegan_core.backends.libraries import import_openvino, signal_stack_kept
 from cyclegan_core.backends.model_cache import cached_model, model_key
 from cyclegan_core.backends.quantize import calibration_arrays, quantize
 from cyclegan_core.memory import default_budget, forward_bytes, used_bytes
@@ -61,8 +61,10 @@ def compile_model(model: Any, precision: str, threads: int) -> Any:
     """``model`` compiled for the CPU: bf16 computes in bf16 where the CPU does, fp32 and int8 keep f32 for
     what is not quantized (OpenVINO's default on a bf16 CPU would be bf16)."""
     ov = import_openvino()
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                                                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": threads}
+    with signal_stack_kept():  # libraries.py: OpenVINO's signal stack would outlive the model
+        return ov.Core().compile_model(model, "CPU", config)
 
 
 @dataclass
@@ -214,9 +216,10 @@ class OpenVinoTranslator:
 
 
 def build(twin: Translator, *, precision: str, reason: str, cache_dir: Path | None, host: HostIdentity,
-          calibration: Sequence[Image.Image] | None = None) -> OpenVinoTranslator:
+          calibration: Sequence[Image.Image] | None = None, fallback: str | None = None) -> OpenVinoTranslator:
     """Convert (or read from the cache) and compile ``twin``'s generators; raises whatever OpenVINO raises
-    (``load_translator`` then falls back to torch). int8 quantizes with NNCF on ``calibration``."""
+    (``load_translator`` then falls back to torch). int8 quantizes with NNCF on ``calibration``. The twin
+    runs at ``fallback`` should OpenVINO fail later (None: bf16 for bf16, else fp32)."""
     compiled = {}
     for direction in twin.directions:
         net, channels, multiple = twin.generator(direction), twin.input_channels(direction), twin.multiple(direction)
@@ -236,7 +239,6 @@ def build(twin: Translator, *, precision: str, reason: str, cache_dir: Path | No
         else:
             model = fp32_model()
         compiled[direction] = compile_model(model, precision, host.threads)
-    torch_precision = "bf16" if precision == "bf16" else "fp32"
-    twin.precision = torch_precision
+    twin.precision = fallback or ("bf16" if precision == "bf16" else "fp32")
     return OpenVinoTranslator(twin, compiled, precision=precision, reason=reason, threads=host.threads,
                               memory_budget=twin.memory_budget)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cyclegan_core.backends.libraries import import_nncf
+from cyclegan_core.backends.libraries import import_nncf, signal_stack_kept
 from cyclegan_core.translator import pad_to_multiple, pil_to_tensor
 
 CALIBRATION_IMAGES = 8
@@ -40,4 +40,5 @@ def quantize(model: Any, arrays: Sequence[np.ndarray]) -> Any:
     if not arrays:
         raise ValueError("int8 quantization needs at least one calibration image")
     nncf = import_nncf()
-    return nncf.quantize(model, nncf.Dataset(list(arrays)), subset_size=len(arrays))
+    with signal_stack_kept():  # NNCF compiles models to collect statistics (libraries.py)
+        return nncf.quantize(model, nncf.Dataset(list(arrays)), subset_size=len(arrays))

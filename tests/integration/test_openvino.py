@@ -348,3 +348,25 @@ def test_no_usage_telemetry_leaves_the_machine(demo_model: tuple[Path, Path], tm
     assert sent == []
     instance = getattr(Telemetry, "_SingletonMetaClass__single_instance", None)
     assert instance is None or instance.consent is False
+
+
+def test_compiled_models_dropped_in_any_order_leave_signals_working(tmp_path: Path) -> None:
+    """OpenVINO's CPU plugin swaps the thread's signal stack per compiled model (libraries.py); dropping the
+    first of two models first used to leave an unmapped one behind, and the next handled signal killed the
+    process (SIGSEGV). Run in a child: that failure would take the test runner down with it."""
+    script = (
+        "import gc, os, signal, time\n"
+        "from cyclegan_core.backends.openvino_runtime import compile_model, convert\n"
+        "from cyclegan_core.networks import build_generator\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: print('handled', flush=True))\n"
+        "model = convert(build_generator('resnet_6blocks', ngf=4), channels=3, multiple=4)\n"
+        "first, second = compile_model(model, 'bf16', 1), compile_model(model, 'fp32', 1)\n"
+        "del first; gc.collect(); del second; gc.collect()\n"
+        "os.kill(os.getpid(), signal.SIGUSR1); time.sleep(0.2); print('alive')\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["handled", "alive"]
