@@ -24,7 +24,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -158,7 +158,6 @@ def reflectable(pads: tuple[int, int, int, int], height: int, width: int) -> boo
     return max(pads[:2]) < width and max(pads[2:]) < height
 
 
-
 def padded_index(padded: int, before: int, length: int, *, reflect: bool) -> np.ndarray:
     """Source index of each padded position: reflection (as ``F.pad(mode="reflect")``) or replication."""
     index = np.arange(padded) - before
@@ -197,6 +196,36 @@ def array_reader(pixels: np.ndarray, pads: tuple[int, int, int, int], plan: Tile
     return read
 
 
+def tensor_sink(out: torch.Tensor) -> Callable[[tuple[int, int, int, int]], Sink]:
+    """Write finished rows of the padded output into ``out`` (C x H x W float), cropping the padding."""
+    def sink(pads: tuple[int, int, int, int]) -> Sink:
+        left, _, top, _ = pads
+        height, width = out.shape[1:]
+
+        def write(first: int, rows: torch.Tensor) -> None:
+            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
+            if hi > lo:
+                out[:, lo - top:hi - top] = rows[:, lo - first:hi - first, left:left + width].to(out.device)
+        return write
+    return sink
+
+
+def array_sink(out: np.ndarray) -> Callable[[tuple[int, int, int, int]], Sink]:
+    """Write finished rows into ``out`` (H x W x C uint8), rounded as ``tensor_to_pil`` rounds."""
+    def sink(pads: tuple[int, int, int, int]) -> Sink:
+        left, _, top, _ = pads
+        height, width = out.shape[:2]
+
+        def write(first: int, rows: torch.Tensor) -> None:
+            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
+            if hi > lo:
+                block = rows[:, lo - first:hi - first, left:left + width]
+                out[lo - top:hi - top] = (block.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+                                          .permute(1, 2, 0).cpu().numpy())
+        return write
+    return sink
+
+
 def thumbnail(read: Reader, plan: TilePlan, factor: int, *, band_rows: int) -> torch.Tensor:
     """The padded image box-averaged over ``factor`` x ``factor`` blocks (remainder rows and columns
     dropped), read ``band_rows`` thumbnail rows at a time: 1 x C x (height // factor) x (width // factor)."""
@@ -221,7 +250,6 @@ def _global_layers(net: nn.Module) -> dict[str, nn.Module]:
         elif isinstance(module, ResnetUnetAdaLINGenerator):
             layers[f"{name}.mlp" if name else "mlp"] = module.mlp
     return layers
-
 
 Statistics = dict[str, tuple[torch.Tensor, ...]]
 
@@ -345,6 +373,18 @@ def translate_tiled(net: nn.Module, read: Reader, plan: TilePlan, write: Sink, *
     run_tiled(net if compile_tiles is None else compile_tiles(net), read, plan, write)
 
 
+class TileEngine(Protocol):
+    """Runs the tiles of a large image in another runtime: ``compile(net, precision)`` turns the generator
+    (its global statistics frozen) into what ``run_tiled`` calls on each tile; ``overhead_bytes(net)`` is
+    the memory that takes besides the tiles' own passes (the tiler leaves it out of the budget first)."""
+
+    name: str
+
+    def overhead_bytes(self, net: nn.Module) -> int: ...
+
+    def compile(self, net: nn.Module, precision: str) -> TileNet: ...
+
+
 @dataclass(frozen=True)
 class Tiling:
     """How an image over the memory budget is tiled. ``tile`` None: the largest square tile the budget
@@ -355,7 +395,6 @@ class Tiling:
     overlap: int | None = None
     statistics: Literal["thumbnail", "tile"] = "thumbnail"
     thumbnail_factor: int | None = None  # None: the smallest integer downscaling whose pass fits the budget
-
 
 MIN_THUMBNAIL = 256  # px, long side: the budget may shrink the thumbnail no further
 

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.data import to_float_chw
 from cyclegan_core.memory import (
     TILE_HEADROOM,
+    MemoryBudgetError,
     default_budget,
     format_bytes,
     forward_bytes,
@@ -59,15 +59,17 @@ from cyclegan_core.tiling import (
     MIN_THUMBNAIL,
     Reader,
     Sink,
-    TileNet,
+    TileEngine,
     TilePlan,
     Tiling,
     array_reader,
+    array_sink,
     default_overlap,
     pad_amounts,
     plan_tiles,
     reflectable,
     tensor_reader,
+    tensor_sink,
     translate_tiled,
 )
 
@@ -105,45 +107,6 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
-
-
-def _tensor_sink(out: torch.Tensor) -> Callable[[tuple[int, int, int, int]], Sink]:
-    """Write finished rows of the padded output into ``out`` (C x H x W float), cropping the padding."""
-    def sink(pads: tuple[int, int, int, int]) -> Sink:
-        left, _, top, _ = pads
-        height, width = out.shape[1:]
-
-        def write(first: int, rows: torch.Tensor) -> None:
-            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
-            if hi > lo:
-                out[:, lo - top:hi - top] = rows[:, lo - first:hi - first, left:left + width].to(out.device)
-        return write
-    return sink
-
-
-def _array_sink(out: np.ndarray) -> Callable[[tuple[int, int, int, int]], Sink]:
-    """Write finished rows into ``out`` (H x W x C uint8), rounded as ``tensor_to_pil`` rounds."""
-    def sink(pads: tuple[int, int, int, int]) -> Sink:
-        left, _, top, _ = pads
-        height, width = out.shape[:2]
-
-        def write(first: int, rows: torch.Tensor) -> None:
-            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
-            if hi > lo:
-                block = rows[:, lo - first:hi - first, left:left + width]
-                out[lo - top:hi - top] = (block.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-                                          .permute(1, 2, 0).cpu().numpy())
-        return write
-    return sink
-
-
-class TileEngine(Protocol):
-    """Runs the tiles of a large image in another runtime: ``compile(net, precision)`` turns the generator
-    (its global statistics frozen) into what ``tiling.run_tiled`` calls on each tile."""
-
-    name: str
-
-    def compile(self, net: nn.Module, precision: ResolvedPrecision) -> TileNet: ...
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
@@ -280,7 +243,7 @@ class Translator:
             for index, image in enumerate(batch):
                 self._translate_by_tiles(direction, resolved, (height, width), per_image, free - result.nbytes,
                                          lambda plan, pads, image=image: tensor_reader(image, pads, plan, self.device),
-                                         _tensor_sink(result[index]))
+                                         tensor_sink(result[index]))
             return result[0] if single else result
         outputs = []
         # no_grad rather than inference_mode: inference tensors cannot be modified in place later,
@@ -358,7 +321,7 @@ class Translator:
         self._translate_by_tiles(direction, resolve_precision(precision, self.device), (height, width),
                                  per_image, self._free_memory() - reserved,
                                  lambda plan, pads: array_reader(pixels, pads, plan, self.device),
-                                 _array_sink(out))
+                                 array_sink(out))
         return Image.fromarray(out[:, :, 0] if channels == 1 else out)
 
     def _translate_by_tiles(self, direction: str, precision: ResolvedPrecision, size: tuple[int, int],
@@ -375,9 +338,27 @@ class Translator:
         padded_h, padded_w = height + pads[2] + pads[3], width + pads[0] + pads[1]
         overlap = default_overlap(multiple) if self.tiling.overlap is None else self.tiling.overlap
         minimum = (2 * overlap + multiple + multiple - 1) // multiple * multiple
-        tile = self.tiling.tile or largest_tile(self.config, free, width=padded_w, height=padded_h,
-                                                channels=self._output_channels(direction), multiple=multiple,
-                                                minimum=minimum)
+        engine, channels = self.tile_engine, self._output_channels(direction)
+
+        def side(room: int) -> int:
+            return self.tiling.tile or largest_tile(self.config, room, width=padded_w, height=padded_h,
+                                                    channels=channels, multiple=multiple, minimum=minimum)
+        tile = side(free)
+        if engine is not None:  # the engine's own memory (its runtime, a compiled copy) comes off the budget
+            overhead = engine.overhead_bytes(generator)
+            def count(side: int) -> int:
+                return plan_tiles(padded_h, padded_w, tile=side, overlap=overlap, align=multiple).count
+
+            try:  # smaller tiles mean more tiles (overlap computed again): worth it only when they stay few
+                smaller = side(free - overhead)
+            except MemoryBudgetError:
+                smaller = 0
+            if not smaller or count(smaller) > 1.25 * count(tile):
+                logger.info("%s would take ~%s of the memory budget and shrink the tiles: the PyTorch tiler "
+                            "runs them", engine.name, format_bytes(overhead))
+                engine = None
+            else:
+                free, tile = free - overhead, smaller
         plan = plan_tiles(padded_h, padded_w, tile=tile, overlap=overlap, align=multiple)
         factor = self.tiling.thumbnail_factor
         if self.tiling.statistics == "thumbnail" and factor is None:
@@ -387,7 +368,6 @@ class Translator:
                 factor += 1
         elif self.tiling.statistics == "tile":
             factor = None
-        engine = self.tile_engine
         logger.info("%dx%d needs ~%s in one forward pass, %s is left of the memory budget: %d tile(s) of %d px "
                     "(overlap %d)%s, run by %s", width, height, format_bytes(per_image), format_bytes(free),
                     plan.count, tile, overlap, f", statistics from a 1/{factor} thumbnail" if factor else "",

@@ -82,6 +82,11 @@ class OpenVinoTiles:
     def name(self) -> str:
         return f"OpenVINO {self.precision} tiles"
 
+    def overhead_bytes(self, net: nn.Module) -> int:
+        """The converter's libraries (~100 MB measured) and two copies of the weights (the converted model,
+        the compiled one), on top of what the tiles' passes take."""
+        return 128 * 2**20 + 2 * sum(p.numel() * p.element_size() for p in net.parameters())
+
     def compile(self, net: nn.Module, precision: ResolvedPrecision) -> TileNet:
         try:
             compiled = compile_model(convert(net, channels=self.channels, multiple=self.multiple), self.precision,

@@ -41,8 +41,10 @@ def load_script(name: str) -> ModuleType:
 
 
 def test_train_step_prints_one_line_per_configuration() -> None:
-    lines = run_script("train_step.py", *TINY_STEP, "--batch", "1", "2", "--steps", "2", "--warmup", "1")
-    assert [(line["batch"], line["precision"]) for line in lines] == [(1, "fp32"), (2, "fp32")]
+    lines = run_script("train_step.py", *TINY_STEP, "--batch", "1", "2", "--steps", "2", "--warmup", "1",
+                       "--precision", "fp32", "auto")
+    assert [(line["batch"], line["precision"]) for line in lines[:2]] == [(1, "fp32"), (2, "fp32")]
+    assert [(line["batch"], line["precision"] in ("fp32", "bf16")) for line in lines[2:]] == [(1, True), (2, True)]
     assert all(line["images_per_s"] > 0 and line["peak_mem_gib"] > 0 for line in lines)
     assert not any("official_h100_images_per_s" in line for line in lines), "not the official configuration"
 

@@ -292,34 +292,47 @@ def smooth_image(width: int, height: int) -> Image.Image:
 def test_a_large_image_is_tiled_through_openvino(demo_model: tuple[Path, Path], backend_cache: Path,
                                                   holding_nothing: None, caplog: pytest.LogCaptureFixture) -> None:
     model, _ = demo_model
-    image = smooth_image(1200, 1000)
+    image = smooth_image(2000, 1600)
     translator = load(model, backend_cache, backend="openvino", precision="bf16")
-    # the whole image's pass (~470 MB) does not fit, tiles of ~500 px and the 1/2 thumbnail's pass do
-    translator.memory_budget = 200 * MiB  # type: ignore[attr-defined]
-    assert forward_bytes(DEMO, 1000, 1200) > 200 * MiB
+    # the whole image's pass (~1.1 GB) does not fit; tiles do, as few with OpenVINO's ~130 MB as without
+    translator.memory_budget = 1024 * MiB  # type: ignore[attr-defined]
+    assert forward_bytes(DEMO, 1600, 2000) > 1024 * MiB
     with caplog.at_level(logging.INFO):
         tiled = translator([image])[0]  # type: ignore[operator]
     lines = [r.getMessage() for r in caplog.records if "tile(s)" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith("1200x1000 ") and lines[0].endswith("run by OpenVINO bf16 tiles")
+    assert len(lines) == 1 and lines[0].startswith("2000x1600 ") and lines[0].endswith("run by OpenVINO bf16 tiles")
     whole = Translator.from_pretrained(model, device="cpu")([image], precision="fp32")[0]
     mse = np.mean((np.asarray(tiled, dtype=np.float64) - np.asarray(whole, dtype=np.float64)) ** 2)
     assert 10 * np.log10(255.0**2 / max(mse, 1e-12)) > 30.0
 
 
 def test_tiles_go_to_the_pytorch_tiler_when_openvino_cannot_compile_them(
-        model_dir: Path, backend_cache: Path, holding_nothing: None, monkeypatch: pytest.MonkeyPatch,
+        demo_model: tuple[Path, Path], backend_cache: Path, holding_nothing: None, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    translator = load(model_dir, backend_cache, backend="openvino", precision="fp32")
+    translator = load(demo_model[0], backend_cache, backend="openvino", precision="fp32")
 
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("cannot convert the frozen generator")
 
     monkeypatch.setattr(ov_runtime, "convert", broken)
-    translator.memory_budget = 150 * MiB  # type: ignore[attr-defined]
+    translator.memory_budget = 1024 * MiB  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO):
+        out = translator([smooth_image(2000, 1600)])[0]  # type: ignore[operator]
+    assert out.size == (2000, 1600)
+    assert any("the PyTorch tiler (fp32) runs them" in message for message in warnings_of(caplog))
+
+
+def test_a_tight_budget_leaves_the_tiles_to_the_pytorch_tiler(model_dir: Path, backend_cache: Path,
+                                                              holding_nothing: None,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    translator = load(model_dir, backend_cache, backend="openvino", precision="fp32")
+    translator.memory_budget = 150 * MiB  # OpenVINO's ~130 MB would leave room for far more, smaller tiles
     with caplog.at_level(logging.INFO):
         out = translator([smooth_image(1200, 1000)])[0]  # type: ignore[operator]
     assert out.size == (1200, 1000)
-    assert any("the PyTorch tiler (fp32) runs them" in message for message in warnings_of(caplog))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("shrink the tiles: the PyTorch tiler runs them" in message for message in messages)
+    assert next(m for m in messages if "tile(s)" in m).endswith("run by the PyTorch tiler (fp32)")
 
 
 # --- training's auto, telemetry ------------------------------------------------------------------------
