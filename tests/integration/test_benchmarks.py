@@ -145,3 +145,22 @@ def test_translate_benchmark_rates_configurations_against_fp32_eager_in_one_run(
     assert by[("openvino_fp32", 2)]["psnr_vs_fp32_db"] is None or by[("openvino_fp32", 2)]["psnr_vs_fp32_db"] > 80
     assert by[("openvino_int8", 1)]["psnr_vs_fp32_db"] > 15
     assert by[("auto", 1)]["auto_chose"].split()[0] in ("torch", "openvino")
+
+
+def test_backend_quality_compares_every_backend_with_torch_fp32_on_the_task_metric(tmp_path: Path) -> None:
+    from cyclegan_core.config import ModelConfig
+    from cyclegan_core.networks import generator_from_config
+    from cyclegan_core.pretrained import swapped_channels
+    from cyclegan_core.synthetic import make_synthetic_dataset
+    from cyclegan_core.translator import Translator
+
+    cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
+    model = Translator(generator_from_config(cfg), generator_from_config(swapped_channels(cfg)), cfg).save_pretrained(
+        tmp_path / "model")
+    data = make_synthetic_dataset(tmp_path / "synthetic", size=32, n_train=4, n_test=3, seed=0)
+    lines = run_script("backend_quality.py", "--model", str(model), "--data", str(data), "--calibration", "2")
+    assert [(line["backend"], line["precision"]) for line in lines] == [
+        ("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+    assert lines[0]["vs_fp32_paired_db"] == 0 and lines[0]["output_vs_fp32_db"] is None
+    assert all(line["images"] == 3 and line["paired_psnr_db"] > 0 for line in lines)
+    assert lines[3]["calibration_images"] == 2

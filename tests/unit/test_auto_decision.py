@@ -148,3 +148,25 @@ def test_without_a_writable_cache_the_decision_is_measured_and_not_kept(tmp_path
 def test_this_hosts_identity_follows_the_thread_count() -> None:
     assert this_host(threads=1).threads == 1 and this_host(threads=3) != this_host(threads=1)
     assert this_host().cpu and len(this_host().cpu_flags) == 16
+
+
+def test_on_cuda_auto_is_torch_bf16_without_measuring_and_openvino_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    from cyclegan_core.backends import with_backend
+    from cyclegan_core.config import ModelConfig
+    from cyclegan_core.networks import build_generator
+    from cyclegan_core.translator import Translator
+
+    def on_cuda() -> Translator:  # the branch only reads the device (no GPU here)
+        translator = Translator(build_generator("resnet_6blocks", ngf=4), None,
+                                ModelConfig(generator="resnet_6blocks", ngf=4))
+        translator.device = torch.device("cuda")
+        return translator
+
+    chosen = with_backend(on_cuda(), cache_dir=tmp_path)
+    assert chosen.describe() == "torch bf16 (auto on cuda: bf16 autocast)"
+    assert not (tmp_path / "decisions").exists()
+    for backend, precision in (("openvino", "auto"), ("auto", "int8")):
+        with pytest.raises(ValueError, match="backend openvino runs on the CPU"):
+            with_backend(on_cuda(), backend=backend, precision=precision, cache_dir=tmp_path)
