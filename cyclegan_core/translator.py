@@ -89,6 +89,22 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 
+def pil_mode(channels: int, direction: str) -> str:
+    """The PIL mode a generator of ``channels`` input channels reads: RGB for 3, L (greyscale) for 1."""
+    if channels not in (1, 3):
+        raise ValueError(f"PIL images can feed 1- or 3-channel generators; the {direction} generator takes "
+                         f"{channels} channels: use translate_tensor")
+    return "L" if channels == 1 else "RGB"
+
+
+def by_size(images: Sequence[Image.Image]) -> dict[tuple[int, int], list[int]]:
+    """The indices of ``images`` grouped by (width, height), in first-seen order: one size, one batch."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(image.size, []).append(index)
+    return groups
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Pad H and W up to ``multiple`` (reflection; replicate where the image is too small to reflect)."""
     height, width = x.shape[-2:]
@@ -264,18 +280,11 @@ class Translator:
         Images are converted to RGB for 3-channel generators and to L (greyscale) for 1-channel ones.
         An image too large for the memory budget goes tile by tile from its uint8 pixels to uint8 output.
         """
-        channels = self.input_channels(direction)
-        if channels not in (1, 3):
-            raise ValueError(f"PIL images can feed 1- or 3-channel generators; the {direction} generator takes "
-                             f"{channels} channels: use translate_tensor")
-        mode = "L" if channels == 1 else "RGB"
+        mode = pil_mode(self.input_channels(direction), direction)
         multiple = self.multiple(direction)
         precision = self.precision if precision is None else precision
         results: list[Image.Image | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            by_size.setdefault(image.size, []).append(index)
-        for (width, height), indices in by_size.items():
+        for (width, height), indices in by_size(images).items():
             per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
             if per_image > self._free_memory():
                 for i in indices:

@@ -34,7 +34,14 @@ from cyclegan_core.backends.quantize import calibration_arrays, quantize
 from cyclegan_core.memory import default_budget, forward_bytes, used_bytes
 from cyclegan_core.precision import ResolvedPrecision
 from cyclegan_core.tiling import TileNet
-from cyclegan_core.translator import Translator, pad_to_multiple, pil_to_tensor, tensor_to_pil
+from cyclegan_core.translator import (
+    Translator,
+    by_size,
+    pad_to_multiple,
+    pil_mode,
+    pil_to_tensor,
+    tensor_to_pil,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,17 +197,10 @@ class OpenVinoTranslator:
         1-channel ones); images over the memory budget are tiled (OpenVINO runs the tiles)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        channels = self.input_channels(direction)
-        if channels not in (1, 3):
-            raise ValueError(f"PIL images can feed 1- or 3-channel generators; the {direction} generator takes "
-                             f"{channels} channels")
-        mode = "L" if channels == 1 else "RGB"
+        mode = pil_mode(self.input_channels(direction), direction)
         multiple = self.multiple(direction)
         results: list[Image.Image | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            by_size.setdefault(image.size, []).append(index)
-        for (width, height), indices in by_size.items():
+        for (width, height), indices in by_size(images).items():
             per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
             free = self._free_memory()
             if per_image > free:  # the torch twin plans the tiles, OpenVINO runs them

@@ -27,6 +27,7 @@ from cyclegan_core.pretrained import swapped_channels
 from cyclegan_core.synthetic import make_synthetic_dataset, render_scene, synthetic_mapping
 from cyclegan_core.translator import Translator, pil_to_tensor
 from pipelines.cli import app
+from tests.integration.test_onnx import tiny_generator
 
 # max |OpenVINO fp32 - PyTorch fp32| in the [-1, 1] output range the issue allows; measured here (ngf 4): 2.9e-6
 # resnet_6blocks, 3.2e-6 resnet_unet_adalin, 2.4e-5 unet_128 (int8 on the demo model: 19.174 -> 19.163 dB)
@@ -36,22 +37,11 @@ DEMO = ModelConfig(generator="resnet_6blocks", ngf=16, ndf=16)  # the demo's gen
 MiB = 2**20
 
 
-def random_generator(cfg: ModelConfig, seed: int) -> torch.nn.Module:
-    """A random generator whose biases are not zero (init_weights zeroes them), so each weight matters."""
-    torch.manual_seed(seed)
-    net = generator_from_config(cfg)
-    with torch.no_grad():
-        for name, parameter in net.named_parameters():
-            if name.endswith("bias"):
-                parameter.normal_(0.0, 0.1)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = ModelConfig(generator="resnet_6blocks", ngf=8)
     folder = tmp_path_factory.mktemp("ov-model") / "model"
-    return Translator(random_generator(cfg, 1), random_generator(swapped_channels(cfg), 2), cfg).save_pretrained(folder)
+    return Translator(tiny_generator(cfg, 1), tiny_generator(swapped_channels(cfg), 2), cfg).save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +92,7 @@ def scene(size: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("generator", ["resnet_6blocks", "resnet_unet_adalin", "unet_128"])
 def test_openvino_fp32_reproduces_pytorch_fp32(generator: str, tmp_path: Path) -> None:
     cfg = ModelConfig(generator=generator, ngf=4)
-    pair = Translator(random_generator(cfg, 3), random_generator(swapped_channels(cfg), 4), cfg)
+    pair = Translator(tiny_generator(cfg, 3), tiny_generator(swapped_channels(cfg), 4), cfg)
     model = pair.save_pretrained(tmp_path / "model")
     reference = Translator.from_pretrained(model, device="cpu")
     translator = load(model, tmp_path / "cache", backend="openvino", precision="fp32")
