@@ -2,7 +2,8 @@
 
 A ``Decision`` holds the timings of every candidate path (backend + precision) on a probe of one
 generator architecture, with each output's PSNR against torch fp32's. ``choose`` keeps the fastest
-candidate within ``QUALITY_BOUND_DB`` of fp32 that the caller allows (a backend or precision it fixed).
+candidate within ``QUALITY_BOUND_DB`` of fp32 that the caller allows (a backend or precision it fixed),
+unless the exact one (torch fp32) is within ``MARGIN`` of it.
 ``decide`` reads the decision from ``<cache_dir>/decisions/<kind>-<key>.json`` when the file was made on
 this very host (``HostIdentity``: CPU model and flags, architecture, thread count, library versions) for
 this architecture, else measures (one process at a time: the others wait on its lock, then read) and
@@ -32,6 +33,7 @@ FORMAT = "cyclegan-auto-decision"
 FORMAT_VERSION = 1
 DECISIONS_FOLDER = "decisions"
 Kind = Literal["translate", "train"]
+MARGIN = 1.1  # another path must beat the exact one by more than this factor to replace it
 
 
 class Measurement(BaseModel):
@@ -72,15 +74,19 @@ class NoCandidate(ValueError):
 
 
 def choose(measurements: Sequence[Measurement], *, backend: str = "auto", precision: str = "auto",
-           bound_db: float = QUALITY_BOUND_DB) -> Measurement:
+           bound_db: float = QUALITY_BOUND_DB, margin: float = MARGIN) -> Measurement:
     """The fastest measurement within ``bound_db`` of fp32 whose backend and precision match the ones
-    fixed (``auto``: any); ``NoCandidate`` when none does."""
+    fixed (``auto``: any); ``NoCandidate`` when none does. The exact computation (the reference, torch
+    fp32) is kept unless another path is more than ``margin`` times faster: a lead inside the probe's
+    noise is not worth leaving the official math for."""
     allowed = [m for m in measurements if backend in ("auto", m.backend) and precision in ("auto", m.precision)
                and m.within(bound_db)]
     if not allowed:
         raise NoCandidate(f"no measured path is backend {backend}, precision {precision} within {bound_db:g} dB "
                           f"of fp32 (measured: {summary(measurements)})")
-    return min(allowed, key=lambda m: m.ms)
+    fastest = min(allowed, key=lambda m: m.ms)
+    exact = next((m for m in allowed if m.psnr_db is None), None)
+    return exact if exact is not None and exact.ms <= margin * fastest.ms else fastest
 
 
 def summary(measurements: Sequence[Measurement]) -> str:
@@ -93,9 +99,9 @@ def explain(choice: Measurement, decision: Decision, source: str, *, backend: st
             precision: str = "auto", bound_db: float = QUALITY_BOUND_DB) -> str:
     """Why ``choice``: one line (the log line and ``describe()``'s reason)."""
     fixed = [f"{name} {value}" for name, value in (("backend", backend), ("precision", precision)) if value != "auto"]
-    return (f"auto: fastest{' ' + ' and '.join(fixed) if fixed else ''} path within {bound_db:g} dB of fp32 on "
-            f"{decision.host.cpu}, {decision.host.threads} thread(s), {decision.probe}: {summary(decision.measurements)}"
-            f"; {source}")
+    return (f"auto: fastest{' ' + ' and '.join(fixed) if fixed else ''} path within {bound_db:g} dB of fp32 "
+            f"(torch fp32 unless beaten by over {MARGIN:g}x) on {decision.host.cpu}, {decision.host.threads} "
+            f"thread(s), {decision.probe}: {summary(decision.measurements)}; {source}")
 
 
 def decision_path(cache_dir: Path, kind: Kind, host: HostIdentity, architecture: dict) -> Path:

@@ -32,6 +32,13 @@ def test_a_faster_path_outside_the_quality_bound_is_passed_over() -> None:
     assert choose(lossy[:3] + lossy[4:]).label == "torch bf16"
 
 
+def test_a_lead_inside_the_probes_noise_keeps_the_exact_computation() -> None:
+    close = [TABLE[0], Measurement(backend="torch", precision="bf16", ms=255.0, psnr_db=45.3)]  # 4% faster
+    assert choose(close).label == "torch fp32"
+    assert choose([*close, Measurement(backend="openvino", precision="bf16", ms=240.0, psnr_db=46.0)]).label == \
+        "openvino bf16"  # 10.4% faster
+
+
 def test_fixing_the_backend_or_the_precision_chooses_within_it() -> None:
     assert choose(TABLE, backend="torch").label == "torch bf16"
     assert choose(TABLE, precision="fp32").label == "openvino fp32"
