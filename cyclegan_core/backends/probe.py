@@ -3,7 +3,8 @@
 Translation: one synthetic scene of ``PROBE_SIZE``² through the model's A->B generator in torch fp32
 (the reference), torch bf16 (autocast, channels_last) and OpenVINO fp32 and bf16 (the converted model
 is the cache entry translation then uses); one warm-up call each, then ``ROUNDS`` rounds in turn
-(round-robin, so load drift hits all alike); the fastest call of each counts. About 10 s for
+(round-robin, so load drift hits all alike; more rounds for runs of milliseconds, about a second of
+each); the fastest call of each counts. About 10 s for
 resnet_9blocks ngf 64 on 2 cores, once per machine, thread count, library versions and architecture.
 Training: one generator + discriminator step (forward, losses, backward, Adam) at the training crop (at
 most ``TRAIN_PROBE_SIZE`` px) in fp32 and bf16; the output check is the generator's forward pass.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 PROBE_SIZE = 256
 ROUNDS = 2
+MAX_ROUNDS = 25
+MIN_SECONDS = 1.0  # timed per candidate, for runs quick enough
 TRAIN_PROBE_SIZE = 64
 TRAIN_PROBE_BATCH = 4
 _CPU = torch.device("cpu")
@@ -50,8 +54,16 @@ def psnr_db(output: torch.Tensor, reference: torch.Tensor) -> float | None:
 
 
 def time_round_robin(runs: dict[tuple[str, str], Run], rounds: int) -> tuple[dict, dict]:
-    """Warm each run up (its output kept), then time ``rounds`` rounds in turn: (outputs, fastest seconds)."""
-    outputs = {name: run() for name, run in runs.items()}
+    """Warm each run up (its output kept), then time rounds in turn: (outputs, fastest seconds). At least
+    ``rounds`` rounds, more for quick runs (up to ``MAX_ROUNDS``, ~``MIN_SECONDS`` of each), so that a
+    millisecond-scale step is not decided on two samples."""
+    outputs = {}
+    slowest = 0.0
+    for name, run in runs.items():
+        started = time.perf_counter()
+        outputs[name] = run()
+        slowest = max(slowest, time.perf_counter() - started)
+    rounds = min(MAX_ROUNDS, max(rounds, math.ceil(MIN_SECONDS / max(slowest, 1e-6))))
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(rounds):
         for name, run in runs.items():
