@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 # this folder is sys.path[0] when a script runs
 from train_step import add_model_arguments, enable_cuda_speedups
 
+from cyclegan_core.backends import training_precision
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from cyclegan_core.data import UnpairedDataset, build_dataloader, write_decoded_cache
 from cyclegan_core.fit import fit
@@ -86,7 +87,10 @@ def run_in_process(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     if not dataset.uses_cache:
         raise RuntimeError(f"the pre-decoded cache of {root} is not used; the benchmark would decode JPEGs")
     loader = build_dataloader(dataset, batch_size=args.batch, num_workers=args.loader_workers, seed=train_cfg.seed)
-    model = CycleGAN(model_cfg, train_cfg, device=device)
+    # an entry point: precision auto on a CPU is the choice measured on this machine (cyclegan_core.backends)
+    cpu_auto = (training_precision(model_cfg, crop_size=args.size, batch_size=args.batch, cache_dir=None)[0]
+                if device.type == "cpu" and args.precision == "auto" else "fp32")
+    model = CycleGAN(model_cfg, train_cfg, device=device, cpu_auto=cpu_auto)
     result = fit(model, loader, total_epochs=args.epochs, seed=train_cfg.seed)
     per_epoch = [end.images_per_s for end in result.epochs]
     del model, loader

@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from cyclegan_core.backends import training_precision
 from cyclegan_core.config import GeneratorName, ModelConfig, Precision, TrainConfig
 from cyclegan_core.model import CycleGAN
 
@@ -154,7 +155,10 @@ def build_step(
         channels_last=args.channels_last,
         seed=args.seed,
     )
-    model = CycleGAN(model_cfg, train_cfg, device=device)
+    # an entry point: precision auto on a CPU is the choice measured on this machine (cyclegan_core.backends)
+    cpu_auto = (training_precision(model_cfg, crop_size=args.size, batch_size=batch, cache_dir=None)[0]
+                if device.type == "cpu" and precision == "auto" else "fp32")
+    model = CycleGAN(model_cfg, train_cfg, device=device, cpu_auto=cpu_auto)
     rng = torch.Generator(device=device).manual_seed(args.seed)
     real_A = torch.rand(batch, 3, args.size, args.size, device=device, generator=rng) * 2 - 1
     real_B = torch.rand(batch, 3, args.size, args.size, device=device, generator=rng) * 2 - 1

@@ -141,6 +141,19 @@ def hold_lock(path: Path, *, folder: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created if missing) for the block: one process at a time
+    builds what the others then read (a cache entry); on a filesystem without locks, no exclusion."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        _lock(fd, wait=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def owned_temp(parent: str | os.PathLike[str], name: str, *, suffix: str = "",
                folder: bool = False) -> Iterator[Path]:
     """Create a locked temporary file (or empty folder) named ``temp_name(name)`` in ``parent``.

@@ -87,8 +87,11 @@ class CycleGAN:
     """Two generators and two discriminators trained with the CycleGAN objective (see module docstring)."""
 
     def __init__(
-        self, model_cfg: ModelConfig, train_cfg: TrainConfig, *, device: str | torch.device = "cpu"
+        self, model_cfg: ModelConfig, train_cfg: TrainConfig, *, device: str | torch.device = "cpu",
+        cpu_auto: ResolvedPrecision = "fp32",
     ) -> None:
+        """``cpu_auto``: what ``train_cfg.precision="auto"`` runs on a CPU, measured by the entry point on
+        this machine (``cyclegan_core.backends.training_precision``); fp32, the official math, by default."""
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
         self.device = torch.device(device)
@@ -99,7 +102,8 @@ class CycleGAN:
                 f"identity loss needs input_nc == output_nc (got {model_cfg.input_nc} and "
                 f"{model_cfg.output_nc}); set train.lambda_identity=0 for domains with different channels"
             )
-        self.precision: ResolvedPrecision = resolve_precision(train_cfg.precision, self.device)
+        self.precision: ResolvedPrecision = resolve_precision(train_cfg.precision, self.device,
+                                                                cpu_auto=cpu_auto)
         # NHWC on CUDA and for CPU bf16 (oneDNN's fast bf16 kernels); fp32 on CPU stays NCHW, the official math
         self.channels_last = train_cfg.channels_last and (
             self.device.type == "cuda" or channels_last_on(self.device, self.precision))

@@ -10,8 +10,8 @@ renamed into place)::
 
 The graphs come from PyTorch's torch.export-based exporter (``dynamo=True``, the default since
 PyTorch 2.9; the TorchScript one is deprecated). H and W are symbolic, so one graph serves every size
-that is a multiple of the generator's size multiple; ``cyclegan_core.onnx_runtime`` pads and crops
-around it as ``Translator`` does. Each graph is checked with onnxruntime against PyTorch on a second
+that is a multiple of the generator's size multiple (a runtime pads other sizes and crops the output, as
+``Translator`` does). Each graph is checked with onnxruntime against PyTorch on a second
 shape before the folder is renamed into place. G_BA of the same layout as G_AB (3 <-> 3 channels) reuses G_AB's
 traced graph with its own weights (tracing is most of an export's time), checked the same way. onnx, onnxscript and onnxruntime are imported here only.
 """

@@ -1,18 +1,18 @@
 """Numeric precision and memory format of a forward pass: what ``"auto"`` means on a device, and its
 autocast context.
 
-``auto`` is bf16 autocast on CUDA and on CPUs with native bf16 matrix units (AMX-BF16: bf16 +
-channels_last is ~2.5x fp32 there), fp32 on other CPUs, where bf16 is emulated
-and slower than fp32. fp16 and bf16 run under ``torch.autocast``; fp32 disables autocast (also inside
-an enclosing autocast region). On CPU, bf16 runs channels_last (1.5x bf16 NCHW on AMX); fp32 on CPU
-stays NCHW (channels_last made it slower). Figures: benchmarks/README.md.
+``auto`` is bf16 autocast on CUDA. On the CPU it is what was measured on this machine
+(``cyclegan_core.backends``: the fastest path whose output stays within 40 dB of fp32), which the entry
+point measures once and passes down as ``cpu_auto``; without a measurement it is fp32, the official
+computation. No list of CPU flags decides it: bf16 was 0.64x fp32 on one AVX512-BF16 Xeon and 1.9x on an
+AVX512-BF16 EPYC (benchmarks/README.md). fp16 and bf16 run under ``torch.autocast``; fp32 disables
+autocast (also inside an enclosing autocast region). On CPU, bf16 runs channels_last; fp32 on CPU stays
+NCHW (channels_last made it slower).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from functools import cache
 from typing import Literal, get_args
 
 import torch
@@ -23,34 +23,14 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
 
 
-@cache
-def _host_capabilities() -> Mapping[str, object]:
-    return dict(torch.cpu.get_capabilities())
-
-
-def fast_cpu_bf16(capabilities: Mapping[str, object] | None = None) -> bool:
-    """Whether this CPU runs bf16 convolutions faster than fp32: it has AMX-BF16 tiles.
-
-    ``capabilities`` is ``torch.cpu.get_capabilities()``'s mapping (this host's when None). AVX512-BF16
-    without AMX is not counted: measured on such a Xeon (benchmarks/README.md, "CPU inference"), bf16
-    autocast ran at 0.64-0.67x of fp32, so it keeps fp32 (``precision="bf16"`` forces it).
-    """
-    caps = _host_capabilities() if capabilities is None else capabilities
-    return bool(caps.get("amx_bf16"))
-
-
 def resolve_precision(precision: Precision | str, device: torch.device, *,
-                      cpu_bf16: bool | None = None) -> ResolvedPrecision:
-    """``auto`` is bf16 on CUDA and on CPUs with fast bf16 (``cpu_bf16``; None: ``fast_cpu_bf16()``),
-    fp32 elsewhere; explicit choices are kept; unknown names are refused."""
+                      cpu_auto: ResolvedPrecision = "fp32") -> ResolvedPrecision:
+    """``auto`` is bf16 on CUDA and ``cpu_auto`` (the measured choice; fp32 when nothing was measured)
+    elsewhere; explicit choices are kept; unknown names are refused, naming the choices."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        if device.type == "cuda":
-            return "bf16"
-        if device.type == "cpu" and (fast_cpu_bf16() if cpu_bf16 is None else cpu_bf16):
-            return "bf16"
-        return "fp32"
+        return "bf16" if device.type == "cuda" else cpu_auto
     return precision  # type: ignore[return-value]
 
 

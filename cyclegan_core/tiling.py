@@ -24,7 +24,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from cyclegan_core.networks.generators import ResnetUnetAdaLINGenerator
 from cyclegan_core.networks.norms import ILN, AdaLIN, RhoMix
 
 Reader = Callable[[int, int, int, int], torch.Tensor]  # padded rows y0:y1, cols x0:x1 -> 1 x C x h x w float
+TileNet = Callable[[torch.Tensor], torch.Tensor]  # 1 x C x h x w tile -> 1 x C' x h x w output
 Sink = Callable[[int, torch.Tensor], None]  # first padded row, C x h x padded-width finished rows in [-1, 1]
 
 
@@ -118,7 +119,7 @@ def window(row: Span, col: Span) -> torch.Tensor:
     return torch.outer(window_1d(row), window_1d(col)).float()[None]
 
 
-def run_tiled(net: Callable[[torch.Tensor], torch.Tensor], read: Reader, plan: TilePlan, write: Sink) -> None:
+def run_tiled(net: TileNet, read: Reader, plan: TilePlan, write: Sink) -> None:
     """Run ``net`` on every tile of ``plan`` (``read`` gives a tile's input) and hand the blended output
     to ``write`` row band by row band, top to bottom; only two bands of accumulators are alive."""
     carry: tuple[torch.Tensor, torch.Tensor] | None = None  # accumulators of the rows shared with the next band
@@ -155,7 +156,6 @@ def pad_amounts(height: int, width: int, multiple: int) -> tuple[int, int, int, 
 def reflectable(pads: tuple[int, int, int, int], height: int, width: int) -> bool:
     """Whether reflection padding is possible (each pad shorter than the side); else replicate."""
     return max(pads[:2]) < width and max(pads[2:]) < height
-
 
 
 def padded_index(padded: int, before: int, length: int, *, reflect: bool) -> np.ndarray:
@@ -196,6 +196,36 @@ def array_reader(pixels: np.ndarray, pads: tuple[int, int, int, int], plan: Tile
     return read
 
 
+def tensor_sink(out: torch.Tensor) -> Callable[[tuple[int, int, int, int]], Sink]:
+    """Write finished rows of the padded output into ``out`` (C x H x W float), cropping the padding."""
+    def sink(pads: tuple[int, int, int, int]) -> Sink:
+        left, _, top, _ = pads
+        height, width = out.shape[1:]
+
+        def write(first: int, rows: torch.Tensor) -> None:
+            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
+            if hi > lo:
+                out[:, lo - top:hi - top] = rows[:, lo - first:hi - first, left:left + width].to(out.device)
+        return write
+    return sink
+
+
+def array_sink(out: np.ndarray) -> Callable[[tuple[int, int, int, int]], Sink]:
+    """Write finished rows into ``out`` (H x W x C uint8), rounded as ``tensor_to_pil`` rounds."""
+    def sink(pads: tuple[int, int, int, int]) -> Sink:
+        left, _, top, _ = pads
+        height, width = out.shape[:2]
+
+        def write(first: int, rows: torch.Tensor) -> None:
+            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
+            if hi > lo:
+                block = rows[:, lo - first:hi - first, left:left + width]
+                out[lo - top:hi - top] = (block.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+                                          .permute(1, 2, 0).cpu().numpy())
+        return write
+    return sink
+
+
 def thumbnail(read: Reader, plan: TilePlan, factor: int, *, band_rows: int) -> torch.Tensor:
     """The padded image box-averaged over ``factor`` x ``factor`` blocks (remainder rows and columns
     dropped), read ``band_rows`` thumbnail rows at a time: 1 x C x (height // factor) x (width // factor)."""
@@ -220,7 +250,6 @@ def _global_layers(net: nn.Module) -> dict[str, nn.Module]:
         elif isinstance(module, ResnetUnetAdaLINGenerator):
             layers[f"{name}.mlp" if name else "mlp"] = module.mlp
     return layers
-
 
 Statistics = dict[str, tuple[torch.Tensor, ...]]
 
@@ -329,17 +358,31 @@ def has_global_layers(net: nn.Module) -> bool:
 
 @torch.no_grad()
 def translate_tiled(net: nn.Module, read: Reader, plan: TilePlan, write: Sink, *, multiple: int,
-                    thumbnail_factor: int | None, band_rows: int = 64) -> None:
+                    thumbnail_factor: int | None, band_rows: int = 64,
+                    compile_tiles: Callable[[nn.Module], TileNet] | None = None) -> None:
     """Translate the image behind ``read`` tile by tile. ``thumbnail_factor``: gather the global layers'
     statistics from the image box-downscaled by this factor and use them in every tile; None: each tile
-    normalises with its own statistics."""
+    normalises with its own statistics. ``compile_tiles`` turns the network (statistics frozen) into
+    what runs the tiles (another runtime); None: the network itself."""
     if thumbnail_factor is not None and has_global_layers(net):
         small = thumbnail(read, plan, thumbnail_factor, band_rows=band_rows)
         pads = pad_amounts(small.shape[2], small.shape[3], multiple)
         small = F.pad(small, pads, mode="reflect" if reflectable(pads, *small.shape[2:]) else "replicate")
         net = with_frozen_statistics(net, capture_statistics(net, small))
         del small
-    run_tiled(net, read, plan, write)
+    run_tiled(net if compile_tiles is None else compile_tiles(net), read, plan, write)
+
+
+class TileEngine(Protocol):
+    """Runs the tiles of a large image in another runtime: ``compile(net, precision)`` turns the generator
+    (its global statistics frozen) into what ``run_tiled`` calls on each tile; ``overhead_bytes(net)`` is
+    the memory that takes besides the tiles' own passes (the tiler leaves it out of the budget first)."""
+
+    name: str
+
+    def overhead_bytes(self, net: nn.Module) -> int: ...
+
+    def compile(self, net: nn.Module, precision: str) -> TileNet: ...
 
 
 @dataclass(frozen=True)
@@ -352,7 +395,6 @@ class Tiling:
     overlap: int | None = None
     statistics: Literal["thumbnail", "tile"] = "thumbnail"
     thumbnail_factor: int | None = None  # None: the smallest integer downscaling whose pass fits the budget
-
 
 MIN_THUMBNAIL = 256  # px, long side: the budget may shrink the thumbnail no further
 

@@ -1,4 +1,4 @@
-"""Translate image files and folders with a ``Translator`` (or a model path it loads).
+"""Translate image files and folders with a loaded model (``TranslatorLike``) or a model path it loads.
 
 A folder is read flat (the images directly inside it, as ``cyclegan_core.images.list_images`` lists
 them); images of one size are translated together in batches. Each output of a folder is a PNG named
@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
+from cyclegan_core.backends import TranslatorLike, check_choice, load_translator
+from cyclegan_core.backends.quantize import CALIBRATION_IMAGES
 from cyclegan_core.images import IMAGE_EXTENSIONS, InvalidImage, decode_image, list_images
-from cyclegan_core.onnx_runtime import OnnxTranslator
-from cyclegan_core.translator import Translator
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class TranslateSummary(BaseModel):
 
     model: str
     direction: str
+    backend: str = Field("", description="what translated: backend, precision and why (TranslatorLike.describe)")
     translated: int = 0
     skipped: list[SkippedImage] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
@@ -167,31 +168,56 @@ def _decode_or_skip(path: Path, summary: TranslateSummary) -> Image.Image | None
         return None
 
 
-def translate_path(model: Translator | OnnxTranslator | str | Path, input_path: Path, output_path: Path, *,
+def calibration_images(paths: list[Path], count: int = CALIBRATION_IMAGES) -> list[Image.Image]:
+    """The first ``count`` readable images of ``paths`` (int8's calibration set); unreadable ones are passed
+    over. Raises FileNotFoundError when none is readable."""
+    images = []
+    for path in paths:
+        try:
+            images.append(decode_image(path))
+        except InvalidImage:
+            continue
+        if len(images) == count:
+            break
+    if not images:
+        raise FileNotFoundError(f"no readable calibration image among {len(paths)} file(s) "
+                                f"({paths[0].parent if paths else 'none given'}): int8 needs images of the "
+                                "model's input domain")
+    logger.info("int8 calibration: %d image(s) from %s", len(images), paths[0].parent)
+    return images
+
+
+def translate_path(model: TranslatorLike | str | Path, input_path: Path, output_path: Path, *,
                    direction: str = "AtoB", batch_size: int = 8, device: str | torch.device | None = None,
-                   precision: str = "auto", memory_budget: int | None = None) -> TranslateSummary:
+                   backend: str = "auto", precision: str = "auto", memory_budget: int | None = None,
+                   cache_dir: Path | None = None, calibration: Path | None = None) -> TranslateSummary:
     """Translate an image file or a folder of images (flat) and write them under ``output_path``.
 
-    ``model``: a ``Translator`` or an ``OnnxTranslator`` (onnxruntime), or a path
-    ``Translator.from_pretrained`` loads on ``device`` (an exported model folder, one exported
-    generator folder, or an official ``.pth``). ``direction``
-    picks the generator; a model of one generator uses it whatever the direction. For a file input,
-    ``output_path`` may be an image file name (written in the format of its extension) or a folder.
-    1-channel generators get greyscale inputs and write greyscale images. The paths and the device are
-    checked (``plan_translation``, ``check_device``) before the model is loaded. ``memory_budget``
-    (bytes, for a model loaded here): see ``Translator``; images over it are translated by tiles.
+    ``model``: a loaded model (``TranslatorLike``: backend and precision bound already), or a path
+    ``load_translator`` loads on ``device`` with ``backend``, ``precision``, ``memory_budget`` and
+    ``cache_dir`` (an exported model folder, one exported generator folder, or an official ``.pth``).
+    int8 calibrates on the first ``CALIBRATION_IMAGES`` readable images of ``calibration`` (a folder),
+    else of the inputs. ``direction`` picks the generator; a model of one generator uses it whatever the
+    direction. For a file input, ``output_path`` may be an image file name (written in the format of its
+    extension) or a folder. 1-channel generators get greyscale inputs and write greyscale images. The
+    paths, the device and the choices are checked (``plan_translation``, ``check_device``,
+    ``check_choice``) before the model is loaded; images over the memory budget are translated by tiles.
     """
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_choice(backend, precision)
     plan = plan_translation(input_path, output_path)
     inputs, targets = plan.inputs, plan.targets
-    translator: Translator | OnnxTranslator
-    if isinstance(model, (Translator, OnnxTranslator)):
-        translator = model
+    if isinstance(model, (str, Path)):
+        images = None
+        if precision == "int8":
+            images = calibration_images(list_images(calibration) if calibration is not None else inputs)
+        translator = load_translator(model, backend=backend, precision=precision, device=check_device(device),
+                                     memory_budget=memory_budget, cache_dir=cache_dir, calibration=images)
     else:
-        translator = Translator.from_pretrained(model, device=check_device(device), memory_budget=memory_budget)
+        translator = model
     use = direction
     if direction not in translator.directions and len(translator.directions) == 1:
         use = translator.directions[0]
@@ -202,14 +228,13 @@ def translate_path(model: Translator | OnnxTranslator | str | Path, input_path: 
         sweep_stale_temps(targets[input_path].parent, name=targets[input_path].name)
     else:
         sweep_stale_temps(output_path)
-    summary = TranslateSummary(model=str(model), direction=direction)
+    summary = TranslateSummary(model=str(model), direction=direction, backend=translator.describe())
 
     buckets: dict[tuple[int, int], list[tuple[Path, Image.Image]]] = {}
 
     def flush(size: tuple[int, int]) -> None:
         items = buckets.pop(size)
-        translated = translator([image for _, image in items], direction=use, batch_size=batch_size,
-                                precision=precision)
+        translated = translator([image for _, image in items], direction=use, batch_size=batch_size)
         for (source, _), image in zip(items, translated, strict=True):
             _save_image(image, targets[source])
             summary.outputs.append(str(targets[source]))

@@ -6,9 +6,12 @@ Like a diffusers pipeline: ``Translator.from_pretrained(path)`` loads an exporte
 ``save_pretrained(dest)`` writes the exported format. ``translate_tensor`` takes any H x W: inputs are
 reflection-padded (symmetrically) up to the generator's size multiple and the output is cropped
 back. Calling the translator on PIL images returns PIL images in the input order, batching images
-of equal size. A single generator is held as the A->B one. ``precision="auto"`` is bf16 on CUDA and on
-CPUs with fast bf16 (``cyclegan_core.precision``); bf16 on CPU converts the generator to channels_last
-(once, back to NCHW for an fp32 call) and each input batch; outputs are contiguous NCHW float32.
+of equal size. A single generator is held as the A->B one. ``precision`` is bound to the translator
+(``Translator.precision``; a call may name another): ``"auto"`` is bf16 on CUDA and fp32 on the CPU,
+where the measured choice is ``cyclegan_core.backends.load_translator``'s; bf16 on CPU converts the
+generator to channels_last (once, back to NCHW for an fp32 call) and each input batch; outputs are
+contiguous NCHW float32. ``tile_engine`` lets another runtime run the tiles of a large image
+(``cyclegan_core.backends`` runs them through OpenVINO); None: PyTorch runs them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.data import to_float_chw
 from cyclegan_core.memory import (
     TILE_HEADROOM,
+    MemoryBudgetError,
     default_budget,
     format_bytes,
     forward_bytes,
@@ -55,14 +59,17 @@ from cyclegan_core.tiling import (
     MIN_THUMBNAIL,
     Reader,
     Sink,
+    TileEngine,
     TilePlan,
     Tiling,
     array_reader,
+    array_sink,
     default_overlap,
     pad_amounts,
     plan_tiles,
     reflectable,
     tensor_reader,
+    tensor_sink,
     translate_tiled,
 )
 
@@ -80,6 +87,22 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
     array = tensor.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
     array = array.permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def pil_mode(channels: int, direction: str) -> str:
+    """The PIL mode a generator of ``channels`` input channels reads: RGB for 3, L (greyscale) for 1."""
+    if channels not in (1, 3):
+        raise ValueError(f"PIL images can feed 1- or 3-channel generators; the {direction} generator takes "
+                         f"{channels} channels: use translate_tensor")
+    return "L" if channels == 1 else "RGB"
+
+
+def by_size(images: Sequence[Image.Image]) -> dict[tuple[int, int], list[int]]:
+    """The indices of ``images`` grouped by (width, height), in first-seen order: one size, one batch."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(image.size, []).append(index)
+    return groups
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -102,36 +125,6 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def _tensor_sink(out: torch.Tensor) -> Callable[[tuple[int, int, int, int]], Sink]:
-    """Write finished rows of the padded output into ``out`` (C x H x W float), cropping the padding."""
-    def sink(pads: tuple[int, int, int, int]) -> Sink:
-        left, _, top, _ = pads
-        height, width = out.shape[1:]
-
-        def write(first: int, rows: torch.Tensor) -> None:
-            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
-            if hi > lo:
-                out[:, lo - top:hi - top] = rows[:, lo - first:hi - first, left:left + width].to(out.device)
-        return write
-    return sink
-
-
-def _array_sink(out: np.ndarray) -> Callable[[tuple[int, int, int, int]], Sink]:
-    """Write finished rows into ``out`` (H x W x C uint8), rounded as ``tensor_to_pil`` rounds."""
-    def sink(pads: tuple[int, int, int, int]) -> Sink:
-        left, _, top, _ = pads
-        height, width = out.shape[:2]
-
-        def write(first: int, rows: torch.Tensor) -> None:
-            lo, hi = max(first, top), min(first + rows.shape[1], top + height)
-            if hi > lo:
-                block = rows[:, lo - first:hi - first, left:left + width]
-                out[lo - top:hi - top] = (block.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-                                          .permute(1, 2, 0).cpu().numpy())
-        return write
-    return sink
-
-
 def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -140,12 +133,15 @@ class Translator:
     """Both generators of a model (``G_BA`` may be None) with their size multiples; ``config`` is G_AB's."""
 
     def __init__(self, G_AB: nn.Module, G_BA: nn.Module | None, config: ModelConfig, *,
-                 memory_budget: int | None = None, tiling: Tiling | None = None) -> None:
+                 memory_budget: int | None = None, tiling: Tiling | None = None, precision: str = "auto") -> None:
         self.config = config
         # bytes the process may hold while translating (None: memory.default_budget at each call); an
         # image whose forward pass does not fit in what is left is translated by tiles (``tiling``)
         self.memory_budget = memory_budget
         self.tiling = tiling or Tiling()
+        self.precision = precision  # what a call without ``precision`` runs at
+        self.reason = ""  # why this precision (``describe``), set by whoever chose it
+        self.tile_engine: TileEngine | None = None
         self._generators = {"AtoB": unwrap(G_AB)}
         if G_BA is not None:
             self._generators["BtoA"] = unwrap(G_BA)
@@ -229,13 +225,19 @@ class Translator:
         self.generator(direction)
         return self.config.input_nc if direction == "AtoB" else self.config.output_nc
 
+    def describe(self) -> str:
+        """One line: backend, precision and why (``TranslatorLike.describe``)."""
+        resolved = resolve_precision(self.precision, self.device)
+        label = resolved if self.precision != "auto" else f"{resolved} (auto on {self.device.type})"
+        return f"torch {label}" + (f" ({self.reason})" if self.reason else "")
+
     # --- inference ----------------------------------------------------------------------------------
     def translate_tensor(self, images: torch.Tensor, *, direction: str = "AtoB", batch_size: int = 8,
-                         precision: str = "auto") -> torch.Tensor:
+                         precision: str | None = None) -> torch.Tensor:
         """Translate an N x C x H x W (or C x H x W) float batch in [-1, 1]; returns the same layout and device.
 
-        Runs on the translator's device in eval mode without autograd; ``precision="auto"`` means bf16
-        autocast on CUDA and on CPUs with fast bf16, fp32 elsewhere. The output is contiguous float32 in
+        Runs on the translator's device in eval mode without autograd at ``precision`` (None: the bound
+        ``self.precision``; ``"auto"``: bf16 autocast on CUDA, fp32 on CPU). The output is contiguous float32 in
         [-1, 1]. Batches are split to fit the memory budget; an image whose single forward pass does not
         fit is translated by tiles.
         """
@@ -244,7 +246,7 @@ class Translator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         generator, multiple = self.generator(direction), self.multiple(direction)
-        resolved = resolve_precision(precision, self.device)
+        resolved = resolve_precision(self.precision if precision is None else precision, self.device)
         memory_format = self._memory_format(direction, resolved)
         single = images.dim() == 3
         batch = images.unsqueeze(0) if single else images
@@ -257,7 +259,7 @@ class Translator:
             for index, image in enumerate(batch):
                 self._translate_by_tiles(direction, resolved, (height, width), per_image, free - result.nbytes,
                                          lambda plan, pads, image=image: tensor_reader(image, pads, plan, self.device),
-                                         _tensor_sink(result[index]))
+                                         tensor_sink(result[index]))
             return result[0] if single else result
         outputs = []
         # no_grad rather than inference_mode: inference tensors cannot be modified in place later,
@@ -272,23 +274,17 @@ class Translator:
         return result[0] if single else result
 
     def __call__(self, images: Sequence[Image.Image], *, direction: str = "AtoB", batch_size: int = 8,
-                 precision: str = "auto") -> list[Image.Image]:
+                 precision: str | None = None) -> list[Image.Image]:
         """Translate PIL images of any sizes; returns them in the input order.
 
         Images are converted to RGB for 3-channel generators and to L (greyscale) for 1-channel ones.
         An image too large for the memory budget goes tile by tile from its uint8 pixels to uint8 output.
         """
-        channels = self.input_channels(direction)
-        if channels not in (1, 3):
-            raise ValueError(f"PIL images can feed 1- or 3-channel generators; the {direction} generator takes "
-                             f"{channels} channels: use translate_tensor")
-        mode = "L" if channels == 1 else "RGB"
+        mode = pil_mode(self.input_channels(direction), direction)
         multiple = self.multiple(direction)
+        precision = self.precision if precision is None else precision
         results: list[Image.Image | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            by_size.setdefault(image.size, []).append(index)
-        for (width, height), indices in by_size.items():
+        for (width, height), indices in by_size(images).items():
             per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
             if per_image > self._free_memory():
                 for i in indices:
@@ -334,7 +330,7 @@ class Translator:
         self._translate_by_tiles(direction, resolve_precision(precision, self.device), (height, width),
                                  per_image, self._free_memory() - reserved,
                                  lambda plan, pads: array_reader(pixels, pads, plan, self.device),
-                                 _array_sink(out))
+                                 array_sink(out))
         return Image.fromarray(out[:, :, 0] if channels == 1 else out)
 
     def _translate_by_tiles(self, direction: str, precision: ResolvedPrecision, size: tuple[int, int],
@@ -351,9 +347,27 @@ class Translator:
         padded_h, padded_w = height + pads[2] + pads[3], width + pads[0] + pads[1]
         overlap = default_overlap(multiple) if self.tiling.overlap is None else self.tiling.overlap
         minimum = (2 * overlap + multiple + multiple - 1) // multiple * multiple
-        tile = self.tiling.tile or largest_tile(self.config, free, width=padded_w, height=padded_h,
-                                                channels=self._output_channels(direction), multiple=multiple,
-                                                minimum=minimum)
+        engine, channels = self.tile_engine, self._output_channels(direction)
+
+        def side(room: int) -> int:
+            return self.tiling.tile or largest_tile(self.config, room, width=padded_w, height=padded_h,
+                                                    channels=channels, multiple=multiple, minimum=minimum)
+        tile = side(free)
+        if engine is not None:  # the engine's own memory (its runtime, a compiled copy) comes off the budget
+            overhead = engine.overhead_bytes(generator)
+            def count(side: int) -> int:
+                return plan_tiles(padded_h, padded_w, tile=side, overlap=overlap, align=multiple).count
+
+            try:  # smaller tiles mean more tiles (overlap computed again): worth it only when they stay few
+                smaller = side(free - overhead)
+            except MemoryBudgetError:
+                smaller = 0
+            if not smaller or count(smaller) > 1.25 * count(tile):
+                logger.info("%s would take ~%s of the memory budget and shrink the tiles: the PyTorch tiler "
+                            "runs them", engine.name, format_bytes(overhead))
+                engine = None
+            else:
+                free, tile = free - overhead, smaller
         plan = plan_tiles(padded_h, padded_w, tile=tile, overlap=overlap, align=multiple)
         factor = self.tiling.thumbnail_factor
         if self.tiling.statistics == "thumbnail" and factor is None:
@@ -364,11 +378,13 @@ class Translator:
         elif self.tiling.statistics == "tile":
             factor = None
         logger.info("%dx%d needs ~%s in one forward pass, %s is left of the memory budget: %d tile(s) of %d px "
-                    "(overlap %d)%s", width, height, format_bytes(per_image), format_bytes(free), plan.count,
-                    tile, overlap, f", statistics from a 1/{factor} thumbnail" if factor else "")
+                    "(overlap %d)%s, run by %s", width, height, format_bytes(per_image), format_bytes(free),
+                    plan.count, tile, overlap, f", statistics from a 1/{factor} thumbnail" if factor else "",
+                    engine.name if engine else f"the PyTorch tiler ({precision})")
+        compile_tiles = None if engine is None else (lambda net: engine.compile(net, precision))
         with _eval_mode(generator), torch.no_grad(), autocast(self.device, precision):
             translate_tiled(generator, reader(plan, pads), plan, sink(pads), multiple=multiple,
-                            thumbnail_factor=factor)
+                            thumbnail_factor=factor, compile_tiles=compile_tiles)
 
     def __repr__(self) -> str:
         return f"Translator({describe_config(self.config)}, directions={self.directions}, device={self.device})"

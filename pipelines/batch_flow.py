@@ -91,6 +91,8 @@ def translate_cyclegan(
     actors: int | None = None,
     use_gpu: bool | None = None,
     memory_budget: int | None = None,
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> BatchResult:
     """Translate the images under ``input_uri`` into ``output_uri/<model>/v<version>/<direction>/`` with
     ``model_uri`` (default ``models:/cyclegan@champion``), only those new or changed since the last run
@@ -99,7 +101,8 @@ def translate_cyclegan(
 
     settings = batch_settings(input_uri, output_uri, model_uri, env=os.environ, direction=direction,
                               triggered_by=triggered_by, max_quarantined=max_quarantined, batch_size=batch_size,
-                              actors=actors, use_gpu=use_gpu, memory_budget=memory_budget)
+                              actors=actors, use_gpu=use_gpu, memory_budget=memory_budget, backend=backend,
+                              precision=precision)
     problem = deployment_problem(deployment.name if deployment.id else None, settings.model_uri, os.environ)
     if problem:
         raise DeploymentSetupError(problem)

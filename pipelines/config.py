@@ -40,10 +40,13 @@ ENVIRONMENT: dict[str, str] = {
     "PREFECT_API_URL": "Prefect server API; unset means Prefect's ephemeral API",
     "PREFECT_API_AUTH_STRING": "Prefect server basic auth 'user:password' (read by Prefect itself)",
     "CYCLEGAN_INCEPTION_WEIGHTS": "path or s3:// URI of the FID Inception weights",
+    "CYCLEGAN_CACHE_DIR": "folder for the measured auto decisions and converted OpenVINO models; unset means "
+                          "~/.cache/cyclegan of the machine that translates or trains",
 }
 
 # Read when set, left unset by the deployments in infra/ (their defaults are what a deployment wants).
-OPTIONAL_ENVIRONMENT = frozenset({"AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "RAY_TRAIN_V2_ENABLED"})
+OPTIONAL_ENVIRONMENT = frozenset({"AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "RAY_TRAIN_V2_ENABLED",
+                                  "CYCLEGAN_CACHE_DIR"})
 
 # Credentials MLflow and Prefect read themselves; a deployment sets them only where a process talks to
 # that server (the flow runs), never on the Ray nodes. Nothing here reads or logs them.
@@ -115,6 +118,8 @@ class Services(StrictModel):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; None means AWS S3")
     s3_region: str | None = Field(None, description="S3 region; None means boto3's chain, else us-east-1")
     inception_weights: str | None = Field(None, description="FID Inception weights: path, s3:// or 'torchvision'")
+    cache_dir: Path | None = Field(None, description="auto decisions and OpenVINO models; None: ~/.cache/cyclegan "
+                                   "of each machine that translates or trains")
 
 
 class PipelineConfig(StrictModel):
@@ -203,7 +208,14 @@ def services_from_env(env: Mapping[str, str], *, inception_weights: str | None =
         s3_endpoint_url=get("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
         s3_region=get("AWS_REGION", "AWS_DEFAULT_REGION"),
         inception_weights=inception_weights or get("CYCLEGAN_INCEPTION_WEIGHTS"),
+        cache_dir=cache_dir_from_env(env),
     )
+
+
+def cache_dir_from_env(env: Mapping[str, str]) -> Path | None:
+    """``CYCLEGAN_CACHE_DIR`` as an absolute path (None when unset: each machine's own default)."""
+    value = env.get("CYCLEGAN_CACHE_DIR")
+    return Path(value).expanduser().resolve() if value else None
 
 
 def resolve(config: PipelineConfig, env: Mapping[str, str] | None = None) -> ResolvedConfig:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from cyclegan_core.config import DataConfig, ModelConfig, StrictModel, TrainConfig
+from cyclegan_core.config import DataConfig, ModelConfig, Precision, StrictModel, TrainConfig
 from pipelines.config import (
     DEFAULT_ARTIFACT_ROOT,
     EvalSettings,
@@ -47,6 +47,7 @@ class DemoSettings(StrictModel):
     ngf: int = Field(16, ge=2)
     ndf: int = Field(16, ge=2)
     num_workers: int = Field(2, ge=1)
+    precision: Precision = Field("auto", description="train.precision (auto: measured on this CPU; fp32: official)")
     seed: int = 0
 
 
@@ -64,6 +65,7 @@ def demo_config(settings: DemoSettings) -> PipelineConfig:
             batch_size=4,
             lr=2e-4 * 2,
             pool_size=50,
+            precision=settings.precision,
             seed=settings.seed,
         ),
         data=DataConfig(preprocess="none", load_size=settings.image_size, crop_size=settings.image_size,

@@ -51,6 +51,18 @@ def drain_prefect_queues(timeout_s: float = 60) -> None:
     EventsWorker.drain_all(timeout=timeout_s)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backend_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's folder for measured ``auto`` decisions and converted OpenVINO models, never the user's
+    ~/.cache: each architecture is probed once per session. Commands the tests run get it as
+    CYCLEGAN_CACHE_DIR, library calls without a cache_dir through the patched default."""
+    folder = tmp_path_factory.mktemp("backend-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CYCLEGAN_CACHE_DIR", str(folder))
+        patch.setattr("cyclegan_core.backends.loading.default_cache_dir", lambda: folder)
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """Endpoint URL of a moto S3 server on loopback (the demo's embedded one); AWS_* variables point

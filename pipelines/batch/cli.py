@@ -17,7 +17,7 @@ from pipelines.cli.app import ExitCode, fail, print_json, refuse
 
 def translate_prefix(input_uri: str, output_uri: str, *, model: str, direction: str, batch_size: int,
                      device: str | None, actors: int | None, memory_budget: int | None, max_skipped: int | None,
-                     json_out: bool) -> None:
+                     json_out: bool, backend: str = "auto", precision: str = "auto") -> None:
     """Run the batch job and report it as ``cyclegan translate`` does (one line, the quarantine, --json)."""
     from pipelines.batch import batch_settings, translate_batch
     from pipelines.cli.models import missing_local_store
@@ -28,7 +28,7 @@ def translate_prefix(input_uri: str, output_uri: str, *, model: str, direction: 
     try:
         settings = batch_settings(input_uri, output_uri, model, env=os.environ, direction=direction,
                                   batch_size=batch_size, actors=actors, use_gpu=use_gpu, memory_budget=memory_budget,
-                                  max_quarantined=max_skipped)
+                                  max_quarantined=max_skipped, backend=backend, precision=precision)
     except ValueError as exc:
         refuse(str(exc))
     missing = missing_local_store(settings.services.tracking_uri)

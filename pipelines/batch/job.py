@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from cyclegan_core.backends import check_choice
 from cyclegan_core.config import StrictModel
 from cyclegan_core.pretrained import DIRECTIONS
 from pipelines.batch.planning import (
@@ -50,6 +51,9 @@ class BatchSettings(StrictModel):
     use_gpu: bool | None = Field(None, description="None: GPUs when the Ray cluster has any")
     cpus_per_actor: float = Field(1.0, gt=0)
     memory_budget: int | None = Field(None, ge=1, description="bytes per actor; an image over it is tiled")
+    backend: str = Field("auto", description="auto (measured on each node), torch or openvino (CPU actors)")
+    precision: str = Field("auto", description="auto, fp32, bf16 or fp16 (int8 needs calibration: local files only)")
+    cache_dir: Path | None = Field(None, description="auto decisions and OpenVINO models (None: each node's default)")
     max_quarantined: int | None = Field(0, ge=0, description="quarantined inputs tolerated (None: any number)")
     services: Services
 
@@ -100,8 +104,14 @@ def batch_settings(input_uri: str, output_uri: str, model_uri: str | None = None
     ValueError naming a bad URI, direction or option."""
     if options.get("direction", "AtoB") not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {options['direction']!r}")
+    backend, precision = str(options.get("backend", "auto")), str(options.get("precision", "auto"))
+    check_choice(backend, precision)
+    if precision == "int8":
+        raise ValueError("precision int8 calibrates on images of the job's input domain, which the batch job does "
+                         "not pick for its actors: use auto, fp32 or bf16 (int8: `cyclegan translate` on local files)")
+    services = services_from_env(env)
     settings = BatchSettings(input_uri=input_uri, output_uri=output_uri, model_uri=model_uri or default_model_uri(),
-                             services=services_from_env(env), **options)
+                             services=services, cache_dir=services.cache_dir, **options)
     source, output = locations(settings)
     if output.contains(source) or source.contains(output):
         raise ValueError(f"output {output_uri} and input {input_uri} overlap: outputs would be read back as inputs; "
@@ -208,7 +218,8 @@ def translate_with(settings: BatchSettings, model_dir: Path, model: ModelIdentit
                     pool.gpus_per_actor, pool.cpus_per_actor, settings.batch_size)
         spec = ActorSpec(source=source, root=root, model=model, direction=settings.direction,
                          batch_size=settings.batch_size, memory_budget=settings.memory_budget,
-                         device="cuda" if pool.gpus_per_actor else "cpu", threads=max(1, int(pool.cpus_per_actor)))
+                         device="cuda" if pool.gpus_per_actor else "cpu", threads=max(1, int(pool.cpus_per_actor)),
+                         backend=settings.backend, precision=settings.precision, cache_dir=settings.cache_dir)
         rows = run_on_ray(plan.work, spec, load_model_files(model_dir), pool, on_batch=on_batch)
     records = {record.source: record for record in plan.unchanged}
     records |= {row["source"]: InputRecord.model_validate({k: v or None for k, v in row.items()} | {"size": row["size"]})

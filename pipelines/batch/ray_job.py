@@ -3,7 +3,8 @@
 ``run_on_ray`` turns the work items into a dataset (one block per batch) and maps ``TranslateActor``
 over it: one actor per GPU when the run uses GPUs, CPU actors otherwise. Each actor loads the model
 once from the files the driver put in the object store (no MLflow access on the nodes), builds its own
-S3 client from its node's credential chain (nothing secret travels through Ray), and for each batch
+S3 client from its node's credential chain (nothing secret travels through Ray) and its backend
+(``load_translator``: the node's measured ``auto`` choice, OpenVINO on CPU actors here), and for each batch
 reads the inputs, decodes them (a bad image becomes a quarantine record, never an exception),
 translates (images over the memory budget go through the tiled path; one the budget cannot translate
 even by tiles fails alone with the budget's error, and the next run retries it), writes the PNGs with
@@ -55,6 +56,9 @@ class ActorSpec:
     memory_budget: int | None
     device: str
     threads: int
+    backend: str = "auto"
+    precision: str = "auto"
+    cache_dir: Path | None = None  # None: each node's default (cyclegan_core.backends.default_cache_dir)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class TranslateActor:
         import torch
 
         from cyclegan_core.atomic import scratch_folder
-        from cyclegan_core.translator import Translator
+        from cyclegan_core.backends import load_translator
         from pipelines.train.cluster import NodeCredentialsError, node_credentials_problem
 
         uses = [f"{what} {where.uri}" for what, where in (("reading", spec.source), ("writing", spec.root))
@@ -107,7 +111,10 @@ class TranslateActor:
             for rel, data in model_files.items():
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 (folder / rel).write_bytes(data)
-            self.translator = Translator.from_pretrained(folder, device=spec.device, memory_budget=spec.memory_budget)
+            # the node's measured auto decision and converted models are reused: a new actor does not convert again
+            self.translator = load_translator(folder, backend=spec.backend, precision=spec.precision,
+                                              device=spec.device, memory_budget=spec.memory_budget,
+                                              cache_dir=spec.cache_dir)
         self.direction = spec.direction if spec.direction in self.translator.directions else "AtoB"
         self.spec = spec
         self.source = open_store(spec.source)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from pipelines.cli.app import ExitCode, app, fail, print_json, refuse
-
-if TYPE_CHECKING:
-    from cyclegan_core.onnx_runtime import OnnxTranslator
 
 EXPORT_FORMATS = ("onnx",)
 
@@ -26,9 +23,9 @@ def export(
     opset: Annotated[int | None, typer.Option(min=18, help="ONNX opset, 18 or later (default: the exporter's)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print a summary as JSON (last line)")] = False,
 ) -> None:
-    """Export a model's generators as ONNX graphs with dynamic height and width, for ONNX runtimes.
+    """Export a model's generators as ONNX graphs with dynamic height and width, for other runtimes.
 
-    `cyclegan translate --backend onnxruntime --model OUT` runs them. Exits 4 on a bad model or output path.
+    Each graph is checked with onnxruntime against PyTorch. Exits 4 on a bad model or output path.
     """
     from cyclegan_core.atomic import scratch_folder
     from cyclegan_core.onnx_export import (
@@ -71,16 +68,3 @@ def export(
         print_json({"output": str(output_path), "format": export_format, "files": files, "opset": written.opset,
                     "size_multiple": written.size_multiple, "seconds": round(seconds, 3)})
 
-
-def onnx_translator(model_path: Path, scratch: Path, *, memory_budget: int | None) -> OnnxTranslator:
-    """An ``OnnxTranslator`` of ``model_path``: an ONNX export folder as it is, any other model (exported
-    PyTorch folder, generator folder, official .pth) exported into ``scratch`` first."""
-    from cyclegan_core.onnx_export import export_onnx, is_onnx_export
-    from cyclegan_core.onnx_runtime import OnnxTranslator
-    from cyclegan_core.translator import Translator
-
-    if not is_onnx_export(model_path):
-        typer.echo(f"{model_path} is not an ONNX export: exporting it to ONNX in the scratch folder {scratch} "
-                   "(`cyclegan export --format onnx` keeps one)", err=True)
-        model_path = export_onnx(Translator.from_pretrained(model_path, device="cpu"), scratch)
-    return OnnxTranslator.from_folder(model_path, memory_budget=memory_budget)

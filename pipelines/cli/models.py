@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -136,13 +137,18 @@ def translate(
     direction: Annotated[str, typer.Option(help="AtoB or BtoA (picks G_AB or G_BA of a model folder)")] = "AtoB",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
-    precision: Annotated[str, typer.Option(
-        help="auto (bf16 on CUDA and on CPUs with AMX-BF16, else fp32), fp32, bf16 or fp16",
-    )] = "auto",
     backend: Annotated[str, typer.Option(
-        help="torch, or onnxruntime: fp32 ONNX graphs on the CPU (--model: a `cyclegan export --format onnx` "
-        "folder; any other model is exported to a scratch folder first); no tiles: larger images are refused",
-    )] = "torch",
+        help="auto (the fastest path measured on this machine within 40 dB of fp32: torch or OpenVINO), torch, "
+        "or openvino (CPU)",
+    )] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (measured; bf16 on CUDA), fp32 (--backend torch --precision fp32: the official computation), "
+        "bf16, fp16 (torch), int8 (OpenVINO + NNCF, calibrated on --calibration or the first inputs)",
+    )] = "auto",
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="int8: a folder of images of the model's input domain to calibrate on (default: "
+        "the first 8 readable inputs)",
+    )] = None,
     max_skipped: Annotated[int, typer.Option(
         "--max-skipped", min=0, help="unreadable inputs tolerated: more exit 3 (partial)",
     )] = 0,
@@ -164,57 +170,62 @@ def translate(
     Exits 3 when inputs were skipped as unreadable (beyond --max-skipped), 4 on a bad path, device or model.
     """
     from cyclegan_core.atomic import scratch_folder
+    from cyclegan_core.backends import BACKENDS, PRECISIONS, check_choice
     from cyclegan_core.memory import parse_bytes
-    from cyclegan_core.precision import PRECISIONS
     from cyclegan_core.pretrained import DIRECTIONS, GeneratorLoadError
     from cyclegan_core.translate import check_device, plan_translation, translate_path
+    from pipelines.config import cache_dir_from_env
 
     if direction not in DIRECTIONS:
         fail(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}", ExitCode.USAGE)
-    if backend not in ("torch", "onnxruntime"):
-        fail(f"--backend must be torch or onnxruntime, got {backend!r}", ExitCode.USAGE)
+    if backend not in BACKENDS:
+        fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}", ExitCode.USAGE)
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", ExitCode.USAGE)
+    try:
+        check_choice(backend, precision)
+    except ValueError as exc:
+        fail(f"--backend {backend} --precision {precision}: {exc}", ExitCode.USAGE)
+    if calibration is not None and precision != "int8":
+        fail("--calibration is for --precision int8", ExitCode.USAGE)
+    cache_dir = cache_dir_from_env(os.environ)  # read once, here at the entry
     if input_path.startswith("s3://") or output_path.startswith("s3://"):
         from pipelines.batch.cli import translate_prefix
 
-        if backend != "torch":
-            fail("--backend onnxruntime translates local files; the s3:// batch job runs torch", ExitCode.USAGE)
-
+        if precision == "int8":
+            fail("--precision int8 translates local files (its calibration images are the job's first inputs); "
+                 "the s3:// batch job runs auto, fp32 or bf16", ExitCode.USAGE)
         try:
             budget = None if memory_budget is None else parse_bytes(memory_budget)
         except ValueError as exc:
             refuse(str(exc))
         return translate_prefix(input_path, output_path, model=model, direction=direction, batch_size=batch_size,
-                                device=device, actors=actors, memory_budget=budget,
-                                max_skipped=None if allow_skipped else max_skipped, json_out=json_out)
+                                device=device, actors=actors, memory_budget=budget, backend=backend,
+                                precision=precision, max_skipped=None if allow_skipped else max_skipped,
+                                json_out=json_out)
     input_path, output_path = Path(input_path), Path(output_path)  # type: ignore[assignment]
-    if backend == "onnxruntime" and device not in (None, "cpu"):
-        refuse(f"--backend onnxruntime runs on the CPU; --device {device} needs --backend torch")
-    if backend == "onnxruntime" and precision not in ("auto", "fp32"):
-        refuse(f"--backend onnxruntime runs the fp32 ONNX graphs; --precision {precision} needs --backend torch")
-    if precision not in PRECISIONS:
-        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", ExitCode.USAGE)
     try:  # the cheap checks before any download or model load
         plan_translation(input_path, output_path)
-        check_device(device)
+        resolved_device = check_device(device)
         budget = None if memory_budget is None else parse_bytes(memory_budget)
+        if calibration is not None and not calibration.is_dir():
+            raise FileNotFoundError(f"--calibration {calibration} is not a folder of images")
     except (OSError, ValueError) as exc:
         refuse(str(exc))
+    if resolved_device.type != "cpu" and (backend == "openvino" or precision == "int8"):
+        refuse(f"--backend openvino (and int8) runs on the CPU; --device {resolved_device} needs --backend torch")
     with scratch_folder("translate", name="model") as download_dir:  # a killed run's is swept by the next
         model_path = fetch_model(model, download_dir)
         try:
-            runner: Any = model_path
-            if backend == "onnxruntime":
-                from pipelines.cli.export import onnx_translator
-
-                runner = onnx_translator(model_path, download_dir / "onnx", memory_budget=budget)
-            summary = translate_path(runner, input_path, output_path, direction=direction,
-                                     batch_size=batch_size, device=device, precision=precision,
-                                     memory_budget=budget)
+            summary = translate_path(model_path, input_path, output_path, direction=direction, batch_size=batch_size,
+                                     device=resolved_device, backend=backend, precision=precision,
+                                     memory_budget=budget, cache_dir=cache_dir, calibration=calibration)
         except (GeneratorLoadError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
             refuse(str(exc))
         except OSError as exc:
             fail(f"cannot write the translations: {exc}")
     where = summary.outputs[0] if input_path.is_file() and summary.outputs else output_path
+    typer.echo(f"translated with {summary.backend}", err=True)
     typer.echo(f"translated {summary.translated} image(s) into {where} in {summary.seconds:.1f}s"
                + (f"; skipped {len(summary.skipped)}:" if summary.skipped else ""))
     for skipped in summary.skipped:

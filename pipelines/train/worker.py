@@ -21,10 +21,12 @@ import torch
 from ray.train.torch import get_device
 
 from cyclegan_core.atomic import scratch_folder
+from cyclegan_core.backends import training_precision
 from cyclegan_core.data import UnpairedDataset, build_dataloader
 from cyclegan_core.distributed import all_gather_float, all_reduce_mean, barrier, parameter_checksum
 from cyclegan_core.fit import EpochEnd, fit
 from cyclegan_core.model import CycleGAN
+from cyclegan_core.precision import ResolvedPrecision
 from pipelines.config import ResolvedConfig
 from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef
@@ -68,6 +70,18 @@ def worker_dataset_root(dataset: DatasetRef, config: ResolvedConfig, *, local_ra
     return dataset.root
 
 
+def cpu_precision(config: ResolvedConfig, device: torch.device, rank: int) -> ResolvedPrecision:
+    """What ``train.precision: auto`` runs on this worker's CPU: measured on this node once (the node's other
+    workers wait for it, then read it), fp32 when the precision is not auto or the device is a GPU."""
+    if device.type != "cpu" or config.train.precision != "auto":
+        return "fp32"
+    precision, reason = training_precision(config.model, crop_size=config.data.crop_size,
+                                           batch_size=config.train.batch_size, cache_dir=config.services.cache_dir)
+    if rank == 0:
+        logger.info("train.precision auto on this CPU: %s (%s)", precision, reason)
+    return precision
+
+
 def step_hook(model: CycleGAN, rank: int, after_step: AfterStep | None,
               after_step_model: AfterStepModel | None) -> Callable[[int], None] | None:
     """``fit``'s after_step: the test hooks of ``TrainHooks`` with this worker's model and rank."""
@@ -102,7 +116,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> str | None:
     require_node_credentials(config, ingests=not dataset.root.is_dir(), process=f"Ray Train worker rank {rank}")
     root = worker_dataset_root(dataset, config, local_rank=context.get_local_rank())
     # CycleGAN seeds with train.seed before building the nets: identical initial weights on every rank.
-    model = CycleGAN(config.model, config.train, device=device)
+    model = CycleGAN(config.model, config.train, device=device, cpu_auto=cpu_precision(config, device, rank))
     nodes = count_nodes()  # fixed for this worker group (a restart runs this function again)
     history: list[dict[str, float]] = []
     # Ray's latest checkpoint of this run, else the one the driver chose when Ray's was damaged.

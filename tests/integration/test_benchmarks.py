@@ -41,8 +41,10 @@ def load_script(name: str) -> ModuleType:
 
 
 def test_train_step_prints_one_line_per_configuration() -> None:
-    lines = run_script("train_step.py", *TINY_STEP, "--batch", "1", "2", "--steps", "2", "--warmup", "1")
-    assert [(line["batch"], line["precision"]) for line in lines] == [(1, "fp32"), (2, "fp32")]
+    lines = run_script("train_step.py", *TINY_STEP, "--batch", "1", "2", "--steps", "2", "--warmup", "1",
+                       "--precision", "fp32", "auto")
+    assert [(line["batch"], line["precision"]) for line in lines[:2]] == [(1, "fp32"), (2, "fp32")]
+    assert [(line["batch"], line["precision"] in ("fp32", "bf16")) for line in lines[2:]] == [(1, True), (2, True)]
     assert all(line["images_per_s"] > 0 and line["peak_mem_gib"] > 0 for line in lines)
     assert not any("official_h100_images_per_s" in line for line in lines), "not the official configuration"
 
@@ -130,15 +132,19 @@ def test_tiling_benchmark_compares_tiled_with_whole_and_measures_peak_rss() -> N
 
 
 def test_translate_benchmark_rates_configurations_against_fp32_eager_in_one_run() -> None:
-    lines = run_script("translate.py", "--generator", "resnet_6blocks", "--ngf", "4", "--sizes", "32", "--repeats",
-                       "2", "--threads", "1", "--configs", "fp32", "bf16_cl", "auto")
-    assert [(line["config"], line["size"], line["repeats"]) for line in lines] == [
-        ("fp32", 32, 2), ("bf16_cl", 32, 2), ("auto", 32, 2)]
-    fp32, bf16_cl, auto = lines
+    lines = run_script("translate.py", "--generator", "resnet_6blocks", "--ngf", "4", "--sizes", "32", "--batch", "1",
+                       "2", "--repeats", "2", "--threads", "1", "--calibration", "2", "--configs", "fp32", "bf16_cl",
+                       "openvino_fp32", "openvino_bf16", "openvino_int8", "auto")
+    configs = ["fp32", "bf16_cl", "openvino_fp32", "openvino_bf16", "openvino_int8", "auto"]
+    assert [(line["config"], line["batch"]) for line in lines] == [(c, b) for b in (1, 2) for c in configs]
+    by = {(line["config"], line["batch"]): line for line in lines}
+    fp32 = by[("fp32", 1)]
     assert fp32["speedup"] == fp32["speedup_paired"] == 1.0 and fp32["psnr_vs_fp32_db"] is None
     assert all(line["images_per_s"] > 0 and line["ms_per_image"] > 0 for line in lines)
-    assert 30 < bf16_cl["psnr_vs_fp32_db"] < 100, "bf16 is close to fp32 but not identical"
-    assert auto["auto_resolves_to"] == ("bf16" if auto["fast_cpu_bf16"] else "fp32")
+    assert 30 < by[("bf16_cl", 1)]["psnr_vs_fp32_db"] < 100, "bf16 is close to fp32 but not identical"
+    assert by[("openvino_fp32", 2)]["psnr_vs_fp32_db"] is None or by[("openvino_fp32", 2)]["psnr_vs_fp32_db"] > 80
+    assert by[("openvino_int8", 1)]["psnr_vs_fp32_db"] > 15
+    assert by[("auto", 1)]["auto_chose"].split()[0] in ("torch", "openvino")
 
 
 def test_checkpoint_upload_costs_are_the_epoch_boundaries_beyond_a_step() -> None:
@@ -157,3 +163,22 @@ def test_checkpoint_upload_prints_the_blocked_time_of_each_configuration() -> No
     (line,) = lines
     assert line["config"] == "async" and len(line["blocked_s"]) == 1 and line["median_step_s"] > 0
     assert line["checkpoint_mb"] > 0 and line["fit_wall_s"] > 0 and line["steps_per_epoch"] == 2
+
+
+def test_backend_quality_compares_every_backend_with_torch_fp32_on_the_task_metric(tmp_path: Path) -> None:
+    from cyclegan_core.config import ModelConfig
+    from cyclegan_core.networks import generator_from_config
+    from cyclegan_core.pretrained import swapped_channels
+    from cyclegan_core.synthetic import make_synthetic_dataset
+    from cyclegan_core.translator import Translator
+
+    cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
+    model = Translator(generator_from_config(cfg), generator_from_config(swapped_channels(cfg)), cfg).save_pretrained(
+        tmp_path / "model")
+    data = make_synthetic_dataset(tmp_path / "synthetic", size=32, n_train=4, n_test=3, seed=0)
+    lines = run_script("backend_quality.py", "--model", str(model), "--data", str(data), "--calibration", "2")
+    assert [(line["backend"], line["precision"]) for line in lines] == [
+        ("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+    assert lines[0]["vs_fp32_paired_db"] == 0 and lines[0]["output_vs_fp32_db"] is None
+    assert all(line["images"] == 3 and line["paired_psnr_db"] > 0 for line in lines)
+    assert lines[3]["calibration_images"] == 2

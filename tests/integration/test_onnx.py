@@ -1,6 +1,6 @@
-"""ONNX export and the onnxruntime backend: `cyclegan export --format onnx` writes both generators with
-dynamic height and width; onnxruntime reproduces PyTorch on sizes that need padding (ResNet, the
-AdaLIN generator, U-Net); `cyclegan translate --backend onnxruntime` uses the export."""
+"""ONNX export: `cyclegan export --format onnx` writes both generators with dynamic height and width;
+onnxruntime reproduces PyTorch on sizes that need padding (ResNet, the AdaLIN generator, U-Net). ONNX
+exports are for other runtimes: `cyclegan translate` refuses one, naming the model it came from."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from typer.testing import CliRunner
 from cyclegan_core.config import ModelConfig
 from cyclegan_core.networks import generator_from_config
 from cyclegan_core.onnx_export import export_onnx, read_onnx_export
-from cyclegan_core.onnx_runtime import OnnxTranslator
 from cyclegan_core.pretrained import swapped_channels
-from cyclegan_core.translator import Translator
+from cyclegan_core.translator import Translator, pad_to_multiple
 from pipelines.cli import app
 from pipelines.cli.app import ExitCode
 
@@ -42,10 +41,25 @@ def random_batch(channels: int, height: int, width: int, seed: int = 0) -> np.nd
     return np.random.default_rng(seed).uniform(-1, 1, (2, channels, height, width)).astype(np.float32)
 
 
-def max_difference(onnx: OnnxTranslator, translator: Translator, direction: str, size: tuple[int, int]) -> float:
+def onnx_run(folder: Path, direction: str, x: np.ndarray) -> np.ndarray:
+    """The export's graph of ``direction`` run by onnxruntime, padded and cropped as ``Translator`` does."""
+    import onnxruntime as ort
+
+    export = read_onnx_export(folder)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / export.generators[direction].file), options,
+                                   providers=["CPUExecutionProvider"])
+    height, width = x.shape[-2:]
+    padded, (left, _, top, _) = pad_to_multiple(torch.from_numpy(x), export.size_multiple)
+    out = session.run([export.output_name], {export.input_name: padded.numpy()})[0]
+    return np.clip(out[:, :, top:top + height, left:left + width], -1.0, 1.0)
+
+
+def max_difference(folder: Path, translator: Translator, direction: str, size: tuple[int, int]) -> float:
     x = random_batch(translator.input_channels(direction), *size)
     expected = translator.translate_tensor(torch.from_numpy(x), direction=direction, precision="fp32").numpy()
-    got = onnx.translate_array(x, direction)
+    got = onnx_run(folder, direction, x)
     assert got.shape == expected.shape
     return float(np.abs(got - expected).max())
 
@@ -78,9 +92,8 @@ def test_export_writes_both_generators_with_dynamic_height_and_width(resnet: dic
 
 @pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
 def test_resnet_onnx_matches_pytorch_on_sizes_that_need_padding(resnet: dict[str, Path], direction: str) -> None:
-    onnx_translator = OnnxTranslator.from_folder(resnet["onnx"], threads=1)
     translator = Translator.from_pretrained(resnet["model"], device="cpu")
-    differences = [max_difference(onnx_translator, translator, direction, size) for size in SIZES]
+    differences = [max_difference(resnet["onnx"], translator, direction, size) for size in SIZES]
     assert max(differences) <= PARITY_BOUND, differences
 
 
@@ -93,33 +106,18 @@ def test_onnx_matches_pytorch_for_other_generators(tmp_path: Path, generator: st
                                                    sizes: tuple[tuple[int, int], ...]) -> None:
     cfg = ModelConfig(generator=generator, ngf=4)
     translator = Translator(tiny_generator(cfg, 3), None, cfg)
-    onnx_translator = OnnxTranslator.from_folder(export_onnx(translator, tmp_path / "onnx"), threads=1)
-    differences = [max_difference(onnx_translator, translator, "AtoB", size) for size in sizes]
+    folder = export_onnx(translator, tmp_path / "onnx")
+    differences = [max_difference(folder, translator, "AtoB", size) for size in sizes]
     assert max(differences) <= PARITY_BOUND, differences
 
 
-def test_translate_with_backend_onnxruntime_writes_the_pixels_of_torch(resnet: dict[str, Path],
+def test_translate_refuses_an_onnx_export_naming_the_model_it_came_from(resnet: dict[str, Path],
                                                                        tmp_path: Path) -> None:
-    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (45, 70, 3), dtype=np.uint8))
-    image.save(tmp_path / "in.png")
-    for backend, model in (("onnxruntime", resnet["onnx"]), ("torch", resnet["model"])):
-        done = CliRunner().invoke(app, ["translate", "--backend", backend, "--model", str(model), "--direction", "BtoA",
-                                        "--precision", "fp32", str(tmp_path / "in.png"), str(tmp_path / f"{backend}.png"),
-                                        "--json"])
-        assert done.exit_code == 0, done.output
-        assert json.loads(done.stdout.strip().splitlines()[-1])["model"] == str(model)
-    onnx_pixels = np.asarray(Image.open(tmp_path / "onnxruntime.png")).astype(int)
-    torch_pixels = np.asarray(Image.open(tmp_path / "torch.png")).astype(int)
-    assert onnx_pixels.shape == (45, 70, 3)
-    # values within PARITY_BOUND of a rounding boundary may land one level apart (127.5 * 1e-5 of a level)
-    assert np.abs(onnx_pixels - torch_pixels).max() <= 1
-    assert np.mean(onnx_pixels != torch_pixels) < 0.001
-
-
-def test_an_image_over_the_memory_budget_is_refused_naming_the_torch_backend(resnet: dict[str, Path]) -> None:
-    onnx_translator = OnnxTranslator.from_folder(resnet["onnx"], memory_budget=1)
-    with pytest.raises(ValueError, match=r"does not translate by tiles: use --backend torch"):
-        onnx_translator([Image.new("RGB", (64, 48))])
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    done = CliRunner().invoke(app, ["translate", "--model", str(resnet["onnx"]), str(tmp_path / "in.png"),
+                                    str(tmp_path / "out.png")])
+    assert done.exit_code == ExitCode.REFUSED, done.output
+    assert "is an ONNX export" in " ".join(done.output.split()) and not (tmp_path / "out.png").exists()
 
 
 def test_export_of_a_bad_model_exits_refused_and_writes_nothing(tmp_path: Path) -> None:
@@ -128,11 +126,3 @@ def test_export_of_a_bad_model_exits_refused_and_writes_nothing(tmp_path: Path) 
     assert done.exit_code == ExitCode.REFUSED, done.output
     assert "broken.pth is not a readable PyTorch checkpoint" in " ".join(done.output.split())
     assert not (tmp_path / "out").exists()
-
-
-def test_backend_onnxruntime_refuses_another_device_before_any_model_load(tmp_path: Path) -> None:
-    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
-    done = CliRunner().invoke(app, ["translate", "--backend", "onnxruntime", "--device", "cuda:0", "--model",
-                                    str(tmp_path / "no-such-model"), str(tmp_path / "in.png"), str(tmp_path / "o.png")])
-    assert done.exit_code == ExitCode.REFUSED, done.output
-    assert "--backend onnxruntime runs on the CPU; --device cuda:0 needs --backend torch" in " ".join(done.output.split())

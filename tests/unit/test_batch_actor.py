@@ -50,7 +50,8 @@ def actor(tmp_path: Path, model_dir: Path, memory_budget: int | None = None) -> 
     (tmp_path / "in" / "large.png").write_bytes(png(LARGE, 2))
     spec = ActorSpec(source=parse_location(str(tmp_path / "in")), root=parse_location(str(tmp_path / "out")),
                      model=ModelIdentity(name="tiny", version="1", uri=str(model_dir), resolved_uri=str(model_dir)),
-                     direction="AtoB", batch_size=2, memory_budget=memory_budget, device="cpu", threads=1)
+                     direction="AtoB", batch_size=2, memory_budget=memory_budget, device="cpu", threads=1,
+                     backend="torch", precision="fp32")  # OpenVINO's tiles: tests/integration/test_openvino.py
     return TranslateActor(load_model_files(model_dir), spec)
 
 

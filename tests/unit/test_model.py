@@ -11,7 +11,6 @@ import torch
 from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.losses import GANLoss
 from cyclegan_core.model import GP_KEYS, LOSS_KEYS, CycleGAN
-from cyclegan_core.precision import fast_cpu_bf16
 
 # 16x16 images: a 2-layer PatchGAN still has 2x2 patches to instance-normalise (the 3-layer one needs 32x32)
 TINY = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=8, ndf=8)
@@ -134,8 +133,10 @@ def test_mixed_precision_step_keeps_fp32_weights(precision: str) -> None:
     assert model.scaler.is_enabled() == (precision == "fp16")
 
 
-def test_auto_precision_on_cpu_is_bf16_only_with_fast_bf16() -> None:
-    assert CycleGAN(TINY, TrainConfig(precision="auto")).precision == ("bf16" if fast_cpu_bf16() else "fp32")
+def test_auto_precision_on_cpu_is_what_the_entry_measured_and_fp32_without_a_measurement() -> None:
+    assert CycleGAN(TINY, TrainConfig(precision="auto")).precision == "fp32"
+    assert CycleGAN(TINY, TrainConfig(precision="auto"), cpu_auto="bf16").precision == "bf16"
+    assert CycleGAN(TINY, TrainConfig(precision="fp32"), cpu_auto="bf16").precision == "fp32"
 
 
 def test_cpu_training_is_channels_last_in_bf16_and_nchw_in_fp32() -> None:

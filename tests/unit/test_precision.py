@@ -1,37 +1,28 @@
-"""Precision: what "auto" means on each device and CPU, and the memory format that goes with it."""
+"""Precision: what "auto" means on each device (the measured CPU choice passed in), and its memory format."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cyclegan_core.precision import channels_last_on, fast_cpu_bf16, resolve_precision
+from cyclegan_core.precision import channels_last_on, resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-SAPPHIRE_RAPIDS = {"avx512_f": True, "avx512_bf16": True, "amx_tile": True, "amx_bf16": True}
-ICE_LAKE = {"avx512_f": True, "avx512_vnni": True, "avx512_bf16": False, "amx_tile": False, "amx_bf16": False}
-ZEN_4 = {"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}
 
 
-@pytest.mark.parametrize(("capabilities", "fast"), [(SAPPHIRE_RAPIDS, True), (ICE_LAKE, False), (ZEN_4, False),
-                                                    ({}, False)])
-def test_only_cpus_with_amx_bf16_count_as_fast_bf16(capabilities: dict[str, bool], fast: bool) -> None:
-    assert fast_cpu_bf16(capabilities) is fast
+@pytest.mark.parametrize(("device", "cpu_auto", "expected"), [(CUDA, "fp32", "bf16"), (CPU, "bf16", "bf16"),
+                                                              (CPU, "fp32", "fp32")])
+def test_auto_is_bf16_on_cuda_and_the_measured_choice_on_cpu(device: torch.device, cpu_auto: str,
+                                                             expected: str) -> None:
+    assert resolve_precision("auto", device, cpu_auto=cpu_auto) == expected  # type: ignore[arg-type]
 
 
-def test_this_hosts_answer_comes_from_torchs_capabilities() -> None:
-    assert fast_cpu_bf16() is bool(torch.cpu.get_capabilities().get("amx_bf16"))
+def test_unmeasured_auto_on_cpu_is_fp32_the_official_computation() -> None:
+    assert resolve_precision("auto", CPU) == "fp32"
 
 
-@pytest.mark.parametrize(("device", "cpu_bf16", "expected"), [(CUDA, False, "bf16"), (CPU, True, "bf16"),
-                                                              (CPU, False, "fp32")])
-def test_auto_is_bf16_on_cuda_and_on_fast_bf16_cpus_else_fp32(device: torch.device, cpu_bf16: bool,
-                                                              expected: str) -> None:
-    assert resolve_precision("auto", device, cpu_bf16=cpu_bf16) == expected
-
-
-def test_explicit_precisions_are_kept_whatever_the_cpu() -> None:
-    assert [resolve_precision(p, CPU, cpu_bf16=True) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+def test_explicit_precisions_are_kept_whatever_was_measured() -> None:
+    assert [resolve_precision(p, CPU, cpu_auto="bf16") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
 
 
 def test_an_unknown_precision_names_the_choices() -> None:

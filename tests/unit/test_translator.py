@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cyclegan_core import precision
 from cyclegan_core.checkpoint import save_checkpoint
 from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.memory import forward_bytes, used_bytes
@@ -121,13 +120,16 @@ def test_an_fp32_call_after_bf16_is_the_nchw_generators_exact_output() -> None:
         assert torch.equal(fp32, reference(x))
 
 
-def test_auto_on_a_cpu_with_amx_bf16_is_bf16_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "_host_capabilities", lambda: {"amx_tile": True, "amx_bf16": True})
-    translator, _ = _fresh_translator()
+def test_the_bound_precision_is_what_a_call_without_one_runs() -> None:
+    translator, reference = _fresh_translator()
     x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(translator.translate_tensor(x), reference(x))  # auto, unmeasured, on CPU: fp32
+    translator.precision = "bf16"
     auto = translator.translate_tensor(x)
     assert _first_conv_weight(translator.generator()).is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(auto, translator.translate_tensor(x, precision="bf16"))
+    assert translator.describe().startswith("torch bf16")
 
 
 def test_bf16_tiles_at_their_own_size_stay_close_to_fp32_tiles() -> None:
