@@ -24,9 +24,10 @@ def serve(
                                                                    "is tried again")] = 60.0,
     start_timeout_s: Annotated[float, typer.Option("--start-timeout-s", help="how long a version's replicas may take "
                                                                        "to start")] = 600.0,
-    backend: Annotated[str, typer.Option(help="inference backend of the replicas")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA and on CPUs with fast bf16, else fp32), fp32, "
-                                          "bf16, fp16")] = "auto",
+    backend: Annotated[str, typer.Option(help="inference backend of the replicas: auto (measured on the replica's "
+                                        "machine), torch, openvino (CPU)")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (measured; bf16 on CUDA), fp32 (--backend torch --precision fp32: "
+                                          "the official computation), bf16, fp16 (torch)")] = "auto",
     min_replicas: Annotated[int, typer.Option(help="model replicas kept running")] = 1,
     max_replicas: Annotated[int, typer.Option(help="model replicas autoscaling may add up to")] = 1,
     target_ongoing_requests: Annotated[float, typer.Option(help="autoscaling aims at this many requests per replica")
@@ -48,6 +49,7 @@ def serve(
     from pydantic import ValidationError
 
     from cyclegan_core.memory import parse_bytes
+    from pipelines.config import cache_dir_from_env
     from pipelines.registry.session import RegistryError, check_reachable
     from pipelines.serving.server import serve_application
     from pipelines.serving.settings import ServeSettings
@@ -66,7 +68,7 @@ def serve(
             min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
             replica_cpus=replica_cpus, replica_gpus=replica_gpus, max_batch_size=max_batch_size,
             batch_wait_s=batch_wait_s, memory_budget=None if memory_budget is None else parse_bytes(memory_budget),
-            max_body_bytes=parse_bytes(max_body_size))
+            max_body_bytes=parse_bytes(max_body_size), cache_dir=cache_dir_from_env(os.environ))
     except (ValidationError, ValueError) as exc:
         refuse(" ".join(str(exc).split()))
     try:

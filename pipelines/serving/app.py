@@ -37,8 +37,10 @@ def front_app(settings: ServeSettings) -> serve.Application:
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The application from a Serve config's ``args`` (validated as ``ServeSettings``). This is an entry
     point: an ``args`` without ``tracking_uri`` takes ``MLFLOW_TRACKING_URI`` of the environment it is
-    built in (a RayService's pods get it from the ConfigMap)."""
-    from pipelines.config import services_from_env
+    built in (a RayService's pods get it from the ConfigMap), and one without ``cache_dir`` takes
+    ``CYCLEGAN_CACHE_DIR``."""
+    from pipelines.config import cache_dir_from_env, services_from_env
 
-    settings = ServeSettings.model_validate({"tracking_uri": services_from_env(os.environ).tracking_uri, **args})
+    defaults = {"tracking_uri": services_from_env(os.environ).tracking_uri, "cache_dir": cache_dir_from_env(os.environ)}
+    settings = ServeSettings.model_validate({**defaults, **args})
     return front_app(settings)

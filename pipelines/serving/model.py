@@ -2,9 +2,9 @@
 images of concurrent requests in batches (``@serve.batch``; images of equal size go through the network
 together, as ``Translator.__call__`` groups them).
 
-``load_for_serving`` is the one place a replica turns a downloaded model folder into a translator, with
-the backend, precision and device of the serve settings bound (issue 24's
-``cyclegan_core.load_translator`` takes its place there).
+``load_for_serving`` is the one place a replica turns a downloaded model folder into a translator:
+``cyclegan_core.backends.load_translator`` with the serve settings' backend, precision, device, memory
+budget and cache folder (so ``auto`` is what this machine measured, as for ``cyclegan translate``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from ray import serve
 from pipelines.serving.settings import ServeSettings, settings_fingerprint
 
 if TYPE_CHECKING:
-    from PIL import Image
-
-    from cyclegan_core.translator import Translator
+    from cyclegan_core.backends import TranslatorLike
 
 # Serve sets up this logger in every replica (its log file and stderr; a pod's log on Kubernetes)
 log = logging.getLogger("ray.serve")
@@ -39,37 +37,13 @@ class ModelLoadError(RuntimeError):
     """A version's replica could not download or load its model; the message is one line."""
 
 
-class BoundTranslator:
-    """A ``Translator`` with its precision bound at load time and a memory budget of its own (copies made
-    with ``copy.copy`` share the generators but not the budget): the interface issue 24's
-    ``load_translator`` returns."""
-
-    def __init__(self, translator: Translator, *, precision: str) -> None:
-        self._translator = translator
-        self.precision = precision
-        self.memory_budget = translator.memory_budget
-        self.directions = translator.directions
-
-    def __call__(self, images: Sequence[Image.Image], *, direction: str = "AtoB", batch_size: int = 8
-                 ) -> list[Image.Image]:
-        translator = copy.copy(self._translator)
-        translator.memory_budget = self.memory_budget
-        return translator(images, direction=direction, batch_size=batch_size, precision=self.precision)
-
-    def describe(self) -> str:
-        from cyclegan_core.precision import resolve_precision
-
-        resolved = resolve_precision(self.precision, self._translator.device)
-        return f"torch {resolved} on {self._translator.device} (precision {self.precision})"
-
-
-def load_for_serving(folder: Path, settings: ServeSettings) -> BoundTranslator:
+def load_for_serving(folder: Path, settings: ServeSettings) -> TranslatorLike:
     """The translator of a downloaded model folder, as the serve settings ask (backend, precision,
-    device, memory budget)."""
-    from cyclegan_core.translator import Translator
+    device, memory budget, cache folder of the measured decision and the converted models)."""
+    from cyclegan_core.backends import load_translator
 
-    translator = Translator.from_pretrained(folder, device=settings.device, memory_budget=settings.memory_budget)
-    return BoundTranslator(translator, precision=settings.precision)
+    return load_translator(folder, backend=settings.backend, precision=settings.precision, device=settings.device,
+                           memory_budget=settings.memory_budget, cache_dir=settings.cache_dir)
 
 
 @dataclass(frozen=True)
@@ -162,6 +136,7 @@ class ModelReplica:
         from pipelines.registry.operations import download_model
 
         self.settings, self.version = settings, version
+        _set_torch_threads(settings.torch_threads)  # before loading: OpenVINO compiles for torch's thread count
         # one inference thread: batches run one at a time, each on the replica's torch threads
         self._executor = ThreadPoolExecutor(max_workers=1, initializer=_set_torch_threads,
                                             initargs=(settings.torch_threads,))

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from cyclegan_core.config import Precision, StrictModel
+from cyclegan_core.backends.interface import BACKENDS, PRECISIONS, check_choice
+from cyclegan_core.config import StrictModel
 
-# The loading backends this build knows (pipelines.serving.model.load_for_serving); issue 24's
-# cyclegan_core.load_translator adds its own ("openvino", ...): switch this list with the loader.
-BACKENDS = ("auto", "torch")
+# what a replica may be asked for: int8 calibrates on images of the model's input domain, which a server
+# does not have before its first request
+SERVE_PRECISIONS = tuple(precision for precision in PRECISIONS if precision != "int8")
 # Serve application names: the front (HTTP routes + the rollout watcher) and the model replicas, which
 # the watcher redeploys for each version (a separate application, so a switch never restarts the front).
 MODEL_APP_SUFFIX = "-model"
@@ -37,7 +39,10 @@ class ServeSettings(StrictModel):
     start_timeout_s: float = Field(600.0, gt=0, description="how long a version's replicas may take to start")
     # the model replicas
     backend: str = Field("auto", description=f"inference backend: {', '.join(BACKENDS)}")
-    precision: Precision = Field("auto", description="auto: bf16 on CUDA and on CPUs with fast bf16, else fp32")
+    precision: str = Field("auto", description="auto: measured on the replica's machine (bf16 on CUDA); "
+                                               f"{', '.join(SERVE_PRECISIONS[1:])}")
+    cache_dir: Path | None = Field(None, description="where replicas keep the measured auto decision and converted "
+                                                     "OpenVINO models (None: each node's ~/.cache/cyclegan)")
     min_replicas: int = Field(1, ge=1, description="model replicas kept running")
     max_replicas: int = Field(1, ge=1, description="model replicas autoscaling may add up to")
     target_ongoing_requests: float = Field(4.0, gt=0, description="autoscaling aims at this many requests per replica")
@@ -57,10 +62,23 @@ class ServeSettings(StrictModel):
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {value!r}")
         return value
 
+    @field_validator("precision")
+    @classmethod
+    def _served_precision(cls, value: str) -> str:
+        if value == "int8":
+            raise ValueError("precision int8 calibrates on images of the model's input domain, which a server does "
+                             "not have: use auto, fp32 or bf16 (int8: `cyclegan translate` on local files)")
+        if value not in SERVE_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(SERVE_PRECISIONS)}, got {value!r}")
+        return value
+
     @model_validator(mode="after")
-    def _replica_bounds(self) -> ServeSettings:
+    def _consistent(self) -> ServeSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})")
+        check_choice(self.backend, self.precision)
+        if self.backend == "openvino" and self.replica_gpus > 0:
+            raise ValueError("backend openvino runs on the CPU; replica_gpus > 0 needs backend torch or auto")
         return self
 
     @property

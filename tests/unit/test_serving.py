@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from cyclegan_core.networks import build_generator
 from cyclegan_core.translator import Translator
 from pipelines.embedded import free_port
 from pipelines.promotion.flow import RolloutOutcome, summary_markdown
-from pipelines.serving.model import BoundTranslator, TranslateItem, load_error_reason, translate_items
+from pipelines.serving.model import TranslateItem, load_error_reason, load_for_serving, translate_items
 from pipelines.serving.scoring import ScoringError, check_length, parse_image_body, parse_invocation
 from pipelines.serving.served import wait_until_served
 from pipelines.serving.server import status_change
@@ -120,7 +121,10 @@ def test_gpu_replicas_run_on_cuda_and_cpu_replicas_use_their_cpus_as_threads() -
 
 
 @pytest.mark.parametrize(("overrides", "field"), [
-    ({"backend": "tensorrt"}, "backend must be one of auto, torch"),
+    ({"backend": "tensorrt"}, "backend must be one of auto, torch, openvino"),
+    ({"precision": "int8"}, "precision int8 calibrates on images of the model's input domain"),
+    ({"backend": "openvino", "precision": "fp16"}, "backend openvino computes fp32, bf16, int8, not fp16"),
+    ({"backend": "openvino", "replica_gpus": 1}, "backend openvino runs on the CPU"),
     ({"min_replicas": 3, "max_replicas": 2}, "min_replicas (3) must not exceed max_replicas (2)"),
     ({"poll_s": 0}, "poll_s"),
     ({"precision": "int4"}, "precision"),
@@ -203,10 +207,10 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read() -> None:
 
 
 @pytest.fixture(scope="module")
-def translator() -> BoundTranslator:
+def translator() -> Translator:
     torch.manual_seed(0)
     nets = [build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm) for _ in range(2)]
-    return BoundTranslator(Translator(nets[0], nets[1], TINY), precision="fp32")
+    return Translator(nets[0], nets[1], TINY, precision="fp32")
 
 
 def pixels(size: tuple[int, int], seed: int) -> np.ndarray:
@@ -220,7 +224,7 @@ def decoded(answer: Any) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(answer.png)))
 
 
-def test_a_batch_answers_in_order_each_image_as_alone(translator: BoundTranslator) -> None:
+def test_a_batch_answers_in_order_each_image_as_alone(translator: Translator) -> None:
     images = [pixels((24, 20), 1), pixels((16, 12), 2), pixels((24, 20), 3)]
     items = [TranslateItem(images[0], "AtoB", None), TranslateItem(images[1], "BtoA", None),
              TranslateItem(images[2], "AtoB", None)]
@@ -240,7 +244,7 @@ def holding_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_image_over_the_request_budget_is_tiled_and_one_no_tile_fits_fails_alone(
-        translator: BoundTranslator, holding_nothing: None, caplog: pytest.LogCaptureFixture) -> None:
+        translator: Translator, holding_nothing: None, caplog: pytest.LogCaptureFixture) -> None:
     small, large = pixels((24, 20), 1), pixels((1200, 1000), 2)
     assert forward_bytes(TINY, 20, 24) < 80 * MiB < 150 * MiB < forward_bytes(TINY, 1000, 1200)
     items = [TranslateItem(large, "AtoB", 150 * MiB), TranslateItem(small, "AtoB", 80 * MiB),
@@ -254,7 +258,7 @@ def test_an_image_over_the_request_budget_is_tiled_and_one_no_tile_fits_fails_al
     assert "raise the budget" in refused.error
 
 
-def test_a_request_budget_never_exceeds_the_replicas(translator: BoundTranslator) -> None:
+def test_a_request_budget_never_exceeds_the_replicas(translator: Translator) -> None:
     from pipelines.serving.model import with_budget
 
     translator.memory_budget = 100 * MiB
@@ -266,8 +270,22 @@ def test_a_request_budget_never_exceeds_the_replicas(translator: BoundTranslator
         translator.memory_budget = None
 
 
+def test_a_replica_loads_through_load_translator_with_the_settings_choice(tmp_path: Path, holding_nothing: None
+                                                                         ) -> None:
+    torch.manual_seed(0)
+    nets = [build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm) for _ in range(2)]
+    folder = Translator(nets[0], nets[1], TINY).save_pretrained(tmp_path / "model")
+    loaded = load_for_serving(folder, settings(backend="torch", precision="fp32", memory_budget=100 * MiB,
+                                               cache_dir=tmp_path / "cache"))
+    assert isinstance(loaded, Translator) and loaded.memory_budget == 100 * MiB
+    assert loaded.describe().startswith("torch fp32")
+    image = Image.fromarray(pixels((16, 12), 0))
+    official = Translator(nets[0], nets[1], TINY, precision="fp32")([image])[0]
+    assert np.array_equal(np.asarray(loaded([image])[0]), np.asarray(official))
+
+
 def test_a_direction_the_model_lacks_is_a_client_error() -> None:
-    one = BoundTranslator(Translator(build_generator(TINY.generator, ngf=TINY.ngf), None, TINY), precision="fp32")
+    one = Translator(build_generator(TINY.generator, ngf=TINY.ngf), None, TINY, precision="fp32")
     (answer,) = translate_items(one, [TranslateItem(pixels((8, 8), 0), "BtoA", None)], "1")
     assert answer.client_error and "no BtoA generator" in answer.error
 
