@@ -42,11 +42,15 @@ ENVIRONMENT: dict[str, str] = {
     "CYCLEGAN_INCEPTION_WEIGHTS": "path or s3:// URI of the FID Inception weights",
     "CYCLEGAN_CACHE_DIR": "folder for the measured auto decisions and converted OpenVINO models; unset means "
                           "~/.cache/cyclegan of the machine that translates or trains",
+    "CYCLEGAN_BACKEND": "backend of the registered model when MLflow loads it (mlflow models serve, "
+                        "mlflow.pyfunc.load_model): auto, torch, openvino; unset means auto",
+    "CYCLEGAN_PRECISION": "precision of the registered model when MLflow loads it: auto, fp32, bf16, fp16, int8 "
+                          "is refused (no calibration images); unset means auto",
 }
 
 # Read when set, left unset by the deployments in infra/ (their defaults are what a deployment wants).
 OPTIONAL_ENVIRONMENT = frozenset({"AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "RAY_TRAIN_V2_ENABLED",
-                                  "CYCLEGAN_CACHE_DIR"})
+                                  "CYCLEGAN_CACHE_DIR", "CYCLEGAN_BACKEND", "CYCLEGAN_PRECISION"})
 
 # Credentials MLflow and Prefect read themselves; a deployment sets them only where a process talks to
 # that server (the flow runs), never on the Ray nodes. Nothing here reads or logs them.
@@ -216,6 +220,22 @@ def cache_dir_from_env(env: Mapping[str, str]) -> Path | None:
     """``CYCLEGAN_CACHE_DIR`` as an absolute path (None when unset: each machine's own default)."""
     value = env.get("CYCLEGAN_CACHE_DIR")
     return Path(value).expanduser().resolve() if value else None
+
+
+def inference_choice_from_env(env: Mapping[str, str]) -> tuple[str, str]:
+    """``(CYCLEGAN_BACKEND, CYCLEGAN_PRECISION)``, ``auto`` when unset: how MLflow's loading of the registered
+    model (which takes no arguments) picks its backend. A bad value raises ValueError naming the variable."""
+    from cyclegan_core.backends.interface import check_choice
+
+    backend, precision = env.get("CYCLEGAN_BACKEND") or "auto", env.get("CYCLEGAN_PRECISION") or "auto"
+    try:
+        check_choice(backend, precision)
+    except ValueError as exc:
+        raise ValueError(f"CYCLEGAN_BACKEND={backend} CYCLEGAN_PRECISION={precision}: {exc}") from None
+    if precision == "int8":
+        raise ValueError("CYCLEGAN_PRECISION=int8: int8 calibrates on images of the model's input domain, which "
+                         "MLflow's loading has none of; use auto, fp32 or bf16")
+    return backend, precision
 
 
 def resolve(config: PipelineConfig, env: Mapping[str, str] | None = None) -> ResolvedConfig:

@@ -102,11 +102,13 @@ class ImageTranslationModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from cyclegan_core.backends import load_translator
-        from pipelines.config import cache_dir_from_env
+        from pipelines.config import cache_dir_from_env, inference_choice_from_env
 
-        # the serving process's entry: auto is torch bf16 on CUDA, the measured fastest path on a CPU
-        self._translator = load_translator(Path(context.artifacts[GENERATORS_ARTIFACT]),
-                                           cache_dir=cache_dir_from_env(os.environ))
+        # the serving process's entry: auto is torch bf16 on CUDA, the measured fastest path on a CPU;
+        # MLflow passes no arguments, so CYCLEGAN_BACKEND / CYCLEGAN_PRECISION may fix the choice
+        backend, precision = inference_choice_from_env(os.environ)
+        self._translator = load_translator(Path(context.artifacts[GENERATORS_ARTIFACT]), backend=backend,
+                                           precision=precision, cache_dir=cache_dir_from_env(os.environ))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:

@@ -35,7 +35,6 @@ from pipelines.embedded import free_port
 from pipelines.promotion.state import record_rollout
 from tests.conftest import _stop_process_group, wait_http
 from tests.integration.test_registry import (
-    direct_translation,
     export_tiny_model,
     make_config,
     make_report,
@@ -113,6 +112,17 @@ def versions(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> di
     return {"name": name, "generators": generators}
 
 
+FIXED_CHOICE = ("--backend", "torch", "--precision", "fp32")
+
+
+def official_translation(generators_dir: Path, image: Image.Image) -> np.ndarray:
+    """What the servers of this module answer: the official computation (torch fp32)."""
+    from cyclegan_core.backends import load_translator
+
+    translator = load_translator(generators_dir, backend="torch", precision="fp32", device="cpu")
+    return np.asarray(translator([image])[0])
+
+
 def launch(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -122,20 +132,24 @@ def launch(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 def servers(mlflow_server: str, versions: dict, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[Server, str]]:
     """Started side by side: `cyclegan serve --model <name>` (1 MiB body limit, the rollout read every
-    0.5 s) and `mlflow models serve -m models:/<name>/1 --env-manager local` (MLflow's own server)."""
+    0.5 s) and `mlflow models serve -m models:/<name>/1 --env-manager local` (MLflow's own server), both
+    on the official computation (torch fp32): `auto` is measured per thread count, and the two run on
+    different thread counts, so only a fixed choice makes their answers comparable byte for byte."""
     root = tmp_path_factory.mktemp("serve")
     ours, theirs = free_port(), free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
     env.pop("RAY_ADDRESS", None)
     server = Server(f"http://127.0.0.1:{ours}", launch(
         [str(BIN / "cyclegan"), "serve", "--model", str(versions["name"]), "--port", str(ours), "--poll-s", "0.5",
-         "--retry-after-s", "600", "--max-body-size", str(MAX_BODY), "--replica-cpus", "1"],
+         "--retry-after-s", "600", "--max-body-size", str(MAX_BODY), "--replica-cpus", "1",
+         *FIXED_CHOICE],
         env, root / "cyclegan-serve.log"), root / "cyclegan-serve.log")
     # the venv's bin on PATH, as `source .venv/bin/activate` puts it: MLflow's server execs `uvicorn`
     mlflow_serve = launch(
         [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{versions['name']}/1", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(theirs), "-w", "1"],
-        {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}, root / "mlflow-serve.log")
+        {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CYCLEGAN_BACKEND": "torch",
+         "CYCLEGAN_PRECISION": "fp32"}, root / "mlflow-serve.log")
     try:
         wait_http(f"{server.url}/ping", timeout_s=240, process=server.process)
         wait_http(f"http://127.0.0.1:{theirs}/ping", timeout_s=240, process=mlflow_serve)
@@ -192,8 +206,8 @@ def test_served_pixels_are_those_of_cyclegan_translate(
 
     (tmp_path / "in.png").write_bytes(png_bytes(IMAGE))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    done = CliRunner().invoke(app, ["translate", "--model", f"models:/{versions['name']}@champion", "--backend",
-                                    "torch", "--direction", "BtoA", str(tmp_path / "in.png"), str(tmp_path / "cli.png")])
+    done = CliRunner().invoke(app, ["translate", "--model", f"models:/{versions['name']}@champion", *FIXED_CHOICE,
+                                    "--direction", "BtoA", str(tmp_path / "in.png"), str(tmp_path / "cli.png")])
     assert done.exit_code == 0, done.output
     expected = np.asarray(Image.open(tmp_path / "cli.png"))
     assert expected.shape == (18, 26, 3)
@@ -252,7 +266,7 @@ def test_the_served_version_follows_the_rollout_without_a_failed_request_and_a_b
 ) -> None:
     name, generators = str(versions["name"]), versions["generators"]
     client = MlflowClient(mlflow_server, mlflow_server)
-    expected = {v: direct_translation(generators[v], IMAGE) for v in ("1", "2")}
+    expected = {v: official_translation(generators[v], IMAGE) for v in ("1", "2")}
     assert not np.array_equal(expected["1"], expected["2"])
     assert served_version(server.url)["version"] == "1"  # no rollout recorded yet: the alias's version
 

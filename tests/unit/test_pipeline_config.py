@@ -170,3 +170,14 @@ def test_environment_lists_every_variable_the_pipeline_reads():
     assert {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN",
             "RAY_ADDRESS", "RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI", "PREFECT_API_URL",
             "CYCLEGAN_INCEPTION_WEIGHTS"} <= set(ENVIRONMENT)
+
+
+def test_mlflow_loading_takes_its_backend_from_the_environment_and_refuses_a_bad_one() -> None:
+    from pipelines.config import inference_choice_from_env
+
+    assert inference_choice_from_env({}) == ("auto", "auto")
+    assert inference_choice_from_env({"CYCLEGAN_BACKEND": "torch", "CYCLEGAN_PRECISION": "fp32"}) == ("torch", "fp32")
+    with pytest.raises(ValueError, match="CYCLEGAN_BACKEND=tensorrt .*backend must be one of auto, torch, openvino"):
+        inference_choice_from_env({"CYCLEGAN_BACKEND": "tensorrt"})
+    with pytest.raises(ValueError, match="CYCLEGAN_PRECISION=int8: int8 calibrates"):
+        inference_choice_from_env({"CYCLEGAN_PRECISION": "int8"})
