@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from cyclegan_core.config import DataConfig, ModelConfig, StrictModel, TrainConfig
-from cyclegan_core.watchdog import WatchdogConfig
+from cyclegan_core.training.watchdog import WatchdogConfig
 
 # Environment variables the pipeline reads, and what each switches (``infra/`` manifests are checked
 # against this list). boto3, mlflow, ray and prefect also read their own standard variables.

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
 from cyclegan_core.config import DataConfig
-from cyclegan_core.images import IMAGE_EXTENSIONS, decode_image, list_images
+from cyclegan_core.data.images import IMAGE_EXTENSIONS, decode_image, list_images
 
 logger = logging.getLogger(__name__)
 

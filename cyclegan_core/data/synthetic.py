@@ -90,7 +90,7 @@ def make_synthetic_dataset(
         _write_reference(tmp)
         identity = identity_psnr(tmp)
         metadata = {
-            "generator": "cyclegan_core.synthetic",
+            "generator": "cyclegan_core.data.synthetic",
             "size": size,
             "n_train": n_train,
             "n_test": n_test,

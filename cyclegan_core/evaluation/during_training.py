@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cyclegan_core.evaluation import DOMAINS, OPPOSITE, Evaluation, evaluate_translator, split_paths
-from cyclegan_core.images import InvalidImage, decode_image
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.rng import capture_rng_state, restore_rng_state
-from cyclegan_core.translator import Translator, pil_to_tensor, tensor_to_pil
+from cyclegan_core.data.images import InvalidImage, decode_image
+from cyclegan_core.evaluation.scoring import DOMAINS, OPPOSITE, Evaluation, evaluate_translator, split_paths
+from cyclegan_core.inference.translator import Translator, pil_to_tensor, tensor_to_pil
+from cyclegan_core.training.model import CycleGAN
+from cyclegan_core.training.rng import capture_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
-    from cyclegan_core.inception import InceptionFeatureExtractor
+    from cyclegan_core.evaluation.inception import InceptionFeatureExtractor
 
 COLUMNS = ("input", "translated", "reconstructed", "reference")
 LABEL_HEIGHT = 22

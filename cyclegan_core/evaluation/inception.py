@@ -1,4 +1,4 @@
-"""Inception-v3 pool3 features for FID / KID (``cyclegan_core.metrics``): the extractor and its weights.
+"""Inception-v3 pool3 features for FID / KID (``cyclegan_core.evaluation.metrics``): the extractor and its weights.
 
 Input (as pytorch-fid / torchmetrics): images are mapped to [0, 1], quantised to 8 bits (the values a
 saved PNG would hold), resized to 299x299 with bilinear interpolation (``align_corners=False``, no
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import inception as tv_inception
 
-from cyclegan_core.metrics import to_unit_range
+from cyclegan_core.evaluation.metrics import to_unit_range
 
 logger = logging.getLogger(__name__)
 

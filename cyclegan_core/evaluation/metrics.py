@@ -16,7 +16,7 @@ Conventions (images are float NCHW RGB tensors in [-1, 1], as everywhere in the 
   ``k(x, y) = (x.y / d + 1)^3``, over ``subsets`` random subsets of size ``min(subset_size, n1, n2)``
   drawn without replacement from each set; the mean and standard deviation over subsets are reported.
 
-The Inception-v3 feature extractor FID and KID are computed over lives in ``cyclegan_core.inception``
+The Inception-v3 feature extractor FID and KID are computed over lives in ``cyclegan_core.evaluation.inception``
 (it needs torchvision, which nothing else here does).
 """
 

@@ -8,7 +8,7 @@ native size (the translator pads to its size multiple and crops back), in fp32:
   file names: ``psnr_AtoB``, ``ssim_AtoB``, ``l1_AtoB``, the identity baseline ``*_identity_AtoB``
   (the untranslated input against the reference) and ``psnr_gain_AtoB``;
 - ``fid_AtoB`` / ``kid_AtoB`` (+ ``kid_AtoB_std``): G_AB(testA) against the real testB (and BtoA),
-  with Inception-v3 pool3 features (conventions in ``cyclegan_core.metrics`` and ``cyclegan_core.inception``);
+  with Inception-v3 pool3 features (conventions in ``cyclegan_core.evaluation.metrics`` and ``cyclegan_core.evaluation.inception``);
 - ``n_images_A`` / ``n_images_B``: how many test images were scored.
 
 Every per-image value is averaged over the images of its split. Grids: rows of input | translated |
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from cyclegan_core.images import InvalidImage, decode_image, list_images
-from cyclegan_core.metrics import (
+from cyclegan_core.data.images import InvalidImage, decode_image, list_images
+from cyclegan_core.evaluation.metrics import (
     fid_from_features,
     kid_from_features,
     l1,
@@ -37,11 +37,11 @@ from cyclegan_core.metrics import (
     ssim,
     to_unit_range,
 )
-from cyclegan_core.pretrained import DIRECTIONS
-from cyclegan_core.translator import Translator, pil_to_tensor
+from cyclegan_core.inference.pretrained import DIRECTIONS
+from cyclegan_core.inference.translator import Translator, pil_to_tensor
 
 if TYPE_CHECKING:
-    from cyclegan_core.inception import InceptionFeatureExtractor
+    from cyclegan_core.evaluation.inception import InceptionFeatureExtractor
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Translate image files and folders with a loaded model (``TranslatorLike``) or a model path it loads.
 
-A folder is read flat (the images directly inside it, as ``cyclegan_core.images.list_images`` lists
+A folder is read flat (the images directly inside it, as ``cyclegan_core.data.images.list_images`` lists
 them); images of one size are translated together in batches. Each output of a folder is a PNG named
 after its input (``photo.jpg`` -> ``photo.png``; if inputs share a stem, a PNG input keeps the short
 name and the others keep their suffix: ``photo.jpg.png``); a single file may be written to a file name
@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
-from cyclegan_core.backends import TranslatorLike, check_choice, load_translator
-from cyclegan_core.backends.quantize import CALIBRATION_IMAGES
-from cyclegan_core.images import IMAGE_EXTENSIONS, InvalidImage, decode_image, list_images
+from cyclegan_core.data.images import IMAGE_EXTENSIONS, InvalidImage, decode_image, list_images
+from cyclegan_core.inference.backends import TranslatorLike, check_choice, load_translator
+from cyclegan_core.inference.backends.quantize import CALIBRATION_IMAGES
 
 logger = logging.getLogger(__name__)
 

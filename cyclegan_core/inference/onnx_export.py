@@ -35,12 +35,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cyclegan_core.atomic import owned_temp, replace_folder, sweep_stale_temps
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.pretrained import DIRECTION_FOLDERS, GeneratorLoadError
+from cyclegan_core.inference.pretrained import DIRECTION_FOLDERS, GeneratorLoadError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from cyclegan_core.translator import Translator
+    from cyclegan_core.inference.translator import Translator
 
 logger = logging.getLogger(__name__)
 

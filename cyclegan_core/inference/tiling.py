@@ -184,7 +184,7 @@ def tensor_reader(image: torch.Tensor, pads: tuple[int, int, int, int], plan: Ti
 def array_reader(pixels: np.ndarray, pads: tuple[int, int, int, int], plan: TilePlan,
                  device: torch.device) -> Reader:
     """Tiles of the padded ``pixels`` (H x W x C uint8) as 1 x C x h x w float in [-1, 1] on ``device``,
-    converted exactly as ``cyclegan_core.data.to_float_chw`` converts a whole image."""
+    converted exactly as ``cyclegan_core.data.dataset.to_float_chw`` converts a whole image."""
     reflect = reflectable(pads, pixels.shape[0], pixels.shape[1])
     rows = padded_index(plan.height, pads[2], pixels.shape[0], reflect=reflect)
     cols = padded_index(plan.width, pads[0], pixels.shape[1], reflect=reflect)

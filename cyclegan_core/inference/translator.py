@@ -8,10 +8,10 @@ reflection-padded (symmetrically) up to the generator's size multiple and the ou
 back. Calling the translator on PIL images returns PIL images in the input order, batching images
 of equal size. A single generator is held as the A->B one. ``precision`` is bound to the translator
 (``Translator.precision``; a call may name another): ``"auto"`` is bf16 on CUDA and fp32 on the CPU,
-where the measured choice is ``cyclegan_core.backends.load_translator``'s; bf16 on CPU converts the
+where the measured choice is ``cyclegan_core.inference.backends.load_translator``'s; bf16 on CPU converts the
 generator to channels_last (once, back to NCHW for an fp32 call) and each input batch; outputs are
 contiguous NCHW float32. ``tile_engine`` lets another runtime run the tiles of a large image
-(``cyclegan_core.backends`` runs them through OpenVINO); None: PyTorch runs them.
+(``cyclegan_core.inference.backends`` runs them through OpenVINO); None: PyTorch runs them.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
-from cyclegan_core.checkpoint import CheckpointError, read_checkpoint
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.data import to_float_chw
-from cyclegan_core.memory import (
+from cyclegan_core.data.dataset import to_float_chw
+from cyclegan_core.inference.memory import (
     TILE_HEADROOM,
     MemoryBudgetError,
     default_budget,
@@ -40,10 +39,7 @@ from cyclegan_core.memory import (
     largest_tile,
     used_bytes,
 )
-from cyclegan_core.networks import size_multiple
-from cyclegan_core.networks.official import describe_config
-from cyclegan_core.precision import ResolvedPrecision, autocast, channels_last_on, resolve_precision
-from cyclegan_core.pretrained import (
+from cyclegan_core.inference.pretrained import (
     CONFIG_FILE,
     DIRECTION_FOLDERS,
     GeneratorLoadError,
@@ -55,7 +51,7 @@ from cyclegan_core.pretrained import (
     swapped_channels,
     unwrap,
 )
-from cyclegan_core.tiling import (
+from cyclegan_core.inference.tiling import (
     MIN_THUMBNAIL,
     Reader,
     Sink,
@@ -72,6 +68,10 @@ from cyclegan_core.tiling import (
     tensor_sink,
     translate_tiled,
 )
+from cyclegan_core.networks import size_multiple
+from cyclegan_core.networks.official import describe_config
+from cyclegan_core.precision import ResolvedPrecision, autocast, channels_last_on, resolve_precision
+from cyclegan_core.training.checkpoint import CheckpointError, read_checkpoint
 
 logger = logging.getLogger(__name__)
 

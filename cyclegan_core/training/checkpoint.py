@@ -1,4 +1,4 @@
-"""Training-state checkpoints: save and restore a :class:`~cyclegan_core.model.CycleGAN` for exact resume.
+"""Training-state checkpoints: save and restore a :class:`~cyclegan_core.training.model.CycleGAN` for exact resume.
 
 A checkpoint is one ``torch.save`` file holding ``{"format", "version", "state"}`` where ``state`` is
 ``CycleGAN.state_dict()`` (4 networks, 2 optimizers, 2 schedulers, 2 image pools, GradScaler, counters,
@@ -22,9 +22,9 @@ import torch
 from cyclegan_core.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from cyclegan_core.model import CycleGAN
+    from cyclegan_core.training.model import CycleGAN
 
-CHECKPOINT_FORMAT = "cyclegan_core.checkpoint"
+CHECKPOINT_FORMAT = "cyclegan_core.checkpoint"  # the files' format name, not the module path: older files still load
 CHECKPOINT_VERSION = 1
 
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import torch
 
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.rng import seed_everything
+from cyclegan_core.training.model import CycleGAN
+from cyclegan_core.training.rng import seed_everything
 
 
 class EpochSampler(Protocol):
@@ -25,7 +25,7 @@ class EpochSampler(Protocol):
 
 
 class EpochLoader(Protocol):
-    """What ``fit`` iterates: a DataLoader from ``cyclegan_core.data.build_dataloader``."""
+    """What ``fit`` iterates: a DataLoader from ``cyclegan_core.data.dataset.build_dataloader``."""
 
     sampler: EpochSampler
 

@@ -39,7 +39,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cyclegan_core.config import ModelConfig, TrainConfig
-from cyclegan_core.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 from cyclegan_core.networks import (
     build_generator,
     clip_rho_,
@@ -48,10 +47,11 @@ from cyclegan_core.networks import (
     generator_from_config,
     size_multiple,
 )
-from cyclegan_core.pool import ImagePool
 from cyclegan_core.precision import ResolvedPrecision, autocast, channels_last_on, resolve_precision
-from cyclegan_core.rng import capture_rng_state, restore_rng_state, seed_everything
-from cyclegan_core.schedules import build_scheduler, replay_schedule
+from cyclegan_core.training.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
+from cyclegan_core.training.pool import ImagePool
+from cyclegan_core.training.rng import capture_rng_state, restore_rng_state, seed_everything
+from cyclegan_core.training.schedules import build_scheduler, replay_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class CycleGAN:
         cpu_auto: ResolvedPrecision = "fp32",
     ) -> None:
         """``cpu_auto``: what ``train_cfg.precision="auto"`` runs on a CPU, measured by the entry point on
-        this machine (``cyclegan_core.backends.training_precision``); fp32, the official math, by default."""
+        this machine (``cyclegan_core.inference.backends.training_precision``); fp32, the official math, by default."""
         self.model_cfg = model_cfg
         self.train_cfg = train_cfg
         self.device = torch.device(device)

@@ -21,7 +21,7 @@ from pydantic import Field
 from cyclegan_core.config import StrictModel
 
 if TYPE_CHECKING:
-    from cyclegan_core.model import CycleGAN
+    from cyclegan_core.training.model import CycleGAN
 
 # (discriminator loss, the adversarial loss of the generator it judges): D_A scores G_AB's fake B (G_A)
 ADVERSARIES = (("loss_D_A", "loss_G_A"), ("loss_D_B", "loss_G_B"))

@@ -9,14 +9,14 @@ decision file), ``libraries`` (OpenVINO/NNCF imports, telemetry off), ``model_ca
 on disk), ``openvino_runtime`` (the OpenVINO translator and its tiles), ``quantize`` (int8), ``loading``.
 """
 
-from cyclegan_core.backends.interface import (
+from cyclegan_core.inference.backends.interface import (
            BACKENDS,
            PRECISIONS,
            QUALITY_BOUND_DB,
            TranslatorLike,
            check_choice,
 )
-from cyclegan_core.backends.loading import (
+from cyclegan_core.inference.backends.loading import (
            default_cache_dir,
            load_translator,
            training_precision,

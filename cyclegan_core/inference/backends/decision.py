@@ -24,8 +24,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cyclegan_core.atomic import exclusive, write_json_atomic
-from cyclegan_core.backends.host import HostIdentity, digest
-from cyclegan_core.backends.interface import QUALITY_BOUND_DB
+from cyclegan_core.inference.backends.host import HostIdentity, digest
+from cyclegan_core.inference.backends.interface import QUALITY_BOUND_DB
 
 logger = logging.getLogger(__name__)
 

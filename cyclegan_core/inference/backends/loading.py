@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cyclegan_core.backends import openvino_runtime
-from cyclegan_core.backends.decision import NoCandidate, choose, decide, explain
-from cyclegan_core.backends.host import HostIdentity, this_host
-from cyclegan_core.backends.interface import TranslatorLike, check_choice
-from cyclegan_core.backends.probe import (
+from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.backends import openvino_runtime
+from cyclegan_core.inference.backends.decision import NoCandidate, choose, decide, explain
+from cyclegan_core.inference.backends.host import HostIdentity, this_host
+from cyclegan_core.inference.backends.interface import TranslatorLike, check_choice
+from cyclegan_core.inference.backends.probe import (
     PROBE_SIZE,
     ROUNDS,
     TRAIN_PROBE_BATCH,
@@ -30,11 +31,10 @@ from cyclegan_core.backends.probe import (
     train_candidates,
     translate_candidates,
 )
-from cyclegan_core.config import ModelConfig
-from cyclegan_core.onnx_export import is_onnx_export
+from cyclegan_core.inference.onnx_export import is_onnx_export
+from cyclegan_core.inference.pretrained import GeneratorLoadError
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.precision import ResolvedPrecision
-from cyclegan_core.pretrained import GeneratorLoadError
-from cyclegan_core.translator import Translator
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from cyclegan_core.atomic import exclusive, owned_temp, replace_folder, sweep_stale_temps
-from cyclegan_core.backends.host import HostIdentity, digest
-from cyclegan_core.backends.libraries import import_openvino
+from cyclegan_core.inference.backends.host import HostIdentity, digest
+from cyclegan_core.inference.backends.libraries import import_openvino
 
 logger = logging.getLogger(__name__)
 

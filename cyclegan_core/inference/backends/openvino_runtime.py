@@ -27,14 +27,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan_core.backends.host import HostIdentity, digest, package_version
-from cyclegan_core.backends.libraries import import_openvino, signal_stack_kept
-from cyclegan_core.backends.model_cache import cached_model, model_key
-from cyclegan_core.backends.quantize import calibration_arrays, quantize
-from cyclegan_core.memory import default_budget, forward_bytes, used_bytes
-from cyclegan_core.precision import ResolvedPrecision
-from cyclegan_core.tiling import TileNet
-from cyclegan_core.translator import (
+from cyclegan_core.inference.backends.host import HostIdentity, digest, package_version
+from cyclegan_core.inference.backends.libraries import import_openvino, signal_stack_kept
+from cyclegan_core.inference.backends.model_cache import cached_model, model_key
+from cyclegan_core.inference.backends.quantize import calibration_arrays, quantize
+from cyclegan_core.inference.memory import default_budget, forward_bytes, used_bytes
+from cyclegan_core.inference.tiling import TileNet
+from cyclegan_core.inference.translator import (
     Translator,
     by_size,
     pad_to_multiple,
@@ -42,6 +41,7 @@ from cyclegan_core.translator import (
     pil_to_tensor,
     tensor_to_pil,
 )
+from cyclegan_core.precision import ResolvedPrecision
 
 logger = logging.getLogger(__name__)
 

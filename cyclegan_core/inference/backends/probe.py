@@ -23,17 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from cyclegan_core.backends.decision import Measurement
-from cyclegan_core.backends.host import HostIdentity
-from cyclegan_core.backends.libraries import import_openvino
-from cyclegan_core.backends.model_cache import cached_model, model_key
-from cyclegan_core.backends.openvino_runtime import compile_model, convert
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.data.synthetic import render_scene
+from cyclegan_core.inference.backends.decision import Measurement
+from cyclegan_core.inference.backends.host import HostIdentity
+from cyclegan_core.inference.backends.libraries import import_openvino
+from cyclegan_core.inference.backends.model_cache import cached_model, model_key
+from cyclegan_core.inference.backends.openvino_runtime import compile_model, convert
+from cyclegan_core.inference.translator import Translator, pil_to_tensor
 from cyclegan_core.networks import discriminator_from_config, generator_from_config
 from cyclegan_core.precision import autocast
-from cyclegan_core.rng import capture_rng_state, restore_rng_state
-from cyclegan_core.synthetic import render_scene
-from cyclegan_core.translator import Translator, pil_to_tensor
+from cyclegan_core.training.rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cyclegan_core.backends.libraries import import_nncf, signal_stack_kept
-from cyclegan_core.translator import pad_to_multiple, pil_to_tensor
+from cyclegan_core.inference.backends.libraries import import_nncf, signal_stack_kept
+from cyclegan_core.inference.translator import pad_to_multiple, pil_to_tensor
 
 CALIBRATION_IMAGES = 8
 CALIBRATION_SIDE = 512

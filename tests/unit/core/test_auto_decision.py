@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cyclegan_core.backends import check_choice
-from cyclegan_core.backends.decision import Measurement, NoCandidate, choose, decide, decision_path, explain
-from cyclegan_core.backends.host import HostIdentity, this_host
+from cyclegan_core.inference.backends import check_choice
+from cyclegan_core.inference.backends.decision import (
+    Measurement,
+    NoCandidate,
+    choose,
+    decide,
+    decision_path,
+    explain,
+)
+from cyclegan_core.inference.backends.host import HostIdentity, this_host
 
 # the 256² figures on an AVX512-BF16 EPYC, as a timing table
 TABLE = [Measurement(backend="torch", precision="fp32", ms=265.0),
@@ -51,7 +58,7 @@ def test_no_candidate_names_what_was_measured() -> None:
 
 
 def test_the_reason_is_one_line_naming_the_choice_host_and_timings() -> None:
-    from cyclegan_core.backends.decision import Decision
+    from cyclegan_core.inference.backends.decision import Decision
 
     decision = Decision(kind="translate", host=HOST, architecture=ARCH, probe="256x256", measured_at="now",
                         measurements=TABLE)
@@ -160,10 +167,10 @@ def test_this_hosts_identity_follows_the_thread_count() -> None:
 def test_on_cuda_auto_is_torch_bf16_without_measuring_and_openvino_is_refused(tmp_path: Path) -> None:
     import torch
 
-    from cyclegan_core.backends import with_backend
     from cyclegan_core.config import ModelConfig
+    from cyclegan_core.inference.backends import with_backend
+    from cyclegan_core.inference.translator import Translator
     from cyclegan_core.networks import build_generator
-    from cyclegan_core.translator import Translator
 
     def on_cuda() -> Translator:  # the branch only reads the device (no GPU here)
         translator = Translator(build_generator("resnet_6blocks", ngf=4), None,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cyclegan_core.checkpoint import (
+from cyclegan_core.config import ModelConfig, TrainConfig
+from cyclegan_core.training.checkpoint import (
     CheckpointError,
     atomic_torch_save,
     load_checkpoint,
@@ -17,8 +18,7 @@ from cyclegan_core.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from cyclegan_core.config import ModelConfig, TrainConfig
-from cyclegan_core.model import CycleGAN
+from cyclegan_core.training.model import CycleGAN
 
 # dropout on: the step consumes the global torch RNG, so a resume that forgot it would diverge
 RESUME_MODEL = ModelConfig(generator="resnet_6blocks", ngf=8, ndf=8, dropout=True)

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-import cyclegan_core.data as data_module
+import cyclegan_core.data.dataset as data_module
 from cyclegan_core.config import DataConfig
-from cyclegan_core.data import (
+from cyclegan_core.data.dataset import (
     UnpairedDataset,
     build_dataloader,
     fresh_cache_array,
     resize_square,
     write_decoded_cache,
 )
-from cyclegan_core.images import decode_image
+from cyclegan_core.data.images import decode_image
 
 
 def noise_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:

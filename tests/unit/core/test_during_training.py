@@ -10,12 +10,18 @@ import torch
 from PIL import Image
 
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
-from cyclegan_core.data import UnpairedDataset, build_dataloader
-from cyclegan_core.evaluation import evaluate_translator
-from cyclegan_core.fit import EpochEnd, fit
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.training_eval import COLUMNS, labelled_grid, model_translator, sample_rows, score_model
-from cyclegan_core.translator import Translator
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
+from cyclegan_core.evaluation.during_training import (
+    COLUMNS,
+    labelled_grid,
+    model_translator,
+    sample_rows,
+    score_model,
+)
+from cyclegan_core.evaluation.scoring import evaluate_translator
+from cyclegan_core.inference.translator import Translator
+from cyclegan_core.training.fit import EpochEnd, fit
+from cyclegan_core.training.model import CycleGAN
 
 # dropout and a pool: a step draws from the global RNG and the pools' own generators
 MODEL = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=4, ndf=4, dropout=True)
@@ -90,8 +96,8 @@ def test_labelled_grid_lays_out_labelled_columns_of_judgeable_tiles() -> None:
 def test_sample_grid_is_torchvisions_make_grid_layout_with_odd_sized_rows_resized() -> None:
     from torchvision.utils import make_grid
 
-    from cyclegan_core.evaluation import sample_grid
-    from cyclegan_core.metrics import to_unit_range
+    from cyclegan_core.evaluation.metrics import to_unit_range
+    from cyclegan_core.evaluation.scoring import sample_grid
 
     torch.manual_seed(0)
     rows = [tuple(torch.rand(3, 5, 7) * 2 - 1 for _ in range(3)) for _ in range(2)]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cyclegan_core.checkpoint import load_checkpoint, save_checkpoint
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
-from cyclegan_core.data import UnpairedDataset, build_dataloader
-from cyclegan_core.fit import EpochEnd, EpochStats, epoch_seed, fit, train_epoch
-from cyclegan_core.model import LOSS_KEYS, CycleGAN
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
+from cyclegan_core.training.checkpoint import load_checkpoint, save_checkpoint
+from cyclegan_core.training.fit import EpochEnd, EpochStats, epoch_seed, fit, train_epoch
+from cyclegan_core.training.model import LOSS_KEYS, CycleGAN
 
 TINY = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=4, ndf=4)
 # dropout and a pool: the step draws from the global RNG and the pools' own generators

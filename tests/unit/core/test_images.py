@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from cyclegan_core.images import IMAGE_EXTENSIONS, MAX_PIXELS, InvalidImage, decode_image, list_images
+from cyclegan_core.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, InvalidImage, decode_image, list_images
 
 
 def gradient(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:

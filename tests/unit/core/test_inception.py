@@ -1,4 +1,4 @@
-"""cyclegan_core.inception: the Inception-v3 feature extractor, its weights files and their errors."""
+"""cyclegan_core.evaluation.inception: the Inception-v3 feature extractor, its weights files and their errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import inception as tv_inception
 
-from cyclegan_core.inception import (
+from cyclegan_core.evaluation.inception import (
     FEATURE_DIM,
     InceptionFeatureExtractor,
     InceptionWeightsError,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclegan_core.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
+from cyclegan_core.training.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 
 
 def test_lsgan_is_zero_on_its_target_and_mse_otherwise() -> None:

@@ -1,4 +1,4 @@
-"""cyclegan_core.metrics against independent values: closed forms, scipy, explicit loops."""
+"""cyclegan_core.evaluation.metrics against independent values: closed forms, scipy, explicit loops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import scipy.linalg
 import scipy.ndimage
 import torch
 
-from cyclegan_core.metrics import (
+from cyclegan_core.evaluation.metrics import (
     PSNR_MAX_DB,
     feature_statistics,
     fid_from_features,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cyclegan_core.config import ModelConfig, TrainConfig
-from cyclegan_core.losses import GANLoss
-from cyclegan_core.model import GP_KEYS, LOSS_KEYS, CycleGAN
+from cyclegan_core.training.losses import GANLoss
+from cyclegan_core.training.model import GP_KEYS, LOSS_KEYS, CycleGAN
 
 # 16x16 images: a 2-layer PatchGAN still has 2x2 patches to instance-normalise (the 3-layer one needs 32x32)
 TINY = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=8, ndf=8)

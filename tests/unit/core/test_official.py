@@ -15,9 +15,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator, size_multiple
 from cyclegan_core.networks.official import ArchitectureError, infer_generator_config
-from cyclegan_core.translator import Translator
 from pipelines.cli import app
 from pipelines.cli.app import ExitCode
 
@@ -73,7 +73,7 @@ def test_official_state_dict_loads_with_its_architecture_inferred(
 ) -> None:
     net = source_network(name, norm, dropout)
     torch.save(net.state_dict(), tmp_path / "latest_net_G_A.pth")
-    with caplog.at_level(logging.INFO, logger="cyclegan_core.pretrained"):
+    with caplog.at_level(logging.INFO, logger="cyclegan_core.inference.pretrained"):
         translator = Translator.from_pretrained(tmp_path / "latest_net_G_A.pth", device="cpu")
     expected = ModelConfig(generator=name, ngf=NGF, norm=norm, dropout=dropout and name.startswith("resnet"))
     assert translator.config == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cyclegan_core.pool import ImagePool
+from cyclegan_core.training.pool import ImagePool
 
 
 def batch(*values: float) -> torch.Tensor:

@@ -14,16 +14,16 @@ import torch.distributed as dist
 from torch import nn
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.networks import build_generator, generator_from_config
-from cyclegan_core.networks.generators import ResnetGenerator
-from cyclegan_core.pretrained import (
+from cyclegan_core.inference.pretrained import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     GeneratorLoadError,
     load_official_generator,
     save_generators,
 )
-from cyclegan_core.translator import Translator
+from cyclegan_core.inference.translator import Translator
+from cyclegan_core.networks import build_generator, generator_from_config
+from cyclegan_core.networks.generators import ResnetGenerator
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4, input_nc=1, output_nc=3)
 
@@ -195,7 +195,7 @@ def test_translator_accepts_an_official_pth(tmp_path: Path) -> None:
 def test_a_resnet_6blocks_checkpoint_is_not_read_as_the_9_block_default(tmp_path: Path,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     torch.save(official_state(), tmp_path / "g.pth")
-    with caplog.at_level(logging.INFO, logger="cyclegan_core.pretrained"):
+    with caplog.at_level(logging.INFO, logger="cyclegan_core.inference.pretrained"):
         _, cfg = load_official_generator(tmp_path / "g.pth")
     assert cfg.generator == "resnet_6blocks"
     assert "g.pth: inferred resnet_6blocks (norm=instance, ngf=4, 3->3 channels, dropout off)" in caplog.text

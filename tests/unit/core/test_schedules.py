@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cyclegan_core.config import TrainConfig
-from cyclegan_core.schedules import build_scheduler, linear_decay_factor
+from cyclegan_core.training.schedules import build_scheduler, linear_decay_factor
 
 
 def lrs_per_epoch(cfg: TrainConfig, epochs: int) -> list[float]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan_core import synthetic
-from cyclegan_core.synthetic import identity_psnr, make_synthetic_dataset, synthetic_mapping
+from cyclegan_core.data import synthetic
+from cyclegan_core.data.synthetic import identity_psnr, make_synthetic_dataset, synthetic_mapping
 
 
 def digest(root: Path) -> dict[str, str]:

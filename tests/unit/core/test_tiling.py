@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.memory import (
+from cyclegan_core.inference.memory import (
     MemoryBudgetError,
     band_bytes,
     forward_bytes,
@@ -19,8 +19,7 @@ from cyclegan_core.memory import (
     parse_bytes,
     used_bytes,
 )
-from cyclegan_core.networks import build_generator
-from cyclegan_core.tiling import (
+from cyclegan_core.inference.tiling import (
     Span,
     Tiling,
     capture_statistics,
@@ -32,7 +31,8 @@ from cyclegan_core.tiling import (
     window,
     with_frozen_statistics,
 )
-from cyclegan_core.translator import Translator, pil_to_tensor, tensor_to_pil
+from cyclegan_core.inference.translator import Translator, pil_to_tensor, tensor_to_pil
+from cyclegan_core.networks import build_generator
 
 CPU = torch.device("cpu")
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.files import DeviceError, check_device, plan_translation, translate_path
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator, generator_from_config
-from cyclegan_core.translate import DeviceError, check_device, plan_translation, translate_path
-from cyclegan_core.translator import Translator
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
 # the official computation: these tests are about files and folders, not backends (tests/integration/test_openvino.py)

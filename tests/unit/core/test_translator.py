@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cyclegan_core.checkpoint import save_checkpoint
 from cyclegan_core.config import ModelConfig, TrainConfig
-from cyclegan_core.memory import forward_bytes, used_bytes
-from cyclegan_core.model import CycleGAN
+from cyclegan_core.inference.memory import forward_bytes, used_bytes
+from cyclegan_core.inference.tiling import Tiling
+from cyclegan_core.inference.translator import Translator, pil_to_tensor, tensor_to_pil
 from cyclegan_core.networks import build_generator
-from cyclegan_core.tiling import Tiling
-from cyclegan_core.translator import Translator, pil_to_tensor, tensor_to_pil
+from cyclegan_core.training.checkpoint import save_checkpoint
+from cyclegan_core.training.model import CycleGAN
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cyclegan_core.fit import EpochEnd, fit
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.watchdog import WatchdogConfig, diagnose, lower_learning_rate
+from cyclegan_core.training.fit import EpochEnd, fit
+from cyclegan_core.training.model import CycleGAN
+from cyclegan_core.training.watchdog import WatchdogConfig, diagnose, lower_learning_rate
 from pipelines.config import EvalSettings, PipelineConfig, resolve
 from pipelines.train.monitor import (
     NO_SCORE,
@@ -21,7 +21,7 @@ from pipelines.train.monitor import (
     eval_due,
 )
 from pipelines.train.progress import epoch_metrics
-from tests.unit.test_training_eval import DATA, MODEL, TRAIN, loader
+from tests.unit.core.test_during_training import DATA, MODEL, TRAIN, loader
 
 RULES = WatchdogConfig(d_loss_floor=0.05, collapse_evaluations=3, metric_drop=2.0)
 

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.memory import forward_bytes
+from cyclegan_core.inference.memory import forward_bytes
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.translator import Translator
 from pipelines.batch.planning import ModelIdentity, WorkItem
 from pipelines.batch.ray_job import ActorSpec, TranslateActor, load_model_files
 from pipelines.batch.stores import parse_location
@@ -68,9 +68,9 @@ def whole(model_dir: Path, name: str, tmp_path: Path) -> np.ndarray:
 def holding_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The translator reads this process as holding no memory: the whole budget is what is free (this
     process's resident set moves with the tests before, which would move the budget's meaning)."""
-    import cyclegan_core.translator
+    import cyclegan_core.inference.translator
 
-    monkeypatch.setattr(cyclegan_core.translator, "used_bytes", lambda device: 0)
+    monkeypatch.setattr(cyclegan_core.inference.translator, "used_bytes", lambda device: 0)
 
 
 def test_an_image_over_the_budget_is_translated_by_tiles_and_the_rest_whole(
@@ -81,7 +81,7 @@ def test_an_image_over_the_budget_is_translated_by_tiles_and_the_rest_whole(
     # a few hundred px do.
     assert forward_bytes(TINY, *SMALL[::-1]) < 150 * MiB < forward_bytes(TINY, *LARGE[::-1])
     translate.translator.memory_budget = 150 * MiB
-    with caplog.at_level(logging.INFO, logger="cyclegan_core.translator"):
+    with caplog.at_level(logging.INFO, logger="cyclegan_core.inference.translator"):
         rows = translate.translate_items(items())
     assert [row["status"] for row in rows] == ["translated", "translated"], rows
     tiled = [record.getMessage() for record in caplog.records if "tile(s)" in record.getMessage()]

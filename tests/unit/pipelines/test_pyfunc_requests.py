@@ -9,8 +9,8 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.translator import Translator
 from pipelines.registry.pyfunc import BadRequest, ImageTranslationModel, tiny_png
 
 

@@ -15,9 +15,9 @@ from ray.train.v2._internal.exceptions import (
     WorkerHealthCheckFailedError,
 )
 
-from cyclegan_core.checkpoint import CheckpointError
 from cyclegan_core.config import ModelConfig, TrainConfig
-from cyclegan_core.model import CycleGAN
+from cyclegan_core.training.checkpoint import CheckpointError
+from cyclegan_core.training.model import CycleGAN
 from pipelines.config import Services
 from pipelines.train.driver import failure_summary
 from pipelines.train.layout import CHECKPOINT_FILE, check_folder, write_checkpoint_folder

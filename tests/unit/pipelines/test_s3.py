@@ -19,7 +19,7 @@ from pipelines.s3 import (
     part_size_candidates,
     with_retries,
 )
-from tests.unit.test_retry import client_error
+from tests.unit.pipelines.test_retry import client_error
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.memory import forward_bytes
+from cyclegan_core.inference.memory import forward_bytes
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.translator import Translator
 from pipelines.embedded import free_port
 from pipelines.promotion.flow import RolloutOutcome, summary_markdown
 from pipelines.serving.model import TranslateItem, load_error_reason, load_for_serving, translate_items
@@ -238,9 +238,9 @@ def test_a_batch_answers_in_order_each_image_as_alone(translator: Translator) ->
 @pytest.fixture()
 def holding_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The translator reads this process as holding no memory: a budget is what is free."""
-    import cyclegan_core.translator
+    import cyclegan_core.inference.translator
 
-    monkeypatch.setattr(cyclegan_core.translator, "used_bytes", lambda device: 0)
+    monkeypatch.setattr(cyclegan_core.inference.translator, "used_bytes", lambda device: 0)
 
 
 def test_an_image_over_the_request_budget_is_tiled_and_one_no_tile_fits_fails_alone(
@@ -249,7 +249,7 @@ def test_an_image_over_the_request_budget_is_tiled_and_one_no_tile_fits_fails_al
     assert forward_bytes(TINY, 20, 24) < 80 * MiB < 150 * MiB < forward_bytes(TINY, 1000, 1200)
     items = [TranslateItem(large, "AtoB", 150 * MiB), TranslateItem(small, "AtoB", 80 * MiB),
              TranslateItem(large, "AtoB", 80 * MiB)]
-    with caplog.at_level(logging.INFO, logger="cyclegan_core.translator"):
+    with caplog.at_level(logging.INFO, logger="cyclegan_core.inference.translator"):
         tiled, fits, refused = translate_items(translator, items, "1")
     assert any("tile(s)" in record.getMessage() for record in caplog.records)
     assert decoded(tiled).shape == (1000, 1200, 3)

@@ -1,0 +1,1 @@
+"""Evaluation: scoring a Translator on test splits, the metrics, Inception features."""

@@ -1,0 +1,1 @@
+"""Inference: the Translator, tiled and memory-bounded passes, model files, ONNX export and backends."""

@@ -1,0 +1,1 @@
+"""Training: the CycleGAN model and its one step, the fit loop, losses, schedules, checkpoints."""
