@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from train_step import add_model_arguments, enable_cuda_speedups
 
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
-from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader, write_decoded_cache
+from cyclegan_core.data.cache import write_decoded_cache
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
 from cyclegan_core.data.synthetic import make_synthetic_dataset
 from cyclegan_core.inference.backends import training_precision
 from cyclegan_core.training.fit import fit

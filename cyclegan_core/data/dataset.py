@@ -1,4 +1,4 @@
-"""Unpaired image dataset, its DataLoader (single process or DDP-sharded) and the pre-decoded cache.
+"""Unpaired image dataset and its DataLoader (single process or DDP-sharded).
 
 ``UnpairedDataset`` follows the official CycleGAN ``UnalignedDataset``: item ``i`` pairs ``A[i % |A|]``
 with a RANDOM ``B`` (serial ``B[i % |B|]`` in the test phase), preprocessed with the official option
@@ -11,21 +11,14 @@ it hands the dataset ``(index, epoch)`` pairs; an item is therefore the same whi
 rank or world size produces it, and resuming at epoch ``e`` replays epoch ``e`` exactly (the caller
 calls ``loader.sampler.set_epoch(e)`` every epoch, as with ``DistributedSampler``).
 
-Pre-decoded cache: ``write_decoded_cache(root, load_size=L)`` stores each split (trainA, trainB,
-testA, testB, testA_ref) as one ``uint8`` array ``N x L x L x 3`` (already resized with bicubic
-filtering, exactly like ``resize_and_crop``) in ``root/.decoded/<L>/<split>.npy`` plus ``index.json``
-(file names in order, byte sizes and mtimes of the sources). When ``DataConfig.use_cache`` is on,
-``preprocess == "resize_and_crop"`` and the index still matches the files on disk, the dataset reads
-the arrays memory-mapped: an item then costs a crop and a flip of an array instead of a JPEG decode.
-The test phase resizes straight to ``crop_size`` (official test options), so it uses a cache written
-with ``load_size = crop_size`` when one exists.
+When ``DataConfig.use_cache`` is on and ``preprocess == "resize_and_crop"``, the dataset reads the
+pre-decoded arrays of ``cyclegan_core.data.cache`` while they match the files on disk. The test phase
+resizes straight to ``crop_size`` (official test options), so it uses a cache written with
+``load_size = crop_size`` when one exists.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
 import os
 import random
 from collections.abc import Iterator, Sized
@@ -35,162 +28,21 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm import tqdm
 
-from cyclegan_core.atomic import atomic_path, sweep_stale_temps
 from cyclegan_core.config import DataConfig
+from cyclegan_core.data.cache import fresh_cache_array
 from cyclegan_core.data.images import IMAGE_EXTENSIONS, decode_image, list_images
-
-logger = logging.getLogger(__name__)
+from cyclegan_core.data.transforms import (
+    SIZE_MULTIPLE_NONE,
+    crop_and_flip,
+    resize_square,
+    round_to_multiple,
+    scale_width,
+    to_float_chw,
+)
 
 Phase = Literal["train", "test"]
-CACHE_SPLITS: tuple[str, ...] = ("trainA", "trainB", "testA", "testB", "testA_ref")
-CACHE_DIRNAME = ".decoded"
-CACHE_FORMAT_VERSION = 1
-SIZE_MULTIPLE_NONE = 4  # preprocess="none" rounds sizes to a multiple of 4, as the official code does
-
-
-# --- pixels -------------------------------------------------------------------------------------
-
-
-def to_float_chw(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 HWC (array or tensor) -> float32 CHW in [-1, 1]."""
-    if isinstance(pixels, np.ndarray):
-        pixels = np.ascontiguousarray(pixels)
-        if not pixels.flags.writeable:  # PIL and memory-mapped arrays are read-only; torch wants to own
-            pixels = pixels.copy()
-        pixels = torch.from_numpy(pixels)
-    return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-
-
-def resize_square(image: Image.Image, size: int) -> np.ndarray:
-    """The ``resize_and_crop`` resize (bicubic to size x size) as uint8 HWC; the cache stores exactly this."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def scale_width(image: Image.Image, width: int, min_height: int) -> np.ndarray:
-    """Width to ``width`` keeping the aspect, height at least ``min_height`` (official ``__scale_width``)."""
-    old_w, old_h = image.size
-    if old_w != width or old_h < min_height:
-        height = int(max(width * old_h / old_w, min_height))
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def round_to_multiple(image: Image.Image, base: int = SIZE_MULTIPLE_NONE) -> np.ndarray:
-    """Resize to the nearest multiple of ``base`` in each dimension (official ``__make_power_2``)."""
-    old_w, old_h = image.size
-    width, height = max(base, round(old_w / base) * base), max(base, round(old_h / base) * base)
-    if (width, height) != (old_w, old_h):
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def crop_and_flip(pixels: np.ndarray, top: int, left: int, size: int | None, flip: bool) -> torch.Tensor:
-    """uint8 HWC tensor of the ``size``-square window at (top, left) (all if None), mirrored if ``flip``."""
-    if size is not None:
-        pixels = pixels[top : top + size, left : left + size]
-    # one compact copy of the window (PIL and memory-mapped arrays are read-only); torch mirrors it
-    # several times faster than numpy copies a negative-stride view
-    window = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))
-    return window.flip(1) if flip else window
-
-
-# --- pre-decoded cache --------------------------------------------------------------------------
-
-
-def cache_dir(root: str | os.PathLike[str], load_size: int) -> Path:
-    return Path(root) / CACHE_DIRNAME / str(load_size)
-
-
-def _source_stats(files: list[Path]) -> list[list[int]]:
-    stats = [path.stat() for path in files]
-    return [[stat.st_size, stat.st_mtime_ns] for stat in stats]
-
-
-def _read_index(directory: Path) -> dict[str, Any]:
-    try:
-        index = json.loads((directory / "index.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return index if isinstance(index, dict) and index.get("version") == CACHE_FORMAT_VERSION else {}
-
-
-def _array_shape(path: Path) -> tuple[int, ...] | None:
-    try:
-        return tuple(np.load(path, mmap_mode="r").shape)
-    except (OSError, ValueError):
-        return None
-
-
-def fresh_cache_array(root: str | os.PathLike[str], split: str, load_size: int) -> Path | None:
-    """The cache array of ``split`` if it exists and matches the image files on disk now, else None."""
-    directory = cache_dir(root, load_size)
-    entry = _read_index(directory).get("splits", {}).get(split)
-    folder = Path(root) / split
-    if not entry or not folder.is_dir():
-        return None
-    files = list_images(folder)
-    array = directory / f"{split}.npy"
-    if (
-        entry.get("files") != [path.name for path in files]
-        or entry.get("sources") != _source_stats(files)
-        or _array_shape(array) != (len(files), load_size, load_size, 3)
-    ):
-        logger.info("pre-decoded cache %s is stale for %s: decoding image files instead", array, folder)
-        return None
-    return array
-
-
-def write_decoded_cache(root: str | os.PathLike[str], *, load_size: int) -> Path:
-    """Write (or refresh) the pre-decoded uint8 arrays of every split of ``root``; return the cache folder.
-
-    Splits already up to date are skipped. Each array and the index are written to a temp file and
-    renamed, so a reader never sees a half-written file (and re-checks freshness against the index);
-    temp files a killed writer left in the cache folder are removed first.
-    Raises ``InvalidImage`` naming the file if an image does not decode (ingestion quarantines those).
-    """
-    root = Path(root)
-    directory = cache_dir(root, load_size)
-    directory.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(directory)
-    previous = _read_index(directory)
-    index = copy.deepcopy(previous) or {"version": CACHE_FORMAT_VERSION, "load_size": load_size, "splits": {}}
-    splits: dict[str, Any] = index["splits"]
-    for split in CACHE_SPLITS:
-        folder = root / split
-        if not folder.is_dir():
-            splits.pop(split, None)
-            continue
-        if fresh_cache_array(root, split, load_size) is not None:
-            logger.debug("cache of %s is up to date", folder)
-            continue
-        files = list_images(folder)
-        sources = _source_stats(files)
-        target = directory / f"{split}.npy"
-        with atomic_path(target, suffix=".npy") as tmp:
-            array = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.uint8, shape=(len(files), load_size, load_size, 3)
-            )
-            for i, path in enumerate(
-                tqdm(files, desc=f"decode {split}", unit="img", leave=False, disable=len(files) < 100)
-            ):
-                array[i] = resize_square(decode_image(path), load_size)
-            array.flush()
-            del array
-        splits[split] = {"files": [path.name for path in files], "sources": sources}
-        logger.info("cached %d images of %s at %dx%d in %s", len(files), folder, load_size, load_size, target)
-    if index != previous:
-        with atomic_path(directory / "index.json") as index_tmp:
-            index_tmp.write_text(json.dumps(index, indent=1) + "\n")
-    return directory
-
-
-# --- dataset ------------------------------------------------------------------------------------
 
 
 class _Domain:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.data.dataset import to_float_chw
+from cyclegan_core.data.transforms import to_float_chw
 from cyclegan_core.inference.memory import (
     TILE_HEADROOM,
     MemoryBudgetError,

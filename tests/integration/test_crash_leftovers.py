@@ -26,7 +26,7 @@ import yaml
 
 from cyclegan_core.atomic import SCRATCH_PREFIX, parse_temp_name, pid_running, sweep_stale_temps
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.data.dataset import CACHE_SPLITS, fresh_cache_array, write_decoded_cache
+from cyclegan_core.data.cache import CACHE_SPLITS, fresh_cache_array, write_decoded_cache
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import generator_from_config
 from pipelines.config import Services

@@ -265,7 +265,7 @@ def test_replace_folder_refuses_a_file(tmp_path: Path, built: Path) -> None:
 
 
 def test_ingest_sweeps_its_root_and_every_decoded_cache_folder(tmp_path: Path, dead_pid: int) -> None:
-    from cyclegan_core.data.dataset import cache_dir
+    from cyclegan_core.data.cache import cache_dir
     from pipelines.ingest.download import sweep_dead_temps
 
     stale = [named_temp(tmp_path, "manifest.json", pid=dead_pid, suffix=".tmp")]

@@ -12,14 +12,10 @@ from PIL import Image
 
 import cyclegan_core.data.dataset as data_module
 from cyclegan_core.config import DataConfig
-from cyclegan_core.data.dataset import (
-    UnpairedDataset,
-    build_dataloader,
-    fresh_cache_array,
-    resize_square,
-    write_decoded_cache,
-)
+from cyclegan_core.data.cache import fresh_cache_array, write_decoded_cache
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
 from cyclegan_core.data.images import decode_image
+from cyclegan_core.data.transforms import resize_square, round_to_multiple, to_float_chw
 
 
 def noise_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -96,7 +92,7 @@ def test_test_phase_is_deterministic_serial_and_unflipped(uneven_dataset: Path) 
     assert Path(dataset[1]["B_path"]).name == "testB_1.png"
     # official test options: resize straight to crop_size, no crop, no flip
     expected = resize_square(decode_image(uneven_dataset / "testA" / "testA_1.png"), 32)
-    assert torch.equal(dataset[1]["A"], data_module.to_float_chw(expected))
+    assert torch.equal(dataset[1]["A"], to_float_chw(expected))
 
 
 def test_flip_happens_in_training_only_when_enabled(uneven_dataset: Path) -> None:
@@ -105,8 +101,8 @@ def test_flip_happens_in_training_only_when_enabled(uneven_dataset: Path) -> Non
         count = 0
         for epoch in range(8):
             item = dataset[(0, epoch)]["A"]
-            source = data_module.to_float_chw(
-                data_module.round_to_multiple(decode_image(dataset.domain_A.files[0]))
+            source = to_float_chw(
+                round_to_multiple(decode_image(dataset.domain_A.files[0]))
             )
             count += int(torch.equal(item, source.flip(-1)))
             assert torch.equal(item, source) or torch.equal(item, source.flip(-1))

@@ -19,17 +19,16 @@ from cyclegan_core.inference.memory import (
     parse_bytes,
     used_bytes,
 )
+from cyclegan_core.inference.tile_statistics import capture_statistics, with_frozen_statistics
 from cyclegan_core.inference.tiling import (
     Span,
     Tiling,
-    capture_statistics,
     plan_tiles,
     ramp,
     run_tiled,
     spans,
     tensor_reader,
     window,
-    with_frozen_statistics,
 )
 from cyclegan_core.inference.translator import Translator, pil_to_tensor, tensor_to_pil
 from cyclegan_core.networks import build_generator
