@@ -14,7 +14,7 @@ from pipelines.cli import app
 from pipelines.cli.app import CycleganGroup, ExitCode, main
 from pipelines.cli.models import missing_local_store
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def invoke(*args: str, target: typer.Typer = app) -> tuple[int, list[str]]:

@@ -141,7 +141,7 @@ def test_training_is_skipped_only_for_the_champions_data_and_fingerprint():
 def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
     import yaml
 
-    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    spec = yaml.safe_load((Path(__file__).resolve().parents[3] / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "pipelines/flows.py:train_cyclegan"}
     assert set(deployments) == {"manual", "nightly"}
     for deployment in deployments.values():

@@ -18,7 +18,7 @@ from pipelines.config import (
     training_fingerprint,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "configs" / "example.yaml"
 
 
 def test_example_config_is_valid():

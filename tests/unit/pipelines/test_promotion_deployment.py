@@ -16,7 +16,7 @@ import yaml
 from pipelines.promotion import events
 from pipelines.promotion.flow import rollout_champion
 
-PREFECT_YAML = Path(__file__).resolve().parents[2] / "prefect.yaml"
+PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
 
 
 def deployment() -> dict[str, Any]:
