@@ -92,7 +92,7 @@ def run(n: int, workers: int, load_size: int, aws_bin: str | None, work: Path) -
         client.create_bucket(Bucket=BUCKET)
         uri = f"s3://{BUCKET}/{PREFIX}"
         upload = upload_folder(source, uri, max_workers=workers, client=client)
-        import cyclegan_core.data.cache  # noqa: F401  (its import kept out of the timed cache step)
+        import cyclegan_core.data.cache  # noqa: F401  (torch import kept out of the timed cache step)
 
         start = time.perf_counter()
         list_objects(client, BUCKET, PREFIX + "/")  # the floor of any incremental sync: one full listing

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 KEEP_ORIGINAL_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM"})
 EXIF_ORIENTATION = 0x0112
-DECODED_DIR = ".decoded"  # cyclegan_core.data.cache.CACHE_DIRNAME (importing that module imports NumPy)
+DECODED_DIR = ".decoded"  # cyclegan_core.data.cache.CACHE_DIRNAME (importing that module imports torch)
 
 
 def staging_file(staging: Path, rel: str, *, suffix: str) -> tuple[int, Path]:
