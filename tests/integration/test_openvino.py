@@ -21,6 +21,7 @@ from cyclegan_core.evaluation.metrics import psnr
 from cyclegan_core.inference.backends import load_translator, training_precision
 from cyclegan_core.inference.backends import openvino_runtime as ov_runtime
 from cyclegan_core.inference.backends.decision import decision_path
+from cyclegan_core.inference.backends.host import this_host
 from cyclegan_core.inference.backends.openvino_runtime import OpenVinoTranslator
 from cyclegan_core.inference.memory import forward_bytes
 from cyclegan_core.inference.pretrained import swapped_channels
@@ -235,7 +236,7 @@ def test_openvino_missing_leaves_auto_to_the_torch_paths(model_dir: Path, tmp_pa
         translator = load(model_dir, tmp_path)
     assert isinstance(translator, Translator) and translator.describe().startswith("torch ")
     assert len(warnings_of(caplog)) == 1 and "No module named 'openvino'" in warnings_of(caplog)[0]
-    measured = decision_path(tmp_path, "translate", __import__("cyclegan_core.inference.backends.host").backends.host.this_host(),
+    measured = decision_path(tmp_path, "translate", this_host(),
                              {"generator": "resnet_6blocks", "ngf": 8, "norm": "instance", "input_nc": 3,
                               "output_nc": 3}).read_text()
     assert '"openvino"' not in measured.replace('"openvino": "', "")  # only torch paths were timed
