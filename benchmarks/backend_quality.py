@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from cyclegan_core.backends import load_translator
-from cyclegan_core.images import decode_image, list_images
-from cyclegan_core.metrics import psnr
-from cyclegan_core.translator import pil_to_tensor
+from cyclegan_core.data.images import decode_image, list_images
+from cyclegan_core.evaluation.metrics import psnr
+from cyclegan_core.inference.backends import load_translator
+from cyclegan_core.inference.translator import pil_to_tensor
 
 PATHS = (("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
 

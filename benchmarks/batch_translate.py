@@ -46,9 +46,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.images import decode_image
+from cyclegan_core.data.images import decode_image
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.translator import Translator
 
 BUCKET = "bench-batch"
 
@@ -106,7 +106,7 @@ def on_ray(settings_of: Any, actors: int, backend: str) -> dict[str, Any]:
 
 def warm_auto(model_dir: Path, cache: Path) -> float:
     """Measure auto at one thread (a CPU actor's) into ``cache``, as a node's first job does once."""
-    from cyclegan_core.backends import load_translator
+    from cyclegan_core.inference.backends import load_translator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

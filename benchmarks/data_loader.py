@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from cyclegan_core.config import DataConfig
-from cyclegan_core.data import UnpairedDataset, build_dataloader, write_decoded_cache
-from cyclegan_core.synthetic import render_scene, synthetic_mapping
+from cyclegan_core.data.cache import write_decoded_cache
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
+from cyclegan_core.data.synthetic import render_scene, synthetic_mapping
 
 LOAD_SIZE = 286
 CROP_SIZE = 256

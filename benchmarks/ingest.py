@@ -1,7 +1,7 @@
 """Benchmark: S3 ingestion (cold and unchanged re-ingest) against ``aws s3 sync`` on the same data.
 
 Starts a moto S3 server in its own process on loopback, uploads N synthetic images
-(``cyclegan_core.synthetic``, 64 px PNGs) with ``upload_folder``, then times in one run:
+(``cyclegan_core.data.synthetic``, 64 px PNGs) with ``upload_folder``, then times in one run:
 
 - ``ingest_prefix`` cold (empty cache): listing + parallel download + sha256 + decode validation;
   the pre-decoded cache step (``write_decoded_cache``) is timed separately;
@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cyclegan_core.synthetic import make_synthetic_dataset
+from cyclegan_core.data.synthetic import make_synthetic_dataset
 from pipelines.embedded import free_port
 from pipelines.ingest import ingest_prefix, upload_folder
 from pipelines.s3 import list_objects, make_s3_client
@@ -92,7 +92,7 @@ def run(n: int, workers: int, load_size: int, aws_bin: str | None, work: Path) -
         client.create_bucket(Bucket=BUCKET)
         uri = f"s3://{BUCKET}/{PREFIX}"
         upload = upload_folder(source, uri, max_workers=workers, client=client)
-        import cyclegan_core.data  # noqa: F401  (torch import kept out of the timed cache step)
+        import cyclegan_core.data.cache  # noqa: F401  (torch import kept out of the timed cache step)
 
         start = time.perf_counter()
         list_objects(client, BUCKET, PREFIX + "/")  # the floor of any incremental sync: one full listing

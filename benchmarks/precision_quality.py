@@ -2,7 +2,7 @@
 
 For each ``--precision``: the same seed, data and configuration (``preprocess="none"`` at ``--size``,
 linear LR schedule over ``--epochs``: half constant, half decay), trained in process with
-``cyclegan_core.fit.fit``; then ``G_AB`` translates testA (in fp32) and the paired PSNR
+``cyclegan_core.training.fit.fit``; then ``G_AB`` translates testA (in fp32) and the paired PSNR
 against ``testA_ref`` (the ground truth ``f(testA)``) is taken, next to the identity baseline (testA
 itself). One JSON line per precision, then a ``comparison`` line with the PSNR differences to the
 first precision. Run-to-run noise: repeat with other ``--seed`` values::
@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from train_step import add_model_arguments, enable_cuda_speedups
 
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
-from cyclegan_core.data import UnpairedDataset, build_dataloader
-from cyclegan_core.fit import fit
-from cyclegan_core.images import decode_image, list_images
-from cyclegan_core.metrics import psnr
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.synthetic import REFERENCE_SPLIT, identity_psnr, make_synthetic_dataset
-from cyclegan_core.translator import Translator, pil_to_tensor
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
+from cyclegan_core.data.images import decode_image, list_images
+from cyclegan_core.data.synthetic import REFERENCE_SPLIT, identity_psnr, make_synthetic_dataset
+from cyclegan_core.evaluation.metrics import psnr
+from cyclegan_core.inference.translator import Translator, pil_to_tensor
+from cyclegan_core.training.fit import fit
+from cyclegan_core.training.model import CycleGAN
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

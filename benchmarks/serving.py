@@ -46,8 +46,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.translator import Translator
 from pipelines.embedded import free_port
 
 BIN = Path(sys.executable).parent

@@ -1,6 +1,6 @@
 """Tiled inference against the whole-image pass: output difference, and peak RSS, per configuration.
 
-``quality`` lines: one synthetic scene of ``--size`` px (``cyclegan_core.synthetic.render_scene``) is
+``quality`` lines: one synthetic scene of ``--size`` px (``cyclegan_core.data.synthetic.render_scene``) is
 translated whole, then by tiles for every ``--configs`` entry ``STATISTICS:TILE:OVERLAP[:FACTOR]``
 (``tile`` = each tile normalises itself, ``thumbnail`` = statistics from the image downscaled by
 FACTOR), with a budget that forces tiling; each line gives the max and mean absolute difference
@@ -30,11 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.memory import forward_bytes, parse_bytes, used_bytes
+from cyclegan_core.data.synthetic import render_scene
+from cyclegan_core.inference.memory import forward_bytes, parse_bytes, used_bytes
+from cyclegan_core.inference.tiling import Tiling, plan_tiles
+from cyclegan_core.inference.translator import Translator, pil_to_tensor
 from cyclegan_core.networks import build_generator
-from cyclegan_core.synthetic import render_scene
-from cyclegan_core.tiling import Tiling, plan_tiles
-from cyclegan_core.translator import Translator, pil_to_tensor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

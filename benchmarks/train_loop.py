@@ -3,10 +3,10 @@
 ``train_step.py`` times the step on tensors already on the device; this benchmark adds what a training
 run pays on top of it:
 
-1. writes the synthetic domain pair (``cyclegan_core.synthetic``) at ``--image-size`` with ``--images``
+1. writes the synthetic domain pair (``cyclegan_core.data.synthetic``) at ``--image-size`` with ``--images``
    per train domain and its pre-decoded uint8 cache at ``--load-size`` (as ingestion does);
 2. ``in_process``: ``UnpairedDataset`` (cache) -> ``build_dataloader`` (``--loader-workers`` processes,
-   pinned memory on CUDA) -> ``cyclegan_core.fit.fit``, for ``--epochs`` epochs;
+   pinned memory on CUDA) -> ``cyclegan_core.training.fit.fit``, for ``--epochs`` epochs;
 3. with ``--ray``: the same configuration through ``pipelines.train.train_on_ray`` with one worker
    (one GPU when CUDA is available) on a local Ray, whose worker runs the same ``fit``, plus Ray's
    per-epoch report and the final checkpoint.
@@ -37,12 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 # this folder is sys.path[0] when a script runs
 from train_step import add_model_arguments, enable_cuda_speedups
 
-from cyclegan_core.backends import training_precision
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
-from cyclegan_core.data import UnpairedDataset, build_dataloader, write_decoded_cache
-from cyclegan_core.fit import fit
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.synthetic import make_synthetic_dataset
+from cyclegan_core.data.cache import write_decoded_cache
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
+from cyclegan_core.data.synthetic import make_synthetic_dataset
+from cyclegan_core.inference.backends import training_precision
+from cyclegan_core.training.fit import fit
+from cyclegan_core.training.model import CycleGAN
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +88,7 @@ def run_in_process(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     if not dataset.uses_cache:
         raise RuntimeError(f"the pre-decoded cache of {root} is not used; the benchmark would decode JPEGs")
     loader = build_dataloader(dataset, batch_size=args.batch, num_workers=args.loader_workers, seed=train_cfg.seed)
-    # an entry point: precision auto on a CPU is the choice measured on this machine (cyclegan_core.backends)
+    # an entry point: precision auto on a CPU is the choice measured on this machine (cyclegan_core.inference.backends)
     cpu_auto = (training_precision(model_cfg, crop_size=args.size, batch_size=args.batch, cache_dir=None)[0]
                 if device.type == "cpu" and args.precision == "auto" else "fp32")
     model = CycleGAN(model_cfg, train_cfg, device=device, cpu_auto=cpu_auto)

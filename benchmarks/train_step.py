@@ -1,4 +1,4 @@
-"""Throughput of one CycleGAN training step (``cyclegan_core.model.CycleGAN.train_step``).
+"""Throughput of one CycleGAN training step (``cyclegan_core.training.model.CycleGAN.train_step``).
 
 Synthetic images are created on the device once, so the figure is the step alone (both generators,
 both discriminators, both optimizers), without data loading. One JSON line per configuration on
@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from cyclegan_core.backends import training_precision
 from cyclegan_core.config import GeneratorName, ModelConfig, Precision, TrainConfig
-from cyclegan_core.model import CycleGAN
+from cyclegan_core.inference.backends import training_precision
+from cyclegan_core.training.model import CycleGAN
 
 logger = logging.getLogger("benchmarks.train_step")
 
@@ -155,7 +155,7 @@ def build_step(
         channels_last=args.channels_last,
         seed=args.seed,
     )
-    # an entry point: precision auto on a CPU is the choice measured on this machine (cyclegan_core.backends)
+    # an entry point: precision auto on a CPU is the choice measured on this machine (cyclegan_core.inference.backends)
     cpu_auto = (training_precision(model_cfg, crop_size=args.size, batch_size=batch, cache_dir=None)[0]
                 if device.type == "cpu" and precision == "auto" else "fp32")
     model = CycleGAN(model_cfg, train_cfg, device=device, cpu_auto=cpu_auto)

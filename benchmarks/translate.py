@@ -4,7 +4,7 @@ Configurations (``--configs``): ``fp32`` (PyTorch eager, NCHW: the official comp
 ``fp32_cl`` (channels_last), ``bf16`` (autocast, NCHW), ``bf16_cl`` (autocast + channels_last: what
 ``--backend torch --precision bf16`` runs), ``compile_fp32`` / ``compile_bf16`` (``torch.compile``),
 ``onnxruntime`` (``cyclegan export``'s fp32 graph run by onnxruntime), ``openvino_fp32``,
-``openvino_bf16``, ``openvino_int8`` (``cyclegan_core.backends``: the converted generator; int8 quantized
+``openvino_bf16``, ``openvino_int8`` (``cyclegan_core.inference.backends``: the converted generator; int8 quantized
 by NNCF on ``--calibration`` synthetic scenes of the size), ``auto`` (what ``cyclegan translate`` does by
 default: ``with_backend``'s measured choice, ``auto_chose`` says which). Every configuration runs once per
 repeat in turn (round-robin), so host-load drift hits all of them alike; one JSON line per configuration,
@@ -38,15 +38,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from cyclegan_core.backends import with_backend
-from cyclegan_core.backends.host import this_host
-from cyclegan_core.backends.model_cache import cached_model, model_key
-from cyclegan_core.backends.openvino_runtime import compile_model, convert
-from cyclegan_core.backends.quantize import calibration_arrays, quantize
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.data.synthetic import render_scene
+from cyclegan_core.inference.backends import with_backend
+from cyclegan_core.inference.backends.host import this_host
+from cyclegan_core.inference.backends.model_cache import cached_model, model_key
+from cyclegan_core.inference.backends.openvino_runtime import compile_model, convert
+from cyclegan_core.inference.backends.quantize import calibration_arrays, quantize
+from cyclegan_core.inference.translator import Translator, pil_to_tensor
 from cyclegan_core.networks import build_generator
-from cyclegan_core.synthetic import render_scene
-from cyclegan_core.translator import Translator, pil_to_tensor
 
 CONFIGS = ("fp32", "fp32_cl", "bf16", "bf16_cl", "compile_fp32", "compile_bf16", "onnxruntime", "openvino_fp32",
            "openvino_bf16", "openvino_int8", "auto")
@@ -96,7 +96,7 @@ def onnx_run(translator: Translator, folder: Path, threads: int) -> Run:
     """``cyclegan export``'s ONNX graph (dynamic H x W, exported once) run by onnxruntime on the CPU."""
     import onnxruntime as ort
 
-    from cyclegan_core.onnx_export import export_onnx, read_onnx_export
+    from cyclegan_core.inference.onnx_export import export_onnx, read_onnx_export
 
     dest = folder / "onnx"
     if not dest.exists():

@@ -31,9 +31,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.data.synthetic import render_scene
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.synthetic import render_scene
-from cyclegan_core.translator import Translator
 
 COMMANDS = {"default": [], "torch_fp32": ["--backend", "torch", "--precision", "fp32"]}
 

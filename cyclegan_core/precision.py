@@ -2,7 +2,7 @@
 autocast context.
 
 ``auto`` is bf16 autocast on CUDA. On the CPU it is what was measured on this machine
-(``cyclegan_core.backends``: the fastest path whose output stays within 40 dB of fp32), which the entry
+(``cyclegan_core.inference.backends``: the fastest path whose output stays within 40 dB of fp32), which the entry
 point measures once and passes down as ``cpu_auto``; without a measurement it is fp32, the official
 computation. No list of CPU flags decides it: bf16 was 0.64x fp32 on one AVX512-BF16 Xeon and 1.9x on an
 AVX512-BF16 EPYC (benchmarks/README.md). fp16 and bf16 run under ``torch.autocast``; fp32 disables

@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from cyclegan_core.config import DataConfig, ModelConfig, StrictModel, TrainConfig
-from cyclegan_core.watchdog import WatchdogConfig
+from cyclegan_core.training.watchdog import WatchdogConfig
 
 # Environment variables the pipeline reads, and what each switches (``infra/`` manifests are checked
 # against this list). boto3, mlflow, ray and prefect also read their own standard variables.
@@ -225,7 +225,7 @@ def cache_dir_from_env(env: Mapping[str, str]) -> Path | None:
 def inference_choice_from_env(env: Mapping[str, str]) -> tuple[str, str]:
     """``(CYCLEGAN_BACKEND, CYCLEGAN_PRECISION)``, ``auto`` when unset: how MLflow's loading of the registered
     model (which takes no arguments) picks its backend. A bad value raises ValueError naming the variable."""
-    from cyclegan_core.backends.interface import check_choice
+    from cyclegan_core.inference.backends.interface import check_choice
 
     backend, precision = env.get("CYCLEGAN_BACKEND") or "auto", env.get("CYCLEGAN_PRECISION") or "auto"
     try:

@@ -1,6 +1,6 @@
 """``make demo`` / ``cyclegan demo``: the whole pipeline end to end on a laptop, nothing to configure.
 
-1. writes the synthetic domain pair (``cyclegan_core.synthetic``; B = f(A) with ground truth for testA),
+1. writes the synthetic domain pair (``cyclegan_core.data.synthetic``; B = f(A) with ground truth for testA),
 2. starts an S3-compatible server on loopback (moto's standalone server) and uploads the dataset to it,
    so the real boto3 ingestion path runs,
 3. runs the Prefect flow ``train-cyclegan`` (Prefect's ephemeral API): ingest from that S3 endpoint,
@@ -83,7 +83,7 @@ def demo_config(settings: DemoSettings) -> PipelineConfig:
 
 def run_demo(settings: DemoSettings | None = None) -> PipelineOutcome:
     """Run the whole pipeline on embedded services and return what the flow did."""
-    from cyclegan_core.synthetic import make_synthetic_dataset
+    from cyclegan_core.data.synthetic import make_synthetic_dataset
     from pipelines.config import resolve
     from pipelines.embedded import embedded_s3
     from pipelines.flows import train_cyclegan

@@ -1,6 +1,6 @@
-"""The evaluate stage: Inception weights, the scoring of ``cyclegan_core.evaluation``, artifacts and the EvalReport.
+"""The evaluate stage: Inception weights, the scoring of ``cyclegan_core.evaluation.scoring``, artifacts and the EvalReport.
 
-Metrics are computed by ``cyclegan_core.evaluation.evaluate_translator`` (keys and conventions in its
+Metrics are computed by ``cyclegan_core.evaluation.scoring.evaluate_translator`` (keys and conventions in its
 docstring). Inception weights come from ``config.services.inception_weights`` (resolved at the entry
 from ``eval.inception_weights`` or ``CYCLEGAN_INCEPTION_WEIGHTS``): a local file, an ``s3://`` URI
 (downloaded once into the torch.hub cache, with the S3 endpoint and region of the services) or
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
-from cyclegan_core.evaluation import evaluate_translator
-from cyclegan_core.inception import (
+from cyclegan_core.evaluation.inception import (
     InceptionFeatureExtractor,
     InceptionWeightsError,
     torchvision_inception_weights,
 )
-from cyclegan_core.translator import Translator
+from cyclegan_core.evaluation.scoring import evaluate_translator
+from cyclegan_core.inference.translator import Translator
 from pipelines.config import EvalSettings, RegistrySettings, ResolvedConfig
 from pipelines.records import DatasetRef, EvalReport
 

@@ -59,7 +59,7 @@ def backend_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("backend-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CYCLEGAN_CACHE_DIR", str(folder))
-        patch.setattr("cyclegan_core.backends.loading.default_cache_dir", lambda: folder)
+        patch.setattr("cyclegan_core.inference.backends.loading.default_cache_dir", lambda: folder)
         yield folder
 
 
@@ -133,7 +133,7 @@ def ray_local(s3_server: str) -> Iterator[None]:
 @pytest.fixture()
 def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic domain pair (32 px, 24 train / 6 test images per domain)."""
-    from cyclegan_core.synthetic import make_synthetic_dataset
+    from cyclegan_core.data.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synth")
     return make_synthetic_dataset(root / "synth", size=32, n_train=24, n_test=6, seed=0)

@@ -63,7 +63,7 @@ def _instance_and_layer_norm(x: torch.Tensor, eps: float) -> tuple[torch.Tensor,
 
 class RhoMix(nn.Module):
     """Shared part of AdaLIN and ILN: the clamped rho mixing of IN and LN features (the layers whose
-    statistics tiled inference gathers, with InstanceNorm2d: ``cyclegan_core.tiling``)."""
+    statistics tiled inference gathers, with InstanceNorm2d: ``cyclegan_core.inference.tiling``)."""
 
     def __init__(self, num_features: int, *, rho_init: float, eps: float = 1e-5) -> None:
         super().__init__()

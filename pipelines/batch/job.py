@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from cyclegan_core.backends import check_choice
 from cyclegan_core.config import StrictModel
-from cyclegan_core.pretrained import DIRECTIONS
+from cyclegan_core.inference.backends import check_choice
+from cyclegan_core.inference.pretrained import DIRECTIONS
 from pipelines.batch.planning import (
     LEDGER_FOLDER,
     MANIFEST,

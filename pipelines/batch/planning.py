@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cyclegan_core.images import IMAGE_EXTENSIONS
+from cyclegan_core.data.images import IMAGE_EXTENSIONS
 from pipelines.batch.stores import StoredObject
 
 MANIFEST = "_manifest.json"

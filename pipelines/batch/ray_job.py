@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclegan_core.memory import MemoryBudgetError
+from cyclegan_core.inference.memory import MemoryBudgetError
 from pipelines.batch.planning import (
     InputRecord,
     Ledger,
@@ -58,7 +58,7 @@ class ActorSpec:
     threads: int
     backend: str = "auto"
     precision: str = "auto"
-    cache_dir: Path | None = None  # None: each node's default (cyclegan_core.backends.default_cache_dir)
+    cache_dir: Path | None = None  # None: each node's default (cyclegan_core.inference.backends.default_cache_dir)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class TranslateActor:
         import torch
 
         from cyclegan_core.atomic import scratch_folder
-        from cyclegan_core.backends import load_translator
+        from cyclegan_core.inference.backends import load_translator
         from pipelines.train.cluster import NodeCredentialsError, node_credentials_problem
 
         uses = [f"{what} {where.uri}" for what, where in (("reading", spec.source), ("writing", spec.root))
@@ -131,7 +131,7 @@ class TranslateActor:
         return {name: [row.get(name) or ("" if name != "size" else 0) for row in rows] for name in ROW_FIELDS}
 
     def translate_items(self, items: list[WorkItem]) -> list[dict[str, Any]]:
-        from cyclegan_core.images import InvalidImage, decode_image
+        from cyclegan_core.data.images import InvalidImage, decode_image
 
         rows: list[dict[str, Any]] = []
         decoded = []

@@ -10,7 +10,7 @@ import typer
 from pipelines.cli.app import app, console, fail, print_json, refuse, services
 
 
-# --- data: synth (cyclegan_core.synthetic) -------------------------------------------------------
+# --- data: synth (cyclegan_core.data.synthetic) -------------------------------------------------------
 @app.command()
 def synth(
     dest: Annotated[Path, typer.Argument(help="folder to create (trainA/ trainB/ testA/ testB/ testA_ref/)")],
@@ -21,8 +21,8 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty DEST")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON (last line)")] = False,
 ) -> None:
-    """Write the synthetic domain pair (warm scenes -> complementary hues, see cyclegan_core.synthetic)."""
-    from cyclegan_core.synthetic import identity_psnr, make_synthetic_dataset
+    """Write the synthetic domain pair (warm scenes -> complementary hues, see cyclegan_core.data.synthetic)."""
+    from cyclegan_core.data.synthetic import identity_psnr, make_synthetic_dataset
 
     try:
         root = make_synthetic_dataset(dest, size=size, n_train=train, n_test=test, seed=seed,

@@ -28,15 +28,15 @@ def export(
     Each graph is checked with onnxruntime against PyTorch. Exits 4 on a bad model or output path.
     """
     from cyclegan_core.atomic import scratch_folder
-    from cyclegan_core.onnx_export import (
+    from cyclegan_core.inference.onnx_export import (
         CONFIG_FILE,
         OnnxExportError,
         export_onnx,
         is_onnx_export,
         read_onnx_export,
     )
-    from cyclegan_core.pretrained import GeneratorLoadError
-    from cyclegan_core.translator import Translator
+    from cyclegan_core.inference.pretrained import GeneratorLoadError
+    from cyclegan_core.inference.translator import Translator
     from pipelines.cli.models import fetch_model
 
     if export_format not in EXPORT_FORMATS:

@@ -121,7 +121,7 @@ def gate(
         print_json(ref.model_dump(mode="json"))
 
 
-# --- translate (cyclegan_core.translate) ---------------------------------------------------------
+# --- translate (cyclegan_core.inference.files) ---------------------------------------------------------
 @app.command()
 def translate(
     input_path: Annotated[str, typer.Argument(
@@ -170,10 +170,10 @@ def translate(
     Exits 3 when inputs were skipped as unreadable (beyond --max-skipped), 4 on a bad path, device or model.
     """
     from cyclegan_core.atomic import scratch_folder
-    from cyclegan_core.backends import BACKENDS, PRECISIONS, check_choice
-    from cyclegan_core.memory import parse_bytes
-    from cyclegan_core.pretrained import DIRECTIONS, GeneratorLoadError
-    from cyclegan_core.translate import check_device, plan_translation, translate_path
+    from cyclegan_core.inference.backends import BACKENDS, PRECISIONS, check_choice
+    from cyclegan_core.inference.files import check_device, plan_translation, translate_path
+    from cyclegan_core.inference.memory import parse_bytes
+    from cyclegan_core.inference.pretrained import DIRECTIONS, GeneratorLoadError
     from pipelines.config import cache_dir_from_env
 
     if direction not in DIRECTIONS:

@@ -48,7 +48,7 @@ def serve(
     starts a local Ray; SIGTERM or Ctrl-C stops everything it started."""
     from pydantic import ValidationError
 
-    from cyclegan_core.memory import parse_bytes
+    from cyclegan_core.inference.memory import parse_bytes
     from pipelines.config import cache_dir_from_env
     from pipelines.registry.session import RegistryError, check_reachable
     from pipelines.serving.server import serve_application

@@ -78,8 +78,8 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="print the EvalReport as JSON (last line)")] = False,
 ) -> None:
     """Score exported generators on a local dataset's test splits: FID/KID, PSNR/SSIM/L1, cycle error."""
-    from cyclegan_core.evaluation import split_paths
-    from cyclegan_core.pretrained import GeneratorLoadError
+    from cyclegan_core.evaluation.scoring import split_paths
+    from cyclegan_core.inference.pretrained import GeneratorLoadError
     from pipelines.config import EvalSettings, RegistrySettings, load_pipeline_config
     from pipelines.evaluate import evaluate_generators
 

@@ -6,7 +6,7 @@ mirror ``prefix/{trainA,trainB,testA,testB,testA_ref}/`` into ``cache_dir/<bucke
 prefix (``pipelines.s3``), plan where each key goes (``planning``), keep what the manifest shows
 unchanged (``manifest``), fetch and validate the rest in parallel (``download``), sweep files the
 bucket no longer has, write the manifest and refresh the pre-decoded training cache
-(``cyclegan_core.data.write_decoded_cache``).
+(``cyclegan_core.data.cache.write_decoded_cache``).
 """
 
 from __future__ import annotations

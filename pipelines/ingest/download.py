@@ -1,7 +1,7 @@
 """Fetch one S3 object into the cache, validate it and place it: a clean split file or quarantine.
 
 Each object is downloaded into a staging file inside the cache (retried on transient errors),
-size-checked, hashed and decoded with ``cyclegan_core.images.decode_image``, then ``os.replace``-d into
+size-checked, hashed and decoded with ``cyclegan_core.data.images.decode_image``, then ``os.replace``-d into
 place. Files that are already 8-bit RGB keep their original bytes; any other mode (grey, palette,
 RGBA, CMYK, 16-bit) or an EXIF rotation is stored as the RGB PNG ``decode_image`` produces, named
 ``<stem>.png``, so every clean file decodes to RGB in any reader. Invalid files (zero-byte, not an
@@ -24,7 +24,7 @@ from botocore.exceptions import IncompleteReadError
 from PIL import Image
 
 from cyclegan_core.atomic import sweep_stale_temps, temp_name
-from cyclegan_core.images import InvalidImage, decode_image
+from cyclegan_core.data.images import InvalidImage, decode_image
 from pipelines.ingest.manifest import ManifestEntry, file_sha256
 from pipelines.ingest.planning import QUARANTINE_DIR, SPLITS, PlannedObject, ensure_inside
 from pipelines.s3 import with_retries
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 KEEP_ORIGINAL_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM"})
 EXIF_ORIENTATION = 0x0112
-DECODED_DIR = ".decoded"  # cyclegan_core.data.CACHE_DIRNAME (importing that module imports torch)
+DECODED_DIR = ".decoded"  # cyclegan_core.data.cache.CACHE_DIRNAME (importing that module imports torch)
 
 
 def staging_file(staging: Path, rel: str, *, suffix: str) -> tuple[int, Path]:

@@ -166,7 +166,7 @@ def check_clean_splits(uri: str, entries: list[ManifestEntry], root: Path) -> No
 
 def refresh_decoded_cache(root: Path, manifest: Manifest, *, load_size: int) -> Manifest:
     """Bring the pre-decoded uint8 cache up to date (``write_decoded_cache`` skips fresh splits itself)."""
-    from cyclegan_core.data import write_decoded_cache  # torch: only once there is something to decode
+    from cyclegan_core.data.cache import write_decoded_cache  # torch: only once there is something to decode
 
     path = Path(write_decoded_cache(root, load_size=load_size)).resolve()
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)

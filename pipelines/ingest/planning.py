@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cyclegan_core.images import IMAGE_EXTENSIONS
+from cyclegan_core.data.images import IMAGE_EXTENSIONS
 from pipelines.s3 import RemoteObject
 
 SPLITS: tuple[str, ...] = ("trainA", "trainB", "testA", "testB", "testA_ref")

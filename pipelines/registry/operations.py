@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cyclegan_core.atomic import owned_temp, sweep_stale_temps
-from cyclegan_core.pretrained import DIRECTION_FOLDERS
+from cyclegan_core.inference.pretrained import DIRECTION_FOLDERS
 from pipelines.config import RegistrySettings, ResolvedConfig
 from pipelines.records import EvalReport, ModelVersionRef, TrainResult
 from pipelines.registry.gate import CHALLENGER, CHAMPION, gate_decision

@@ -1,11 +1,11 @@
 """The MLflow pyfunc model: both generators behind ``mlflow.pyfunc`` (a thin wrapper over what
-``cyclegan_core.backends.load_translator`` loads), its image codecs, signature and requirements.
+``cyclegan_core.inference.backends.load_translator`` loads), its image codecs, signature and requirements.
 
 The model ships the project packages as ``code_paths``, so ``mlflow.pyfunc.load_model(
 "models:/<name>@champion")`` works in any environment with the pip requirements, with or without this
 project installed. Input: a DataFrame with a column ``image`` of encoded image bytes (PNG/JPEG; base64
 strings and HWC uint8 arrays are accepted too); the param ``direction`` is ``"AtoB"`` (default) or
-``"BtoA"``, ``memory_budget`` (e.g. ``"2GiB"``; default: the machine's, see ``cyclegan_core.memory``)
+``"BtoA"``, ``memory_budget`` (e.g. ``"2GiB"``; default: the machine's, see ``cyclegan_core.inference.memory``)
 bounds a request's memory (larger images are translated by tiles); output: a DataFrame with a column
 ``image`` of PNG bytes. ``mlflow models serve`` takes the same column as base64 text in JSON and answers
 base64 PNG (README "Serving"); a request it cannot translate raises ``BadRequest``, a 400 there.
@@ -33,7 +33,7 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 from cyclegan_core.atomic import scratch_folder
-from cyclegan_core.pretrained import DIRECTION_FOLDERS, DIRECTIONS
+from cyclegan_core.inference.pretrained import DIRECTION_FOLDERS, DIRECTIONS
 from pipelines.registry.session import global_tracking_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ class ImageTranslationModel(mlflow.pyfunc.PythonModel):
     """Both CycleGAN generators behind MLflow's pyfunc interface (see the module docstring for I/O)."""
 
     def load_context(self, context: Any) -> None:
-        from cyclegan_core.backends import load_translator
+        from cyclegan_core.inference.backends import load_translator
         from pipelines.config import cache_dir_from_env, inference_choice_from_env
 
         # the serving process's entry: auto is torch bf16 on CUDA, the measured fastest path on a CPU;
@@ -130,7 +130,7 @@ class ImageTranslationModel(mlflow.pyfunc.PythonModel):
         """The translator, or a copy of it (sharing the generators) with the request's memory budget."""
         if not budget:
             return self._translator
-        from cyclegan_core.memory import parse_bytes
+        from cyclegan_core.inference.memory import parse_bytes
 
         try:
             limit = parse_bytes(budget)

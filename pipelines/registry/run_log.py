@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cyclegan_core.atomic import scratch_folder
-from cyclegan_core.pretrained import DIRECTION_FOLDERS
+from cyclegan_core.inference.pretrained import DIRECTION_FOLDERS
 from pipelines.config import DEFAULT_ARTIFACT_ROOT, PipelineConfig, ResolvedConfig
 from pipelines.records import EvalReport, TrainResult
 from pipelines.registry.logged_models import (

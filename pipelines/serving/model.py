@@ -3,7 +3,7 @@ images of concurrent requests in batches (``@serve.batch``; images of equal size
 together, as ``Translator.__call__`` groups them).
 
 ``load_for_serving`` is the one place a replica turns a downloaded model folder into a translator:
-``cyclegan_core.backends.load_translator`` with the serve settings' backend, precision, device, memory
+``cyclegan_core.inference.backends.load_translator`` with the serve settings' backend, precision, device, memory
 budget and cache folder (so ``auto`` is what this machine measured, as for ``cyclegan translate``).
 """
 
@@ -27,7 +27,7 @@ from ray import serve
 from pipelines.serving.settings import ServeSettings, settings_fingerprint
 
 if TYPE_CHECKING:
-    from cyclegan_core.backends import TranslatorLike
+    from cyclegan_core.inference.backends import TranslatorLike
 
 # Serve sets up this logger in every replica (its log file and stderr; a pod's log on Kubernetes)
 log = logging.getLogger("ray.serve")
@@ -40,7 +40,7 @@ class ModelLoadError(RuntimeError):
 def load_for_serving(folder: Path, settings: ServeSettings) -> TranslatorLike:
     """The translator of a downloaded model folder, as the serve settings ask (backend, precision,
     device, memory budget, cache folder of the measured decision and the converted models)."""
-    from cyclegan_core.backends import load_translator
+    from cyclegan_core.inference.backends import load_translator
 
     return load_translator(folder, backend=settings.backend, precision=settings.precision, device=settings.device,
                            memory_budget=settings.memory_budget, cache_dir=settings.cache_dir)
@@ -75,7 +75,7 @@ def with_budget(translator: Any, budget: int | None) -> Any:
 
 
 def describe_budget(budget: int | None) -> str:
-    from cyclegan_core.memory import format_bytes
+    from cyclegan_core.inference.memory import format_bytes
 
     return "the replica's default: half the available memory" if budget is None else format_bytes(budget)
 
@@ -87,7 +87,7 @@ def translate_items(translator: Any, items: Sequence[TranslateItem], version: st
     budget fit) answers its own item with that error (a 400), not the others; other errors propagate."""
     from PIL import Image
 
-    from cyclegan_core.memory import MemoryBudgetError
+    from cyclegan_core.inference.memory import MemoryBudgetError
     from pipelines.registry.pyfunc import encode_png
 
     def run(indices: list[int], direction: str, budget: int | None) -> None:

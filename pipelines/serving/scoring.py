@@ -35,7 +35,7 @@ def bad_request(message: str) -> ScoringError:
 
 
 def body_too_large(limit: int) -> ScoringError:
-    from cyclegan_core.memory import format_bytes
+    from cyclegan_core.inference.memory import format_bytes
 
     return ScoringError(413, "REQUEST_LIMIT_EXCEEDED", f"the request body is larger than this server's limit of "
                                                        f"{format_bytes(limit)} ({limit} bytes; `cyclegan serve "
@@ -60,8 +60,8 @@ class Invocation:
 def translate_options(params: Mapping[str, Any] | None) -> tuple[str, int | None]:
     """``direction`` (default AtoB) and ``memory_budget`` (bytes; None: the replica's) from the params,
     validated as the pyfunc validates them."""
-    from cyclegan_core.memory import parse_bytes
-    from cyclegan_core.pretrained import DIRECTIONS
+    from cyclegan_core.inference.memory import parse_bytes
+    from cyclegan_core.inference.pretrained import DIRECTIONS
 
     params = params or {}
     direction = params.get("direction") or "AtoB"

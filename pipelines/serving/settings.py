@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from cyclegan_core.backends.interface import BACKENDS, PRECISIONS, check_choice
 from cyclegan_core.config import StrictModel
+from cyclegan_core.inference.backends.interface import BACKENDS, PRECISIONS, check_choice
 
 # what a replica may be asked for: int8 calibrates on images of the model's input domain, which a server
 # does not have before its first request
@@ -51,7 +51,7 @@ class ServeSettings(StrictModel):
     max_batch_size: int = Field(8, ge=1, description="images of one size a replica translates in one batch")
     batch_wait_s: float = Field(0.01, ge=0, description="how long a replica waits to fill a batch")
     memory_budget: int | None = Field(None, ge=1, description="bytes a replica may hold while translating (None: "
-                                                             "cyclegan_core.memory.default_budget); larger images are tiled")
+                                                             "cyclegan_core.inference.memory.default_budget); larger images are tiled")
     # the HTTP front
     max_body_bytes: int = Field(64 * 2**20, ge=1, description="request bodies over this are refused (413)")
 

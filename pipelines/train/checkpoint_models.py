@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import pyarrow.fs
 
 from cyclegan_core.atomic import scratch_folder
-from cyclegan_core.translator import Translator
+from cyclegan_core.inference.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef
 from pipelines.tracking import TrackingRun

@@ -15,7 +15,7 @@ import botocore.session
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cyclegan_core.distributed import all_gather_object
+from cyclegan_core.training.distributed import all_gather_object
 from pipelines import ray_session
 from pipelines.config import ResolvedConfig
 

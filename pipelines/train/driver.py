@@ -33,10 +33,10 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
 from cyclegan_core.atomic import scratch_folder
-from cyclegan_core.checkpoint import CheckpointError
-from cyclegan_core.fit import training_done
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.translator import Translator
+from cyclegan_core.inference.translator import Translator
+from cyclegan_core.training.checkpoint import CheckpointError
+from cyclegan_core.training.fit import training_done
+from cyclegan_core.training.model import CycleGAN
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
 from pipelines.tracking import TrackingRun

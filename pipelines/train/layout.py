@@ -18,14 +18,14 @@ import torch
 from ray.train import Checkpoint
 
 from cyclegan_core.atomic import atomic_path, write_json_atomic
-from cyclegan_core.checkpoint import (
+from cyclegan_core.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_weights_file,
     read_checkpoint,
     save_checkpoint,
 )
-from cyclegan_core.model import CycleGAN
+from cyclegan_core.training.model import CycleGAN
 from pipelines.train.progress import RunProgress
 
 if TYPE_CHECKING:

@@ -2,9 +2,9 @@
 
 ``EpochJudge`` (one per worker) decides for each finished epoch whether it is evaluated (every
 ``eval.every_epochs`` epochs and at each checkpoint, so every checkpoint carries a score), scores the
-generators on rank 0 with the final evaluation's code (``cyclegan_core.training_eval``), logs the
+generators on rank 0 with the final evaluation's code (``cyclegan_core.evaluation.during_training``), logs the
 labelled sample grids to the pipeline's MLflow run (and keeps them for the next checkpoint), shares the ``eval_<metric>`` values with every rank,
-and asks the watchdog (``cyclegan_core.watchdog``) whether the epoch is healthy. A faulty epoch rolls
+and asks the watchdog (``cyclegan_core.training.watchdog``) whether the epoch is healthy. A faulty epoch rolls
 every rank back to its last healthy in-memory state with lowered learning rates, or, once
 ``watchdog.max_rollbacks`` are spent, raises ``WatchdogError`` naming the epoch and the symptom (the
 worker returns its message and the driver raises it).
@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from cyclegan_core.distributed import all_gather_object
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.training_eval import labelled_grid, model_translator, sample_rows, score_model
-from cyclegan_core.watchdog import diagnose, lower_learning_rate, non_finite
+from cyclegan_core.evaluation.during_training import labelled_grid, model_translator, sample_rows, score_model
+from cyclegan_core.training.distributed import all_gather_object
+from cyclegan_core.training.model import CycleGAN
+from cyclegan_core.training.watchdog import diagnose, lower_learning_rate, non_finite
 from pipelines.config import ResolvedConfig
 from pipelines.tracking import TrackingRun, log_image
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from cyclegan_core.inception import InceptionFeatureExtractor
+    from cyclegan_core.evaluation.inception import InceptionFeatureExtractor
 
 logger = logging.getLogger(__name__)
 

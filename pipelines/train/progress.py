@@ -20,7 +20,7 @@ import ray
 from pydantic import BaseModel, ConfigDict
 from ray.train import UserCallback
 
-from cyclegan_core.fit import EpochEnd
+from cyclegan_core.training.fit import EpochEnd
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from ray.train import Checkpoint, Result
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
 
-from cyclegan_core.checkpoint import CheckpointError
+from cyclegan_core.training.checkpoint import CheckpointError
 from pipelines.train.layout import check_folder, read_in_checkpoint
 from pipelines.train.progress import RunProgress
 from pipelines.train.storage import StorageTarget

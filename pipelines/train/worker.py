@@ -1,4 +1,4 @@
-"""The function every Ray Train worker runs: plain PyTorch around ``cyclegan_core.fit``.
+"""The function every Ray Train worker runs: plain PyTorch around ``cyclegan_core.training.fit``.
 
 Ray initialises the process group (gloo on CPU, NCCL on GPU) and ``CycleGAN`` wraps its nets in DDP
 itself; the worker shards the data by rank, resumes from ``ray.train.get_checkpoint()`` when there is
@@ -21,12 +21,12 @@ import torch
 from ray.train.torch import get_device
 
 from cyclegan_core.atomic import scratch_folder
-from cyclegan_core.backends import training_precision
-from cyclegan_core.data import UnpairedDataset, build_dataloader
-from cyclegan_core.distributed import all_gather_float, all_reduce_mean, barrier, parameter_checksum
-from cyclegan_core.fit import EpochEnd, fit
-from cyclegan_core.model import CycleGAN
+from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
+from cyclegan_core.inference.backends import training_precision
 from cyclegan_core.precision import ResolvedPrecision
+from cyclegan_core.training.distributed import all_gather_float, all_reduce_mean, barrier, parameter_checksum
+from cyclegan_core.training.fit import EpochEnd, fit
+from cyclegan_core.training.model import CycleGAN
 from pipelines.config import ResolvedConfig
 from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef

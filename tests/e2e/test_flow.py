@@ -29,7 +29,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from cyclegan_core.translator import Translator
+from cyclegan_core.inference.translator import Translator
 from pipelines.cli import app
 from pipelines.config import (
     PipelineConfig,

@@ -43,8 +43,8 @@ IMAGES = ("a.png", "b.png")
 
 def export_tiny_model(dest: Path, seed: int) -> Path:
     from cyclegan_core.config import ModelConfig
+    from cyclegan_core.inference.translator import Translator
     from cyclegan_core.networks import build_generator
-    from cyclegan_core.translator import Translator
 
     tiny = ModelConfig(generator="resnet_6blocks", ngf=4, norm="instance")
     torch.manual_seed(seed)

@@ -65,8 +65,8 @@ def main(argv: list[str]) -> None:
         app(args=rest, prog_name="cyclegan")
     elif mode == "export":
         from cyclegan_core.config import ModelConfig
+        from cyclegan_core.inference.translator import Translator
         from cyclegan_core.networks import generator_from_config
-        from cyclegan_core.translator import Translator
 
         install_pause(name, Path(ready))
         cfg = ModelConfig(generator="resnet_6blocks", ngf=4)

@@ -27,8 +27,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.translator import Translator
 from pipelines.batch import batch_settings, translate_batch
 from pipelines.cli.app import ExitCode
 from pipelines.registry import promote
@@ -42,7 +42,7 @@ BAD = {"empty.png": b"", "text.jpg": b"this is not a jpeg"}
 
 def actor_translation(model: Path, image: Image.Image) -> np.ndarray:
     """What a CPU actor (one thread, the default backend: the measured auto) makes of ``image``."""
-    from cyclegan_core.backends import load_translator
+    from cyclegan_core.inference.backends import load_translator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

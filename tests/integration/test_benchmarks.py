@@ -167,10 +167,10 @@ def test_checkpoint_upload_prints_the_blocked_time_of_each_configuration() -> No
 
 def test_backend_quality_compares_every_backend_with_torch_fp32_on_the_task_metric(tmp_path: Path) -> None:
     from cyclegan_core.config import ModelConfig
+    from cyclegan_core.data.synthetic import make_synthetic_dataset
+    from cyclegan_core.inference.pretrained import swapped_channels
+    from cyclegan_core.inference.translator import Translator
     from cyclegan_core.networks import generator_from_config
-    from cyclegan_core.pretrained import swapped_channels
-    from cyclegan_core.synthetic import make_synthetic_dataset
-    from cyclegan_core.translator import Translator
 
     cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
     model = Translator(generator_from_config(cfg), generator_from_config(swapped_channels(cfg)), cfg).save_pretrained(

@@ -19,9 +19,9 @@ import torch
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from cyclegan_core.distributed import parameter_checksum
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.translator import Translator
+from cyclegan_core.inference.translator import Translator
+from cyclegan_core.training.distributed import parameter_checksum
+from cyclegan_core.training.model import CycleGAN
 from pipelines.records import DatasetRef
 from pipelines.registry import download_model
 from pipelines.registry.logged_models import run_models

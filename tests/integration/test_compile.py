@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from cyclegan_core.config import ModelConfig, TrainConfig
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.rng import seed_everything
+from cyclegan_core.training.model import CycleGAN
+from cyclegan_core.training.rng import seed_everything
 
 MODEL = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=4, ndf=4)
 

@@ -26,9 +26,9 @@ import yaml
 
 from cyclegan_core.atomic import SCRATCH_PREFIX, parse_temp_name, pid_running, sweep_stale_temps
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.data import CACHE_SPLITS, fresh_cache_array, write_decoded_cache
+from cyclegan_core.data.cache import CACHE_SPLITS, fresh_cache_array, write_decoded_cache
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import generator_from_config
-from cyclegan_core.translator import Translator
 from pipelines.config import Services
 from pipelines.ingest import MANIFEST_FILE, ingest_prefix, upload_folder
 from pipelines.ingest.download import sweep_dead_temps

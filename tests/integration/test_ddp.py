@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cyclegan_core.config import ModelConfig, TrainConfig
-from cyclegan_core.model import CycleGAN
+from cyclegan_core.training.model import CycleGAN
 
 WORLD_SIZE = 2
 STEPS = 2

@@ -17,9 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.evaluation import same_size_batches
+from cyclegan_core.evaluation.scoring import same_size_batches
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import generator_from_config
-from cyclegan_core.translator import Translator
 from pipelines.cli import app
 from pipelines.config import (
     EvalSettings,
@@ -36,7 +36,7 @@ from pipelines.evaluate import (
     resolve_inception_weights,
 )
 from pipelines.records import DatasetRef, EvalReport
-from tests.unit.test_inception import write_random_inception_weights
+from tests.unit.core.test_inception import write_random_inception_weights
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
 IMAGES = 3  # per domain: Inception at 299 px on CPU is the cost of this file

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan_core.images import decode_image
+from cyclegan_core.data.images import decode_image
 from pipelines.config import PipelineConfig, resolve
 from pipelines.ingest import (
     MANIFEST_FILE,

@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.onnx_export import export_onnx, read_onnx_export
+from cyclegan_core.inference.pretrained import swapped_channels
+from cyclegan_core.inference.translator import Translator, pad_to_multiple
 from cyclegan_core.networks import generator_from_config
-from cyclegan_core.onnx_export import export_onnx, read_onnx_export
-from cyclegan_core.pretrained import swapped_channels
-from cyclegan_core.translator import Translator, pad_to_multiple
 from pipelines.cli import app
 from pipelines.cli.app import ExitCode
 

@@ -14,18 +14,19 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cyclegan_core.backends import load_translator, training_precision
-from cyclegan_core.backends import openvino_runtime as ov_runtime
-from cyclegan_core.backends.decision import decision_path
-from cyclegan_core.backends.openvino_runtime import OpenVinoTranslator
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.images import decode_image, list_images
-from cyclegan_core.memory import forward_bytes
-from cyclegan_core.metrics import psnr
+from cyclegan_core.data.images import decode_image, list_images
+from cyclegan_core.data.synthetic import make_synthetic_dataset, render_scene, synthetic_mapping
+from cyclegan_core.evaluation.metrics import psnr
+from cyclegan_core.inference.backends import load_translator, training_precision
+from cyclegan_core.inference.backends import openvino_runtime as ov_runtime
+from cyclegan_core.inference.backends.decision import decision_path
+from cyclegan_core.inference.backends.host import this_host
+from cyclegan_core.inference.backends.openvino_runtime import OpenVinoTranslator
+from cyclegan_core.inference.memory import forward_bytes
+from cyclegan_core.inference.pretrained import swapped_channels
+from cyclegan_core.inference.translator import Translator, pil_to_tensor
 from cyclegan_core.networks import generator_from_config
-from cyclegan_core.pretrained import swapped_channels
-from cyclegan_core.synthetic import make_synthetic_dataset, render_scene, synthetic_mapping
-from cyclegan_core.translator import Translator, pil_to_tensor
 from pipelines.cli import app
 from tests.integration.test_onnx import tiny_generator
 
@@ -224,7 +225,7 @@ def test_openvino_failing_to_compile_falls_back_to_torch_with_one_warning(
 def test_openvino_missing_leaves_auto_to_the_torch_paths(model_dir: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from cyclegan_core.backends import model_cache, probe
+    from cyclegan_core.inference.backends import model_cache, probe
 
     def missing() -> object:
         raise ImportError("No module named 'openvino'")
@@ -235,7 +236,7 @@ def test_openvino_missing_leaves_auto_to_the_torch_paths(model_dir: Path, tmp_pa
         translator = load(model_dir, tmp_path)
     assert isinstance(translator, Translator) and translator.describe().startswith("torch ")
     assert len(warnings_of(caplog)) == 1 and "No module named 'openvino'" in warnings_of(caplog)[0]
-    measured = decision_path(tmp_path, "translate", __import__("cyclegan_core.backends.host").backends.host.this_host(),
+    measured = decision_path(tmp_path, "translate", this_host(),
                              {"generator": "resnet_6blocks", "ngf": 8, "norm": "instance", "input_nc": 3,
                               "output_nc": 3}).read_text()
     assert '"openvino"' not in measured.replace('"openvino": "', "")  # only torch paths were timed
@@ -267,9 +268,9 @@ def test_an_inference_failure_mid_batch_switches_to_torch_once(model_dir: Path, 
 @pytest.fixture()
 def holding_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The translators read this process as holding no memory: the budget is what is free."""
-    import cyclegan_core.translator
+    import cyclegan_core.inference.translator
 
-    for module in (cyclegan_core.translator, ov_runtime):
+    for module in (cyclegan_core.inference.translator, ov_runtime):
         monkeypatch.setattr(module, "used_bytes", lambda device: 0)
 
 
@@ -359,7 +360,7 @@ def test_compiled_models_dropped_in_any_order_leave_signals_working(tmp_path: Pa
     process (SIGSEGV). Run in a child: that failure would take the test runner down with it."""
     script = (
         "import gc, os, signal, time\n"
-        "from cyclegan_core.backends.openvino_runtime import compile_model, convert\n"
+        "from cyclegan_core.inference.backends.openvino_runtime import compile_model, convert\n"
         "from cyclegan_core.networks import build_generator\n"
         "signal.signal(signal.SIGUSR1, lambda *_: print('handled', flush=True))\n"
         "model = convert(build_generator('resnet_6blocks', ngf=4), channels=3, multiple=4)\n"

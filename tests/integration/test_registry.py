@@ -20,10 +20,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cyclegan_core.backends import load_translator
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.backends import load_translator
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from cyclegan_core.translator import Translator
 from pipelines.config import PipelineConfig, RegistrySettings, ResolvedConfig, resolve
 from pipelines.records import EvalReport, TrainResult
 from pipelines.registry import (

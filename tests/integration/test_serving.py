@@ -117,7 +117,7 @@ FIXED_CHOICE = ("--backend", "torch", "--precision", "fp32")
 
 def official_translation(generators_dir: Path, image: Image.Image) -> np.ndarray:
     """What the servers of this module answer: the official computation (torch fp32)."""
-    from cyclegan_core.backends import load_translator
+    from cyclegan_core.inference.backends import load_translator
 
     translator = load_translator(generators_dir, backend="torch", precision="fp32", device="cpu")
     return np.asarray(translator([image])[0])

@@ -2,7 +2,7 @@
 
 The generator is small (resnet_6blocks, ngf 4) so the test runs in about a minute on 2 CPU cores, yet
 an untiled pass would still blow the budget: its first activations alone are 2 x 4 channels x 64 MP x
-4 B = 2 GiB, and the estimate (``cyclegan_core.memory.forward_bytes``) of the whole pass is 7 GiB. The
+4 B = 2 GiB, and the estimate (``cyclegan_core.inference.memory.forward_bytes``) of the whole pass is 7 GiB. The
 peak RSS of the CLI process (``os.wait4`` in a small launcher: that process and nothing else) must stay under the 2 GiB budget,
 interpreter, torch, the decoded input and the encoded output included.
 """
@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan_core.backends import load_translator
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.images import MAX_PIXELS
-from cyclegan_core.memory import forward_bytes
+from cyclegan_core.data.images import MAX_PIXELS
+from cyclegan_core.inference.backends import load_translator
+from cyclegan_core.inference.memory import forward_bytes
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import generator_from_config
-from cyclegan_core.translator import Translator
 
 # Linux keeps a process's ru_maxrss across exec, and a child forked from this pytest process starts
 # with pytest's resident set (gigabytes late in the suite): the CLI is started by a small launcher

@@ -2,7 +2,7 @@
 replaced by a malicious pickle, a truncated Ray snapshot, a half-uploaded checkpoint folder (a worker
 killed during its upload: test_crash_leftovers kills one on S3), and the failure message's first line; the
 resumed run still ends with the weights of an uninterrupted run, bit for bit. The pure parts (file
-checks, folder choice, the summary line) are in tests/unit/test_resume.py."""
+checks, folder choice, the summary line) are in tests/unit/pipelines/test_resume.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import boto3
 import pytest
 import torch
 
-from cyclegan_core.translator import Translator
+from cyclegan_core.inference.translator import Translator
 from pipelines.config import Services
 from pipelines.records import DatasetRef
 from pipelines.train import TrainHooks, TrainingError, train_on_ray
@@ -23,7 +23,7 @@ from pipelines.train.layout import CHECKPOINT_FILE, check_folder
 from pipelines.train.resume import find_resume_point, set_snapshot_aside
 from pipelines.train.storage import resolve_storage
 from tests.integration.test_train_ray import STEPS_PER_EPOCH, CrashOnce, ingested, tiny_config  # noqa: F401
-from tests.unit.test_resume import plant_malicious_checkpoint, write_folder
+from tests.unit.pipelines.test_resume import plant_malicious_checkpoint, write_folder
 
 
 @pytest.mark.slow

@@ -24,11 +24,11 @@ import pytest
 import ray.train
 import torch
 
-from cyclegan_core.checkpoint import load_checkpoint
-from cyclegan_core.distributed import parameter_checksum
-from cyclegan_core.fit import EpochEnd
-from cyclegan_core.model import CycleGAN
-from cyclegan_core.translator import Translator
+from cyclegan_core.inference.translator import Translator
+from cyclegan_core.training.checkpoint import load_checkpoint
+from cyclegan_core.training.distributed import parameter_checksum
+from cyclegan_core.training.fit import EpochEnd
+from cyclegan_core.training.model import CycleGAN
 from pipelines.config import PipelineConfig, ResolvedConfig, Services, resolve
 from pipelines.ingest import ingest_prefix, upload_folder
 from pipelines.records import DatasetRef

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import generator_from_config
-from cyclegan_core.translator import Translator
 from pipelines.cli.app import ExitCode
 
 CFG = ModelConfig(generator="resnet_unet_adalin", ngf=4)
