@@ -77,15 +77,17 @@ def gate(
 ) -> None:
     """Give a version registered by hand in the MLflow UI (a checkpoint's LoggedModel, "Register model")
     the pipeline's evaluation, model card and gate: alias challenger, champion when it wins."""
+    from cyclegan_core.model_source import ModelSource
     from pipelines.evaluate import evaluate_model
     from pipelines.ingest import IngestError, ingest_dataset
-    from pipelines.registry import RegistryError, download_model
+    from pipelines.registry import RegistryError
     from pipelines.registry.hand_registered import (
         checkpoint_train_record,
         gate_registered,
         registered_checkpoint,
     )
     from pipelines.registry.session import check_reachable, mlflow_client
+    from pipelines.registry.sources import fetch_model
     from pipelines.s3 import S3Error
 
     resolved = resolved_from_cli(config, set_)
@@ -107,7 +109,8 @@ def gate(
                "other versions'; promote it by hand (`cyclegan promote`) if you want it anyway")
     out_dir = resolved.output_dir / model.tags.get("ray_run_name", name) / f"gate-{model.name}"
     try:
-        generators = download_model(f"models:/{model.model_id}", out_dir / "model", tracking_uri=tracking_uri)
+        logged = ModelSource(f"models:/{model.model_id}", "registered")  # a LoggedModel: no version to resolve
+        generators = fetch_model(logged, out_dir, tracking_uri=tracking_uri).path
         train = checkpoint_train_record(model, generators)
         report = evaluate_model(generators, dataset, resolved, out_dir / "eval")
         ref = gate_registered(client, resolved, model_version, model, train, report)

@@ -1,4 +1,4 @@
-"""``fetch_model``: a ``ModelSource`` as a local path to load, the one place a registry model is downloaded.
+"""``fetch_model``: a ``ModelSource`` as a local path to load, the one place a model is fetched from the registry.
 
 ``models:/NAME@ALIAS`` is resolved to its version first and exactly that version is downloaded (the alias
 may move meanwhile); a local source is used where it is. A registry source read from a local MLflow store
