@@ -130,6 +130,7 @@ def main() -> None:
     import boto3
     import ray
 
+    from cyclegan_core.inference.files import TranslateOptions
     from pipelines.batch import batch_settings
     from pipelines.embedded import embedded_s3
 
@@ -155,8 +156,9 @@ def main() -> None:
 
         def settings_of(actors: int, backend: str, precision: str, source: str = "in") -> Any:
             return batch_settings(f"s3://{BUCKET}/{source}", f"s3://{BUCKET}/out-{actors}-{time.time_ns()}",
-                                  str(model_dir), env=os.environ, batch_size=args.batch_size, actors=actors,
-                                  cpus_per_actor=1.0, backend=backend, precision=precision)
+                                  str(model_dir), env=os.environ,
+                                  options=TranslateOptions(batch_size=args.batch_size, actors=actors, backend=backend,
+                                                           precision=precision))
 
         from pipelines.batch import translate_batch
 

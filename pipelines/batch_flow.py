@@ -18,6 +18,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from cyclegan_core.inference.files import translate_options
+from cyclegan_core.inference.model_source import is_registry_uri
 from pipelines.batch import BatchResult, BatchSettings, QuarantineToleranceError, batch_settings
 from pipelines.batch.planning import ModelIdentity
 from pipelines.batch.ray_job import BatchProgress
@@ -31,7 +33,7 @@ SUMMARY_ARTIFACT_KEY = "translate-cyclegan-summary"
 def deployment_problem(deployment: str | None, model_uri: str, env: Mapping[str, str]) -> str:
     """Why a deployment run may not start ('' when it may): a registry URI needs the tracking server,
     not the SQLite default in the worker's working folder, which holds no model."""
-    if deployment is None or env.get("MLFLOW_TRACKING_URI") or not model_uri.startswith(("models:/", "runs:/")):
+    if deployment is None or env.get("MLFLOW_TRACKING_URI") or not is_registry_uri(model_uri):
         return ""
     return (f"flow run of deployment {deployment!r}: MLFLOW_TRACKING_URI is not set in the worker's environment, "
             f"so {model_uri} would be looked up in a local SQLite file; set MLFLOW_TRACKING_URI on the worker "
@@ -57,7 +59,7 @@ def translate_task(settings: BatchSettings) -> BatchResult:
     progress = create_progress_artifact(0.0, key=PROGRESS_ARTIFACT_KEY, description="resolving the model")
 
     def on_model(model: ModelIdentity) -> None:
-        rename_flow_run(f"{model.name}-{model.label}-{settings.direction}")
+        rename_flow_run(f"{model.name}-{model.label}-{settings.options.direction}")
         get_run_logger().info("translating with %s (%s), triggered by %s", model.resolved_uri, model.uri,
                               settings.triggered_by)
 
@@ -99,10 +101,11 @@ def translate_cyclegan(
     of that version; fails when more than ``max_quarantined`` inputs are quarantined (None: any)."""
     from prefect.runtime import deployment
 
-    settings = batch_settings(input_uri, output_uri, model_uri, env=os.environ, direction=direction,
-                              triggered_by=triggered_by, max_quarantined=max_quarantined, batch_size=batch_size,
-                              actors=actors, use_gpu=use_gpu, memory_budget=memory_budget, backend=backend,
-                              precision=precision)
+    options = translate_options(direction=direction, batch_size=batch_size, actors=actors, backend=backend,
+                                precision=precision, memory_budget=memory_budget, max_skipped=max_quarantined,
+                                device=None if use_gpu is None else "cuda" if use_gpu else "cpu")
+    settings = batch_settings(input_uri, output_uri, model_uri, env=os.environ, options=options,
+                              triggered_by=triggered_by)
     problem = deployment_problem(deployment.name if deployment.id else None, settings.model_uri, os.environ)
     if problem:
         raise DeploymentSetupError(problem)

@@ -19,13 +19,22 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
+from cyclegan_core.config import StrictModel
 from cyclegan_core.data.images import IMAGE_EXTENSIONS, InvalidImage, decode_image, list_images
-from cyclegan_core.inference.backends import TranslatorLike, check_choice, load_translator
+from cyclegan_core.inference.backends import (
+    BACKENDS,
+    PRECISIONS,
+    TranslatorLike,
+    check_choice,
+    load_translator,
+)
 from cyclegan_core.inference.backends.quantize import CALIBRATION_IMAGES
+from cyclegan_core.inference.memory import parse_bytes
+from cyclegan_core.inference.pretrained import DIRECTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,84 @@ class TranslateSummary(BaseModel):
     skipped: list[SkippedImage] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+
+
+class TranslateOptionsError(ValueError):
+    """A translate option out of its choices; ``field`` names it (empty for a pair that does not go together)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        joined = f"{field} {detail}" if detail.startswith("must ") else f"{field}: {detail}"
+        super().__init__(joined if field else detail)
+        self.field, self.detail = field, detail
+
+
+class TranslateOptions(StrictModel):
+    """How to translate, for ``cyclegan translate`` (local files and the s3:// batch job), the
+    ``translate-cyclegan`` flow and the batch job: validated once where they enter (``translate_options``)."""
+
+    direction: str = Field("AtoB", description="AtoB or BtoA: picks G_AB or G_BA of a model folder")
+    batch_size: int = Field(8, ge=1, description="images per forward pass")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (None: cuda if available; the batch job: "
+                               "GPU actors when the Ray cluster has GPUs)")
+    backend: str = Field("auto", description="auto (measured on this machine), torch or openvino (CPU)")
+    precision: str = Field("auto", description="auto, fp32, bf16, fp16 (torch) or int8 (OpenVINO, local files)")
+    memory_budget: int | None = Field(None, ge=1, description="bytes translating may hold (a size like 2GiB is "
+                                      "read); an image over it is translated by tiles")
+    calibration: Path | None = Field(None, description="int8: a folder of images to calibrate on")
+    max_skipped: int | None = Field(0, ge=0, description="unreadable inputs tolerated (quarantined by the batch "
+                                    "job); None: any number")
+    actors: int | None = Field(None, ge=1, description="the batch job's Ray actors (None: one per GPU, else CPU)")
+
+    @field_validator("direction")
+    @classmethod
+    def _direction(cls, value: str) -> str:
+        return _one_of(value, DIRECTIONS)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        return _one_of(value, BACKENDS)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        return _one_of(value, PRECISIONS)
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> object:
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _together(self) -> TranslateOptions:
+        check_choice(self.backend, self.precision)
+        if self.calibration is not None and self.precision != "int8":
+            raise ValueError("calibration is for precision int8")
+        return self
+
+    @property
+    def use_gpu(self) -> bool | None:
+        """The batch job's actors: on GPUs (True), on CPUs (False) or GPUs when the cluster has any (None)."""
+        return None if self.device is None else self.device.startswith("cuda")
+
+
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def translate_options(**values: object) -> TranslateOptions:
+    """``TranslateOptions`` from an entry's arguments; raises TranslateOptionsError naming the field and
+    its choices."""
+    try:
+        return TranslateOptions(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        detail = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
+        detail = detail if detail.startswith("must ") else f"{detail[0].lower()}{detail[1:]}"
+        raise TranslateOptionsError(field, detail) from None
 
 
 class DeviceError(ValueError):
@@ -187,61 +274,71 @@ def calibration_images(paths: list[Path], count: int = CALIBRATION_IMAGES) -> li
     return images
 
 
-def translate_path(model: TranslatorLike | str | Path, input_path: Path, output_path: Path, *,
-                   direction: str = "AtoB", batch_size: int = 8, device: str | torch.device | None = None,
-                   backend: str = "auto", precision: str = "auto", memory_budget: int | None = None,
-                   cache_dir: Path | None = None, calibration: Path | None = None) -> TranslateSummary:
+def translate_path(model: TranslatorLike | str | Path, input_path: Path, output_path: Path,
+                   options: TranslateOptions | None = None, *, cache_dir: Path | None = None) -> TranslateSummary:
     """Translate an image file or a folder of images (flat) and write them under ``output_path``.
 
     ``model``: a loaded model (``TranslatorLike``: backend and precision bound already), or a path
-    ``load_translator`` loads on ``device`` with ``backend``, ``precision``, ``memory_budget`` and
-    ``cache_dir`` (an exported model folder, one exported generator folder, or an official ``.pth``).
-    int8 calibrates on the first ``CALIBRATION_IMAGES`` readable images of ``calibration`` (a folder),
-    else of the inputs. ``direction`` picks the generator; a model of one generator uses it whatever the
-    direction. For a file input, ``output_path`` may be an image file name (written in the format of its
-    extension) or a folder. 1-channel generators get greyscale inputs and write greyscale images. The
-    paths, the device and the choices are checked (``plan_translation``, ``check_device``,
-    ``check_choice``) before the model is loaded; images over the memory budget are translated by tiles.
+    ``load_translator`` loads as ``options`` say (device, backend, precision, memory budget; an exported
+    model folder, one exported generator folder, or an official ``.pth``) with the measured decisions and
+    converted models of ``cache_dir``. int8 calibrates on the first ``CALIBRATION_IMAGES`` readable images
+    of ``options.calibration`` (a folder), else of the inputs. ``options.direction`` picks the generator; a
+    model of one generator uses it whatever the direction. For a file input, ``output_path`` may be an
+    image file name (written in the format of its extension) or a folder. 1-channel generators get
+    greyscale inputs and write greyscale images. The paths and the device are checked (``plan_translation``,
+    ``check_device``) before the model is loaded; images over the memory budget are translated by tiles.
     """
     started = time.perf_counter()
+    options = TranslateOptions() if options is None else options
     input_path, output_path = Path(input_path), Path(output_path)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    check_choice(backend, precision)
     plan = plan_translation(input_path, output_path)
-    inputs, targets = plan.inputs, plan.targets
-    if isinstance(model, (str, Path)):
-        images = None
-        if precision == "int8":
-            images = calibration_images(list_images(calibration) if calibration is not None else inputs)
-        translator = load_translator(model, backend=backend, precision=precision, device=check_device(device),
-                                     memory_budget=memory_budget, cache_dir=cache_dir, calibration=images)
-    else:
-        translator = model
-    use = direction
-    if direction not in translator.directions and len(translator.directions) == 1:
+    translator = model if not isinstance(model, (str, Path)) else _load(model, options, plan, cache_dir)
+    use = options.direction
+    if use not in translator.directions and len(translator.directions) == 1:
         use = translator.directions[0]
-        logger.info("%s is one generator: translating with it (direction %s does not apply)", model, direction)
+        logger.info("%s is one generator: translating with it (direction %s does not apply)", model, options.direction)
     translator.multiple(use)  # an unknown direction fails before any file is read
     # A killed translate leaves its temporaries beside the outputs: remove those of dead processes.
     if input_path.is_file():
-        sweep_stale_temps(targets[input_path].parent, name=targets[input_path].name)
+        sweep_stale_temps(plan.targets[input_path].parent, name=plan.targets[input_path].name)
     else:
         sweep_stale_temps(output_path)
-    summary = TranslateSummary(model=str(model), direction=direction, backend=translator.describe())
+    summary = TranslateSummary(model=str(model), direction=options.direction, backend=translator.describe())
+    _translate_files(translator, plan, summary, direction=use, batch_size=options.batch_size)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    logger.info("translated %d image(s) to %s, skipped %d, in %.1fs", summary.translated, output_path,
+                len(summary.skipped), summary.seconds)
+    return summary
 
+
+def _load(model: str | Path, options: TranslateOptions, plan: TranslationPlan,
+          cache_dir: Path | None) -> TranslatorLike:
+    """The translator of the model at ``model`` as ``options`` ask (int8: calibrated first)."""
+    images = None
+    if options.precision == "int8":
+        images = calibration_images(list_images(options.calibration) if options.calibration is not None
+                                    else plan.inputs)
+    return load_translator(model, backend=options.backend, precision=options.precision,
+                           device=check_device(options.device), memory_budget=options.memory_budget,
+                           cache_dir=cache_dir, calibration=images)
+
+
+def _translate_files(translator: TranslatorLike, plan: TranslationPlan, summary: TranslateSummary, *,
+                     direction: str, batch_size: int) -> None:
+    """Decode the plan's inputs (an unreadable one is skipped into ``summary``), translate images of one size
+    together in batches of ``batch_size`` and write each to its target."""
     buckets: dict[tuple[int, int], list[tuple[Path, Image.Image]]] = {}
 
     def flush(size: tuple[int, int]) -> None:
         items = buckets.pop(size)
-        translated = translator([image for _, image in items], direction=use, batch_size=batch_size)
+        translated = translator([image for _, image in items], direction=direction, batch_size=batch_size)
         for (source, _), image in zip(items, translated, strict=True):
-            _save_image(image, targets[source])
-            summary.outputs.append(str(targets[source]))
+            _save_image(image, plan.targets[source])
+            summary.outputs.append(str(plan.targets[source]))
         summary.translated += len(items)
 
-    with tqdm(total=len(inputs), desc="translate", unit="img", disable=len(inputs) < 2) as progress:
-        for path in inputs:
+    with tqdm(total=len(plan.inputs), desc="translate", unit="img", disable=len(plan.inputs) < 2) as progress:
+        for path in plan.inputs:
             image = _decode_or_skip(path, summary)
             if image is None:
                 progress.update(1)
@@ -254,7 +351,3 @@ def translate_path(model: TranslatorLike | str | Path, input_path: Path, output_
             count = len(buckets[size])
             flush(size)
             progress.update(count)
-    summary.seconds = round(time.perf_counter() - started, 3)
-    logger.info("translated %d image(s) to %s, skipped %d, in %.1fs", summary.translated, output_path,
-                len(summary.skipped), summary.seconds)
-    return summary

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cyclegan_core.atomic import owned_temp, replace_folder, sweep_stale_temps
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.model_source import ONNX_FORMAT
 from cyclegan_core.inference.pretrained import DIRECTION_FOLDERS, GeneratorLoadError
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "cyclegan-onnx"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 INPUT_NAME = "image"
@@ -77,7 +77,7 @@ class OnnxExport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    format: Literal["cyclegan-onnx"] = FORMAT
+    format: Literal["cyclegan-onnx"] = ONNX_FORMAT
     format_version: int = FORMAT_VERSION
     model: ModelConfig
     size_multiple: int
@@ -86,17 +86,6 @@ class OnnxExport(BaseModel):
     output_name: str = OUTPUT_NAME
     opset: int
     exported_with: dict[str, str]
-
-
-def is_onnx_export(path: Path) -> bool:
-    """Whether ``path`` is a folder this module wrote (its config.json says format cyclegan-onnx)."""
-    config = Path(path) / CONFIG_FILE
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("format") == FORMAT
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
 
 
 def read_onnx_export(folder: Path) -> OnnxExport:
@@ -109,9 +98,9 @@ def read_onnx_export(folder: Path) -> OnnxExport:
                              "(write one with `cyclegan export --format onnx`)") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OnnxModelError(f"{path} is not readable JSON ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != ONNX_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise OnnxModelError(f"{path} is not a {FORMAT} config (format={found!r}); an exported PyTorch model "
+        raise OnnxModelError(f"{path} is not a {ONNX_FORMAT} config (format={found!r}); an exported PyTorch model "
                              "is converted by `cyclegan export --format onnx`")
     if raw.get("format_version") != FORMAT_VERSION:
         raise OnnxModelError(f"{path} has format_version {raw.get('format_version')!r}; this version of "

@@ -39,8 +39,8 @@ from cyclegan_core.inference.memory import (
     largest_tile,
     used_bytes,
 )
+from cyclegan_core.inference.model_source import check_translatable, parse_model_source
 from cyclegan_core.inference.pretrained import (
-    CONFIG_FILE,
     DIRECTION_FOLDERS,
     GeneratorLoadError,
     build_loaded,
@@ -157,26 +157,22 @@ class Translator:
                         memory_budget: int | None = None) -> Translator:
         """An exported model folder (``G_AB/`` + ``G_BA/``), one exported generator folder, or an official
         ``.pth`` whose architecture is inferred from its state dict. ``device`` None: CUDA if available."""
-        path = Path(path)
-        if path.is_dir() and (path / CONFIG_FILE).is_file():
+        source = parse_model_source(Path(path))  # GeneratorLoadError: not a model
+        check_translatable(source)
+        path = source.path
+        if source.kind == "generator_folder":
             net, cfg = load_generator_folder(path)
             translator = cls(net, None, cfg)
-        elif path.is_dir():
-            missing = [f"{folder}/" for folder in DIRECTION_FOLDERS.values() if not (path / folder).is_dir()]
-            if missing:
-                raise GeneratorLoadError(f"{path} is neither an exported generator (no {CONFIG_FILE}) nor an "
-                                         f"exported model (no {' or '.join(missing)})")
+        elif source.kind == "model_folder":
             g_ab, cfg = load_generator_folder(path / DIRECTION_FOLDERS["AtoB"])
             g_ba, cfg_ba = load_generator_folder(path / DIRECTION_FOLDERS["BtoA"])
             if cfg_ba != swapped_channels(cfg):
                 raise GeneratorLoadError(f"{path}: G_BA/ ({describe_config(cfg_ba)}) is not the B->A twin of "
                                          f"G_AB/ ({describe_config(cfg)}); export the pair together")
             translator = cls(g_ab, g_ba, cfg)
-        elif path.is_file():
+        else:
             net, cfg = load_official_generator(path)
             translator = cls(net, None, cfg)
-        else:
-            raise GeneratorLoadError(f"{path} does not exist (expected an exported generator/model folder or a .pth)")
         translator.memory_budget = memory_budget
         return translator.to(_default_device(device))
 

@@ -3,7 +3,8 @@
 Resolve the model URI to a concrete version once (``models:/name@champion`` -> ``models:/name/3``),
 download it once, list the inputs and the state of earlier runs of that version, translate only what
 is new or changed on the Ray actor pool, then write the manifest (atomically) and drop the ledgers it
-now covers. ``BatchSettings`` is resolved at the entry (``batch_settings``) and passed down.
+now covers. ``BatchSettings`` (with the ``TranslateOptions``) is resolved at the entry (``batch_settings``)
+and passed down.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from cyclegan_core.config import StrictModel
-from cyclegan_core.inference.backends import check_choice
-from cyclegan_core.inference.pretrained import DIRECTIONS
+from cyclegan_core.inference.files import TranslateOptions
+from cyclegan_core.inference.model_source import check_translatable, parse_model_source
 from pipelines.batch.planning import (
     LEDGER_FOLDER,
     MANIFEST,
@@ -35,6 +37,9 @@ from pipelines.batch.ray_job import ActorSpec, BatchProgress, load_model_files, 
 from pipelines.batch.stores import LocalStore, Location, open_store, parse_location
 from pipelines.config import RegistrySettings, Services, services_from_env
 
+if TYPE_CHECKING:
+    from pipelines.registry.sources import FetchedModel
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,17 +49,10 @@ class BatchSettings(StrictModel):
     input_uri: str
     output_uri: str
     model_uri: str
-    direction: str = "AtoB"
+    options: TranslateOptions = Field(default_factory=TranslateOptions)
     triggered_by: str = "manual"
-    batch_size: int = Field(8, ge=1)
-    actors: int | None = Field(None, ge=1, description="actor count (None: one per GPU, else one per cpus_per_actor)")
-    use_gpu: bool | None = Field(None, description="None: GPUs when the Ray cluster has any")
     cpus_per_actor: float = Field(1.0, gt=0)
-    memory_budget: int | None = Field(None, ge=1, description="bytes per actor; an image over it is tiled")
-    backend: str = Field("auto", description="auto (measured on each node), torch or openvino (CPU actors)")
-    precision: str = Field("auto", description="auto, fp32, bf16 or fp16 (int8 needs calibration: local files only)")
     cache_dir: Path | None = Field(None, description="auto decisions and OpenVINO models (None: each node's default)")
-    max_quarantined: int | None = Field(0, ge=0, description="quarantined inputs tolerated (None: any number)")
     services: Services
 
 
@@ -98,20 +96,17 @@ def default_model_uri(model_name: str | None = None) -> str:
     return f"models:/{model_name or RegistrySettings().model_name}@champion"
 
 
-def batch_settings(input_uri: str, output_uri: str, model_uri: str | None = None, *,
-                   env: Mapping[str, str], **options: object) -> BatchSettings:
+def batch_settings(input_uri: str, output_uri: str, model_uri: str | None = None, *, env: Mapping[str, str],
+                   options: TranslateOptions | None = None, triggered_by: str = "manual") -> BatchSettings:
     """The settings of a run from its entry's arguments and environment (read here, once). Raises
-    ValueError naming a bad URI, direction or option."""
-    if options.get("direction", "AtoB") not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {options['direction']!r}")
-    backend, precision = str(options.get("backend", "auto")), str(options.get("precision", "auto"))
-    check_choice(backend, precision)
-    if precision == "int8":
+    ValueError naming a bad URI or option."""
+    options = TranslateOptions() if options is None else options
+    if options.precision == "int8":
         raise ValueError("precision int8 calibrates on images of the job's input domain, which the batch job does "
                          "not pick for its actors: use auto, fp32 or bf16 (int8: `cyclegan translate` on local files)")
     services = services_from_env(env)
     settings = BatchSettings(input_uri=input_uri, output_uri=output_uri, model_uri=model_uri or default_model_uri(),
-                             services=services, cache_dir=services.cache_dir, **options)
+                             options=options, triggered_by=triggered_by, services=services, cache_dir=services.cache_dir)
     source, output = locations(settings)
     if output.contains(source) or source.contains(output):
         raise ValueError(f"output {output_uri} and input {input_uri} overlap: outputs would be read back as inputs; "
@@ -125,33 +120,36 @@ def locations(settings: BatchSettings) -> tuple[Location, Location]:
     return parse_location(settings.input_uri, **options), parse_location(settings.output_uri, **options)
 
 
-def local_model_identity(path: Path, uri: str) -> ModelIdentity:
-    """A model folder's identity: its folder name and a hash of its files (a changed model, a new version)."""
-    digest = hashlib.sha256()
-    for rel, data in load_model_files(path).items():
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    return ModelIdentity(name=path.name, version=f"sha-{digest.hexdigest()[:12]}", uri=uri, resolved_uri=str(path))
-
-
-def fetch_model(settings: BatchSettings, download_dir: Path) -> tuple[ModelIdentity, Path]:
-    """Resolve the model URI to a concrete version once and download exactly that version."""
-    from pipelines.registry import download_model
-    from pipelines.registry.operations import resolve_version
-
-    uri, tracking_uri = settings.model_uri, settings.services.tracking_uri
-    if not uri.startswith(("models:/", "runs:/")):
-        path = Path(uri).expanduser().resolve()
-        if not path.is_dir():
-            raise FileNotFoundError(f"model {uri} is not an exported model folder (G_AB/ + G_BA/)")
-        return local_model_identity(path, uri), path
-    version = resolve_version(uri, tracking_uri=tracking_uri)
-    if version is None:
-        raise ValueError(f"model {uri}: batch translation needs a registered version (models:/NAME@ALIAS or "
-                         "models:/NAME/VERSION): its outputs are keyed by that version")
-    identity = ModelIdentity(name=version.name, version=version.version, uri=uri, resolved_uri=version.uri,
+def model_identity(fetched: FetchedModel) -> ModelIdentity:
+    """The identity a run's outputs are keyed by: the registered version, or for a local model its name and
+    a hash of its content (a changed model is a new version): an official ``.pth``'s sha256, a folder's
+    hash over its files."""
+    uri, version = fetched.source.uri, fetched.version
+    if version is not None:
+        return ModelIdentity(name=version.name, version=version.version, uri=uri, resolved_uri=version.uri,
                              run_id=version.run_id)
-    logger.info("%s resolved to version %s of %s (run %s)", uri, version.version, version.name, version.run_id)
-    return identity, download_model(version.uri, download_dir / "model", tracking_uri=tracking_uri)
+    path = fetched.path
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        folder = hashlib.sha256()
+        for rel, data in load_model_files(path).items():
+            folder.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        digest = folder.hexdigest()
+    return ModelIdentity(name=path.stem if path.is_file() else path.name, version=f"sha-{digest[:12]}", uri=uri,
+                         resolved_uri=str(path), sha256=digest)
+
+
+def fetch_batch_model(settings: BatchSettings, download_dir: Path) -> tuple[ModelIdentity, FetchedModel]:
+    """The run's model made local once (a registry URI resolved to its version and exactly that version
+    downloaded) and its identity. Raises GeneratorLoadError for a local path that is no translatable model."""
+    from pipelines.registry.sources import fetch_model  # here: the actors import this package, not MLflow
+
+    source = parse_model_source(settings.model_uri)
+    if not source.is_registry:
+        check_translatable(source)
+    fetched = fetch_model(source, download_dir, tracking_uri=settings.services.tracking_uri, require_version=True)
+    return model_identity(fetched), fetched
 
 
 def read_state(root_store: object) -> tuple[BatchManifest | None, list[Ledger], list[str]]:
@@ -184,21 +182,22 @@ def translate_batch(settings: BatchSettings, *, on_model: Callable[[ModelIdentit
     from cyclegan_core.atomic import scratch_folder
 
     with scratch_folder("batch", name="download") as download_dir:  # a killed run's is swept by the next
-        model, model_dir = fetch_model(settings, download_dir)
+        model, fetched = fetch_batch_model(settings, download_dir)
         if on_model is not None:
             on_model(model)
-        return translate_with(settings, model_dir, model, on_batch=on_batch)
+        return translate_with(settings, fetched.path, model, on_batch=on_batch)
 
 
-def translate_with(settings: BatchSettings, model_dir: Path, model: ModelIdentity, *,
+def translate_with(settings: BatchSettings, model_path: Path, model: ModelIdentity, *,
                    on_batch: Callable[[BatchProgress], None] | None = None) -> BatchResult:
-    """Translate what is new or changed under ``settings.input_uri`` with the downloaded ``model_dir``
-    (``model``: its identity) into the run root of that version; returns the run's result."""
+    """Translate what is new or changed under ``settings.input_uri`` with the local ``model_path`` (a model
+    folder or file; ``model``: its identity) into the run root of that version; returns the run's result."""
     from pipelines.ray_session import connect_ray
 
     started = time.perf_counter()
     source, output = locations(settings)
-    root = output.child(run_root(model, settings.direction))
+    options = settings.options
+    root = output.child(run_root(model, options.direction))
     source_store, root_store = open_store(source), open_store(root)
     if isinstance(root_store, LocalStore):
         root_store.sweep()  # temporaries of a killed run
@@ -212,19 +211,20 @@ def translate_with(settings: BatchSettings, model_dir: Path, model: ModelIdentit
         connect_ray(settings.services.ray_address)
         import ray
 
-        pool = pool_size(actors=settings.actors, use_gpu=settings.use_gpu, cpus_per_actor=settings.cpus_per_actor,
-                         batches=-(-len(plan.work) // settings.batch_size), cluster=ray.cluster_resources())
+        pool = pool_size(actors=options.actors, use_gpu=options.use_gpu, cpus_per_actor=settings.cpus_per_actor,
+                         batches=-(-len(plan.work) // options.batch_size), cluster=ray.cluster_resources())
         logger.info("Ray Data actor pool: %d actor(s), %g GPU and %g CPU each, batches of %d", pool.actors,
-                    pool.gpus_per_actor, pool.cpus_per_actor, settings.batch_size)
-        spec = ActorSpec(source=source, root=root, model=model, direction=settings.direction,
-                         batch_size=settings.batch_size, memory_budget=settings.memory_budget,
+                    pool.gpus_per_actor, pool.cpus_per_actor, options.batch_size)
+        spec = ActorSpec(source=source, root=root, model=model, direction=options.direction,
+                         batch_size=options.batch_size, memory_budget=options.memory_budget,
                          device="cuda" if pool.gpus_per_actor else "cpu", threads=max(1, int(pool.cpus_per_actor)),
-                         backend=settings.backend, precision=settings.precision, cache_dir=settings.cache_dir)
-        rows = run_on_ray(plan.work, spec, load_model_files(model_dir), pool, on_batch=on_batch)
+                         backend=options.backend, precision=options.precision, cache_dir=settings.cache_dir,
+                         model_file=model_path.name if model_path.is_file() else "")
+        rows = run_on_ray(plan.work, spec, load_model_files(model_path), pool, on_batch=on_batch)
     records = {record.source: record for record in plan.unchanged}
     records |= {row["source"]: InputRecord.model_validate({k: v or None for k, v in row.items()} | {"size": row["size"]})
                 for row in rows if row["status"] != "error"}
-    final = BatchManifest(model=model, direction=settings.direction, input_uri=source.uri, output_root=root.uri,
+    final = BatchManifest(model=model, direction=options.direction, input_uri=source.uri, output_root=root.uri,
                           records=dict(sorted(records.items())))
     if rows or ledger_paths or plan.removed or manifest is None:  # else the manifest says this already
         root_store.write(MANIFEST, final.model_dump_json(indent=1).encode(), content_type="application/json")
@@ -243,12 +243,12 @@ def summarise(settings: BatchSettings, model: ModelIdentity, root: Location, row
     source, _ = locations(settings)
     result = BatchResult(
         model_name=model.name, model_version=model.version, model_uri=model.uri, resolved_uri=model.resolved_uri,
-        direction=settings.direction, triggered_by=settings.triggered_by, input_uri=source.uri,
+        direction=settings.options.direction, triggered_by=settings.triggered_by, input_uri=source.uri,
         output_prefix=root.uri, manifest_uri=root.object_uri(MANIFEST), translated=len(translated),
         skipped=unchanged,
         quarantined=len(quarantined), quarantine=quarantined,
         errors=[QuarantinedInput(source=row["source"], reason=row["reason"]) for row in rows if row["status"] == "error"],
-        removed=removed, seconds=round(seconds, 3), max_quarantined=settings.max_quarantined,
+        removed=removed, seconds=round(seconds, 3), max_quarantined=settings.options.max_skipped,
         samples=[(row["source"], row["output"]) for row in translated[:3]],
     )
     logger.info("batch translation done in %.1fs: %d translated, %d unchanged, %d quarantined, %d failed; manifest %s",

@@ -35,8 +35,8 @@ Status = Literal["translated", "quarantined"]
 
 
 class ModelIdentity(BaseModel):
-    """The concrete model a run uses: a registered version (``models:/name/3``) or a local folder whose
-    version is a hash of its files."""
+    """The concrete model a run uses: a registered version (``models:/name/3``), or a local folder or file
+    (an official ``.pth``) whose version is a hash of its content (``sha256``)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -45,6 +45,7 @@ class ModelIdentity(BaseModel):
     uri: str = Field(description="what was asked for (models:/name@champion, a path)")
     resolved_uri: str = Field(description="the concrete version (models:/name/3, the path)")
     run_id: str = ""
+    sha256: str = Field("", description="a local model's content: a file's sha256, a folder's over its files")
 
     @property
     def label(self) -> str:

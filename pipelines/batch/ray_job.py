@@ -59,6 +59,7 @@ class ActorSpec:
     backend: str = "auto"
     precision: str = "auto"
     cache_dir: Path | None = None  # None: each node's default (cyclegan_core.inference.backends.default_cache_dir)
+    model_file: str = ""  # the file among the model's files to load (an official .pth); "": their folder
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,12 @@ class BatchProgress:
                 f"ETA {remaining:.0f}s")
 
 
-def load_model_files(folder: Path) -> dict[str, bytes]:
-    """An exported model folder as {relative path: bytes}, to ship through the object store."""
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+def load_model_files(model: Path) -> dict[str, bytes]:
+    """A model folder as {relative path: bytes}, or a model file as {its name: bytes}, to ship through the
+    object store."""
+    if model.is_file():
+        return {model.name: model.read_bytes()}
+    return {path.relative_to(model).as_posix(): path.read_bytes() for path in sorted(model.rglob("*"))
             if path.is_file()}
 
 
@@ -112,7 +116,7 @@ class TranslateActor:
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 (folder / rel).write_bytes(data)
             # the node's measured auto decision and converted models are reused: a new actor does not convert again
-            self.translator = load_translator(folder, backend=spec.backend, precision=spec.precision,
+            self.translator = load_translator(folder / spec.model_file, backend=spec.backend, precision=spec.precision,
                                               device=spec.device, memory_budget=spec.memory_budget,
                                               cache_dir=spec.cache_dir)
         self.direction = spec.direction if spec.direction in self.translator.directions else "AtoB"

@@ -5,7 +5,7 @@ function of ``cyclegan_core`` or ``pipelines`` and prints a summary (``--json``:
 machine-readable). Heavy imports happen inside commands so ``cyclegan --help`` stays fast.
 """
 
-from pipelines.cli import data, training, models, export, flows, promotion, serving  # noqa: F401, I001  (registers the commands; --help order)
+from pipelines.cli import data, training, models, translate, export, flows, promotion, serving  # noqa: F401, I001  (registers the commands; --help order)
 from pipelines.cli.app import app
 
 __all__ = ["app"]

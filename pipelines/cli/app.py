@@ -20,6 +20,7 @@ from typer.exceptions import TyperException
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig, ResolvedConfig, Services
+    from pipelines.records import ModelVersionRef
 
 
 class ExitCode(enum.IntEnum):
@@ -77,6 +78,28 @@ def services() -> Services:
     from pipelines.config import services_from_env
 
     return services_from_env(os.environ)
+
+
+def fetch_model_or_exit(model: str, download_dir: Path) -> Path:
+    """The local path of ``--model`` (``pipelines.registry.sources.fetch_model``: a models:/ or runs:/ URI is
+    downloaded, the version a models:/ URI resolved to is said first), or exit: 4 for a model that is not
+    there, 1 for a registry that may answer on a retry."""
+    from cyclegan_core.inference.model_source import parse_model_source
+    from cyclegan_core.inference.pretrained import GeneratorLoadError
+    from pipelines.registry.session import RegistryError
+    from pipelines.registry.sources import fetch_model
+
+    def said(version: ModelVersionRef) -> None:
+        typer.echo(f"{model} resolved to version {version.version} of {version.name} (run {version.run_id}; "
+                   f"aliases: {', '.join(version.aliases) or 'none'})", err=True)
+
+    try:
+        source = parse_model_source(model)
+        return fetch_model(source, download_dir, tracking_uri=services().tracking_uri, on_version=said).path
+    except GeneratorLoadError as exc:
+        refuse(str(exc))
+    except RegistryError as exc:
+        fail(str(exc), ExitCode.FAILED if exc.transient else ExitCode.REFUSED)
 
 
 def print_json(payload: Any) -> None:

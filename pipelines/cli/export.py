@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import ExitCode, app, fail, print_json, refuse
+from pipelines.cli.app import ExitCode, app, fail, fetch_model_or_exit, print_json, refuse
 
 EXPORT_FORMATS = ("onnx",)
 
@@ -28,16 +28,15 @@ def export(
     Each graph is checked with onnxruntime against PyTorch. Exits 4 on a bad model or output path.
     """
     from cyclegan_core.atomic import scratch_folder
+    from cyclegan_core.inference.model_source import is_onnx_export
     from cyclegan_core.inference.onnx_export import (
         CONFIG_FILE,
         OnnxExportError,
         export_onnx,
-        is_onnx_export,
         read_onnx_export,
     )
     from cyclegan_core.inference.pretrained import GeneratorLoadError
     from cyclegan_core.inference.translator import Translator
-    from pipelines.cli.models import fetch_model
 
     if export_format not in EXPORT_FORMATS:
         fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}", ExitCode.USAGE)
@@ -48,7 +47,7 @@ def export(
                "folder or one `cyclegan export` wrote")
     started = time.perf_counter()
     with scratch_folder("export", name="model") as download_dir:
-        model_path = fetch_model(model, download_dir)
+        model_path = fetch_model_or_exit(model, download_dir)
         try:
             translator = Translator.from_pretrained(model_path, device="cpu")
         except (GeneratorLoadError, ValueError) as exc:

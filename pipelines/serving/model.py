@@ -133,7 +133,8 @@ class ModelReplica:
 
     def __init__(self, settings: ServeSettings, version: str) -> None:
         from cyclegan_core.atomic import scratch_folder
-        from pipelines.registry.operations import download_model
+        from cyclegan_core.inference.model_source import parse_model_source
+        from pipelines.registry.sources import fetch_model
 
         self.settings, self.version = settings, version
         _set_torch_threads(settings.torch_threads)  # before loading: OpenVINO compiles for torch's thread count
@@ -141,11 +142,11 @@ class ModelReplica:
         self._executor = ThreadPoolExecutor(max_workers=1, initializer=_set_torch_threads,
                                             initargs=(settings.torch_threads,))
         began = time.monotonic()
-        uri = f"models:/{settings.model}/{version}"
+        source = parse_model_source(f"models:/{settings.model}/{version}")
         try:
             with scratch_folder("serve", name=f"v{version}") as scratch:
-                folder = download_model(uri, scratch / "model", tracking_uri=settings.tracking_uri)
-                self.translator = load_for_serving(folder, settings)
+                fetched = fetch_model(source, scratch, tracking_uri=settings.tracking_uri)
+                self.translator = load_for_serving(fetched.path, settings)
         except Exception as exc:  # whatever failed, Serve reports this line and keeps the old version
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise ModelLoadError(f"{settings.model} v{version} failed to load: {reason}") from exc

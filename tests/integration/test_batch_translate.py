@@ -5,6 +5,7 @@ harness for the flow, and a real ``cyclegan translate s3://... s3://...`` killed
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import json
@@ -27,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.inference.files import TranslateOptions
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
 from pipelines.batch import batch_settings, translate_batch
@@ -123,7 +125,7 @@ def bucket(s3_server: str) -> str:
 def settings(bucket: str, model_uri: str, tracking_uri: str, **options: object):
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     return batch_settings(f"s3://{bucket}/in", f"s3://{bucket}/out", model_uri, env=env,
-                          max_quarantined=len(BAD), batch_size=2, actors=1, **options)
+                          options=TranslateOptions(max_skipped=len(BAD), batch_size=2, actors=1, **options))
 
 
 def objects(bucket: str, prefix: str) -> dict[str, dict]:
@@ -241,8 +243,8 @@ def test_local_folders_are_translated_and_a_rerun_translates_nothing(
         (inputs / name).write_bytes(image_bytes(name, seed))
     (inputs / "empty.png").write_bytes(b"")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    local = batch_settings(str(inputs), str(out), str(champion["uri"]), env=env, max_quarantined=1, batch_size=2,
-                           actors=1)
+    local = batch_settings(str(inputs), str(out), str(champion["uri"]), env=env,
+                           options=TranslateOptions(max_skipped=1, batch_size=2, actors=1))
     first = translate_batch(local)
     root = out / str(champion["name"]) / "v1" / "AtoB"
     assert (first.model_version, first.translated, first.quarantined) == ("1", 2, 1)
@@ -255,6 +257,47 @@ def test_local_folders_are_translated_and_a_rerun_translates_nothing(
     assert not list(out.rglob(".*"))  # no temporaries left
     again = translate_batch(local)
     assert (again.translated, again.skipped) == (0, 3)
+
+
+# --- an official .pth (no registry) --------------------------------------------------------------------
+
+
+def test_an_s3_prefix_is_translated_with_an_official_pth(ray_local: None, s3_server: str, s3_bucket: str,
+                                                         tmp_path: Path) -> None:
+    """`cyclegan translate s3://.../in s3://.../out --model latest_net_G_A.pth`: the official file's generator
+    translates every input on the actors, the outputs are keyed by (and the manifest records) the file's
+    sha256, no MLflow store is touched, and a re-run translates nothing."""
+    import ray
+
+    torch.manual_seed(3)
+    pth = tmp_path / "latest_net_G_A.pth"
+    torch.save(build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm).state_dict(), pth)
+    digest = hashlib.sha256(pth.read_bytes()).hexdigest()
+    fill_inputs(s3_bucket)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [CLI, "translate", f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out", "--model", str(pth), "--batch-size", "2",
+         "--actors", "1", "--allow-skipped", "--json"],
+        env=env, cwd=workdir, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == ExitCode.OK, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    version = f"sha-{digest[:12]}"
+    root = f"out/latest_net_G_A/{version}/AtoB/"
+    assert (result["model_version"], result["translated"], result["quarantined"]) == (version, len(GOOD), len(BAD))
+    assert outputs(s3_bucket, root) == {"a.png", "b.png", "sub/c.png", "sub/d.png", "e.png", "f.png"}
+    expected = actor_translation(pth, Image.open(io.BytesIO(image_bytes("a.png", 0))).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(read(s3_bucket, f"{root}a.png")))), expected)
+    manifest = json.loads(read(s3_bucket, f"{root}_manifest.json"))
+    assert manifest["model"]["sha256"] == digest and manifest["model"]["resolved_uri"] == str(pth)
+    head = boto3.client("s3").head_object(Bucket=s3_bucket, Key=f"{root}b.png")
+    assert head["Metadata"]["model-version"] == version and head["Metadata"]["model-uri"] == str(pth)
+    assert list(workdir.iterdir()) == []  # no MLflow store created for a local model
+    again = translate_batch(batch_settings(f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out", str(pth), env=env,
+                                           options=TranslateOptions(max_skipped=None, batch_size=2, actors=1)))
+    assert (again.model_version, again.translated, again.skipped) == (version, 0, len(GOOD) + len(BAD))
 
 
 # --- a run killed mid-way ------------------------------------------------------------------------------

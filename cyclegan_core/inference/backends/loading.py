@@ -31,8 +31,6 @@ from cyclegan_core.inference.backends.probe import (
     train_candidates,
     translate_candidates,
 )
-from cyclegan_core.inference.onnx_export import is_onnx_export
-from cyclegan_core.inference.pretrained import GeneratorLoadError
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.precision import ResolvedPrecision
 
@@ -60,10 +58,6 @@ def load_translator(model: str | Path, *, backend: str = "auto", precision: str 
     models are kept (None: ``default_cache_dir()``). ``calibration``: images of the model's input domain
     for int8. Unknown or impossible choices raise ValueError naming the choices."""
     check_choice(backend, precision)
-    if is_onnx_export(Path(model)):
-        raise GeneratorLoadError(f"{model} is an ONNX export (`cyclegan export --format onnx`), made for other "
-                                 "runtimes; translate with the model it was exported from (backend auto or "
-                                 "openvino runs it fast on the CPU)")
     translator = Translator.from_pretrained(model, device=device, memory_budget=memory_budget)
     return with_backend(translator, backend=backend, precision=precision, cache_dir=cache_dir,
                         calibration=calibration)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cyclegan_core.inference.onnx_export import OnnxModelError, is_onnx_export, read_onnx_export
+from cyclegan_core.inference.model_source import is_onnx_export
+from cyclegan_core.inference.onnx_export import OnnxModelError, read_onnx_export
 
 
 def test_a_folder_without_config_is_refused_naming_the_export_command(tmp_path: Path) -> None:

@@ -13,13 +13,23 @@ import torch
 from PIL import Image
 
 from cyclegan_core.config import ModelConfig
-from cyclegan_core.inference.files import DeviceError, check_device, plan_translation, translate_path
+from cyclegan_core.inference.files import (
+    DeviceError,
+    TranslateOptions,
+    check_device,
+    plan_translation,
+    translate_path,
+)
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator, generator_from_config
 
 CFG = ModelConfig(generator="resnet_6blocks", ngf=4)
 # the official computation: these tests are about files and folders, not backends (tests/integration/test_openvino.py)
-TORCH = {"backend": "torch", "precision": "fp32"}
+
+
+def torch_fp32(**values: object) -> TranslateOptions:
+    """The official computation (torch fp32) with ``values``."""
+    return TranslateOptions(backend="torch", precision="fp32", **values)
 
 
 def export_pair(cfg: ModelConfig, dest: Path) -> Path:
@@ -52,7 +62,7 @@ def test_folder_translation_skips_and_reports_a_corrupt_file(tmp_path: Path, mod
     (inputs / "notes.txt").write_text("not an image")
     before = {p.name: p.read_bytes() for p in inputs.iterdir()}
 
-    summary = translate_path(model_dir, inputs, tmp_path / "out", batch_size=2, **TORCH)
+    summary = translate_path(model_dir, inputs, tmp_path / "out", torch_fp32(batch_size=2))
 
     assert summary.translated == 3
     assert [Path(s.path).name for s in summary.skipped] == ["broken.png"]
@@ -64,8 +74,8 @@ def test_folder_translation_skips_and_reports_a_corrupt_file(tmp_path: Path, mod
 
 def test_direction_picks_the_generator_of_a_model_folder(tmp_path: Path, model_dir: Path) -> None:
     source = write_image(tmp_path / "in" / "x.png", (16, 16))
-    translate_path(model_dir, source, tmp_path / "ab", direction="AtoB", **TORCH)
-    translate_path(model_dir, source, tmp_path / "ba", direction="BtoA", **TORCH)
+    translate_path(model_dir, source, tmp_path / "ab", torch_fp32(direction="AtoB"))
+    translate_path(model_dir, source, tmp_path / "ba", torch_fp32(direction="BtoA"))
     g_ba = Translator.from_pretrained(model_dir / "G_BA", device="cpu")
     expected = g_ba([Image.open(source)])[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "ba" / "x.png")), np.asarray(expected))
@@ -74,7 +84,7 @@ def test_direction_picks_the_generator_of_a_model_folder(tmp_path: Path, model_d
 
 def test_single_generator_folder_and_explicit_output_file(tmp_path: Path, model_dir: Path) -> None:
     source = write_image(tmp_path / "photo.jpg", (10, 14))
-    summary = translate_path(model_dir / "G_AB", source, tmp_path / "result.png", **TORCH)
+    summary = translate_path(model_dir / "G_AB", source, tmp_path / "result.png", torch_fp32())
     assert summary.outputs == [str(tmp_path / "result.png")]
     assert Image.open(tmp_path / "result.png").size == (10, 14)
 
@@ -82,43 +92,43 @@ def test_single_generator_folder_and_explicit_output_file(tmp_path: Path, model_
 def test_output_folder_equal_to_input_folder_is_refused(tmp_path: Path, model_dir: Path) -> None:
     write_image(tmp_path / "in" / "a.png", (8, 8))
     with pytest.raises(ValueError, match="refusing"):
-        translate_path(model_dir, tmp_path / "in", tmp_path / "in" / ".." / "in", **TORCH)
+        translate_path(model_dir, tmp_path / "in", tmp_path / "in" / ".." / "in", torch_fp32())
 
 
 def test_output_file_equal_to_input_file_is_refused(tmp_path: Path, model_dir: Path) -> None:
     source = write_image(tmp_path / "a.png", (8, 8))
     original = source.read_bytes()
     with pytest.raises(ValueError, match="refusing to overwrite an input"):
-        translate_path(model_dir, source, source, **TORCH)
+        translate_path(model_dir, source, source, torch_fp32())
     with pytest.raises(ValueError, match="refusing to overwrite an input"):
-        translate_path(model_dir, source, tmp_path, **TORCH)  # -> tmp_path/a.png is the input itself
+        translate_path(model_dir, source, tmp_path, torch_fp32())  # -> tmp_path/a.png is the input itself
     assert source.read_bytes() == original
 
 
 def test_inputs_sharing_a_stem_get_distinct_outputs(tmp_path: Path, model_dir: Path) -> None:
     write_image(tmp_path / "in" / "a.jpg", (8, 8), seed=1)
     write_image(tmp_path / "in" / "a.png", (8, 8), seed=2)
-    summary = translate_path(model_dir, tmp_path / "in", tmp_path / "out", **TORCH)
+    summary = translate_path(model_dir, tmp_path / "in", tmp_path / "out", torch_fp32())
     assert sorted(Path(p).name for p in summary.outputs) == ["a.jpg.png", "a.png"]
 
 
 def test_missing_input_is_reported(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        translate_path(model_dir, tmp_path / "nothing", tmp_path / "out", **TORCH)
+        translate_path(model_dir, tmp_path / "nothing", tmp_path / "out", torch_fp32())
 
 
 def test_official_pth_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.save(build_generator("resnet_9blocks", ngf=64).state_dict(), tmp_path / "latest_net_G_A.pth")
     source = write_image(tmp_path / "in.png", (12, 12))
-    summary = translate_path(tmp_path / "latest_net_G_A.pth", source, tmp_path / "out", direction="BtoA", **TORCH)
+    summary = translate_path(tmp_path / "latest_net_G_A.pth", source, tmp_path / "out", torch_fp32(direction="BtoA"))
     assert summary.translated == 1 and Image.open(tmp_path / "out" / "in.png").size == (12, 12)
 
 
 def test_a_loaded_translator_is_used_as_it_is(tmp_path: Path, model_dir: Path) -> None:
     translator = Translator.from_pretrained(model_dir, device="cpu")
     source = write_image(tmp_path / "in" / "x.png", (16, 12))
-    summary = translate_path(translator, source, tmp_path / "out", direction="BtoA")
+    summary = translate_path(translator, source, tmp_path / "out", TranslateOptions(direction="BtoA"))
     expected = translator([Image.open(source)], direction="BtoA")[0]
     assert summary.translated == 1
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), np.asarray(expected))
@@ -128,7 +138,7 @@ def test_single_channel_model_reads_and_writes_greyscale(tmp_path: Path) -> None
     cfg = ModelConfig(generator="resnet_6blocks", ngf=4, input_nc=1, output_nc=1)
     export_pair(cfg, tmp_path / "grey")
     source = write_image(tmp_path / "rgb.png", (8, 12))
-    translate_path(tmp_path / "grey", source, tmp_path / "out", **TORCH)
+    translate_path(tmp_path / "grey", source, tmp_path / "out", torch_fp32())
     result = Image.open(tmp_path / "out" / "rgb.png")
     assert result.mode == "L" and result.size == (8, 12)
 
@@ -162,9 +172,9 @@ def test_paths_are_checked_before_the_model_is_loaded(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     missing_model = tmp_path / "no-such-model"
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
-        translate_path(missing_model, source, tmp_path / "file" / "out", **TORCH)
+        translate_path(missing_model, source, tmp_path / "file" / "out", torch_fp32())
     with pytest.raises(DeviceError):
-        translate_path(missing_model, source, tmp_path / "out", device="cuda:99", **TORCH)
+        translate_path(missing_model, source, tmp_path / "out", torch_fp32(device="cuda:99"))
 
 
 def test_an_input_folder_without_images_is_refused(tmp_path: Path) -> None:
@@ -177,7 +187,7 @@ def test_an_input_folder_without_images_is_refused(tmp_path: Path) -> None:
 def test_a_single_output_is_written_in_the_format_of_its_extension(tmp_path: Path, model_dir: Path) -> None:
     source = write_image(tmp_path / "photo.png", (10, 14))
     for name, image_format in (("r.jpg", "JPEG"), ("r.JPEG", "JPEG"), ("r.tif", "TIFF"), ("r.bmp", "BMP")):
-        summary = translate_path(model_dir, source, tmp_path / name, **TORCH)
+        summary = translate_path(model_dir, source, tmp_path / name, torch_fp32())
         assert summary.outputs == [str(tmp_path / name)]
         with Image.open(tmp_path / name) as written:
             assert written.format == image_format and written.size == (10, 14)
@@ -204,5 +214,5 @@ def test_a_killed_translation_leaves_temporaries_the_next_one_removes(tmp_path: 
     writer.wait(timeout=30)
     assert left.exists() and left.parent == out
     write_image(tmp_path / "in" / "a.png", (8, 8))
-    translate_path(model_dir, tmp_path / "in", out, **TORCH)
+    translate_path(model_dir, tmp_path / "in", out, torch_fp32())
     assert sorted(p.name for p in out.iterdir()) == ["a.png"]

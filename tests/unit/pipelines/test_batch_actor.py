@@ -4,6 +4,7 @@ while the rest of its batch is translated."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from pathlib import Path
@@ -105,3 +106,27 @@ def test_an_image_the_budget_cannot_translate_fails_alone_and_is_retried_next_ru
     assert rows["large.png"]["status"] == "error"
     assert rows["large.png"]["reason"].startswith("MemoryBudgetError: ") and "raise the budget" in rows["large.png"]["reason"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]  # nothing quarantined or half-written
+
+
+def test_an_official_pth_is_shipped_as_its_file_and_keyed_by_its_sha256(tmp_path: Path) -> None:
+    from cyclegan_core.inference.model_source import parse_model_source
+    from pipelines.batch.job import model_identity
+    from pipelines.registry.sources import FetchedModel
+
+    torch.manual_seed(1)
+    pth = tmp_path / "latest_net_G_A.pth"
+    torch.save(build_generator(TINY.generator, ngf=TINY.ngf, norm=TINY.norm).state_dict(), pth)
+    identity = model_identity(FetchedModel(parse_model_source(pth), pth))
+    digest = hashlib.sha256(pth.read_bytes()).hexdigest()
+    assert (identity.name, identity.version, identity.sha256) == ("latest_net_G_A", f"sha-{digest[:12]}", digest)
+    assert load_model_files(pth) == {"latest_net_G_A.pth": pth.read_bytes()}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "small.png").write_bytes(png(SMALL, 1))
+    spec = ActorSpec(source=parse_location(str(tmp_path / "in")), root=parse_location(str(tmp_path / "out")),
+                     model=identity, direction="BtoA", batch_size=1, memory_budget=None, device="cpu", threads=1,
+                     backend="torch", precision="fp32", model_file=pth.name)
+    rows = TranslateActor(load_model_files(pth), spec).translate_items(items()[:1])
+    assert [row["status"] for row in rows] == ["translated"]  # one generator: used whatever the direction
+    image = Image.open(tmp_path / "in" / "small.png").convert("RGB")
+    expected = np.asarray(Translator.from_pretrained(pth, device="cpu")([image])[0])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "small.png")), expected)

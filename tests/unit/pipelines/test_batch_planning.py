@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from cyclegan_core.inference.files import translate_options
 from pipelines.batch import batch_settings
 from pipelines.batch.planning import (
     BatchManifest,
@@ -80,4 +81,4 @@ def test_neighbouring_prefixes_do_not_overlap_and_the_model_defaults_to_the_cham
     settings = batch_settings("s3://b/in", "s3://b/input-translated", None, env={"MLFLOW_TRACKING_URI": "http://m"})
     assert settings.model_uri == "models:/cyclegan@champion" and settings.services.tracking_uri == "http://m"
     with pytest.raises(ValueError, match="direction"):
-        batch_settings("s3://b/in", "s3://b/out", None, env={}, direction="sideways")
+        batch_settings("s3://b/in", "s3://b/out", None, env={}, options=translate_options(direction="sideways"))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.cli.app import CycleganGroup, ExitCode, main
-from pipelines.cli.models import missing_local_store
+from pipelines.registry.sources import missing_local_store
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
