@@ -137,13 +137,13 @@ class CycleGAN:
     def _build_nets(self) -> None:
         """G_AB, G_BA, D_A, D_B in this order from ``train.seed``: the same initial weights on every rank
         (DDP also broadcasts rank 0's)."""
-        model_cfg, train_cfg = self.model_cfg, self.train_cfg
-        seed_everything(train_cfg.seed)
-        self.G_AB = self._place(generator_from_config(model_cfg))
-        swapped = model_cfg.model_copy(update={"input_nc": model_cfg.output_nc, "output_nc": model_cfg.input_nc})
-        self.G_BA = self._place(generator_from_config(swapped))
-        self.D_A = self._place(discriminator_from_config(model_cfg, input_nc=model_cfg.output_nc))
-        self.D_B = self._place(discriminator_from_config(model_cfg, input_nc=model_cfg.input_nc))
+        cfg = self.model_cfg
+        seed_everything(self.train_cfg.seed)
+        self.G_AB = self._place(generator_from_config(cfg))
+        self.G_BA = self._place(generator_from_config(cfg.model_copy(update={"input_nc": cfg.output_nc,
+                                                                              "output_nc": cfg.input_nc})))
+        self.D_A = self._place(discriminator_from_config(cfg, input_nc=cfg.output_nc))
+        self.D_B = self._place(discriminator_from_config(cfg, input_nc=cfg.input_nc))
 
     def _build_optimizers(self) -> None:
         """One Adam for both generators, one for both discriminators (the official parameter order), their
