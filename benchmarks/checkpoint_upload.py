@@ -38,6 +38,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from cyclegan_core.training.fit import FitCallback
+from cyclegan_core.training.model import CycleGAN
+
 MODES = ("none", "sync", "async")
 
 
@@ -58,14 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class StepClock:
-    """``TrainHooks.after_step``: rank 0 appends ``<step> <time>`` to ``path`` after every step."""
+class StepClock(FitCallback):
+    """A worker callback: rank 0 appends ``<step> <time>`` to ``path`` after every step."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __call__(self, step: int, rank: int) -> None:
-        if rank == 0:
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
+        if model.rank == 0:
             with open(self.path, "a") as out:
                 out.write(f"{step} {time.time()}\n")
 
@@ -116,7 +119,7 @@ def checkpoint_mb(bucket: str, prefix: str) -> float:
 
 def run_mode(mode: str, args: argparse.Namespace, dataset: Any, proxy_url: str, bucket: str, work: Path) -> dict:
     from pipelines.config import PipelineConfig, resolve
-    from pipelines.train import TrainHooks, train_on_ray
+    from pipelines.train import train_on_ray
 
     config = resolve(PipelineConfig.model_validate({
         "dataset_uri": dataset.uri, "cache_dir": str(work / "cache"), "output_dir": str(work / "outputs" / mode),
@@ -131,7 +134,7 @@ def run_mode(mode: str, args: argparse.Namespace, dataset: Any, proxy_url: str, 
     }), env={**os.environ, "AWS_ENDPOINT_URL": proxy_url})
     clock = work / f"steps-{mode}.txt"
     started = time.perf_counter()
-    train_on_ray(config, dataset, hooks=TrainHooks(after_step=StepClock(clock)))
+    train_on_ray(config, dataset, callbacks=[StepClock(clock)])
     wall = time.perf_counter() - started
     return {"config": mode, **boundary_costs(read_clock(clock), steps_per_epoch=args.images),
             "fit_wall_s": round(wall, 1), "checkpoint_mb": checkpoint_mb(bucket, f"{mode}/")}

@@ -1,7 +1,7 @@
 """Live MLflow tracking of one pipeline run: the run that opens when the run starts and closes with it.
 
 ``TrackingRun`` names the run (tracking URI + run id); it is what travels to the driver's epoch listener
-and to Ray workers (``train_loop_config["tracking"]``). ``log_epoch_metrics`` and ``log_image`` never
+and to Ray workers (``WorkerArgs.tracking``). ``log_epoch_metrics`` and ``log_image`` never
 raise: a tracking outage costs a warning, never the training. ``open_run`` / ``close_run`` and the
 dataset input are the flow's bookkeeping (``pipelines.flows``); registration then logs the model into
 the same run (``pipelines.registry``).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,6 @@ from typing import NamedTuple
 import pytest
 
 from pipelines.embedded import free_port
-from pipelines.local_http import stop_process_group
 
 
 def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
@@ -144,7 +144,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _stop_process_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
-    stop_process_group(process, timeout_s=timeout_s)
+    """SIGTERM the process group of ``process`` (started with ``start_new_session=True``), waiting at most
+    ``timeout_s``; then SIGKILL it. A process that already ended is left alone."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
 
 
 RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

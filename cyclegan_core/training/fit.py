@@ -5,12 +5,14 @@ measures what the pipeline runs. Each epoch ``e`` first reseeds the global RNGs 
 ``epoch_seed(seed, e, rank)`` and sets the sampler's epoch: every random draw of an epoch is then a
 function of ``(seed, e, rank)``, which makes a resume at an epoch boundary exact. ``end_epoch`` (LR
 schedules) follows each full epoch (after the epoch, as the paper and the official code before 2020 do).
+Everything else a caller runs in the loop (the Ray worker's epoch report, a test's fault injection) is a
+``FitCallback``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +70,17 @@ class EpochEnd:
         return {key: value / max(self.steps, 1) for key, value in self.loss_sums.items()}
 
 
+class FitCallback:
+    """Work ``fit`` runs besides training; override the hooks you need (both do nothing here)."""
+
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
+        """After every training step; ``step`` is ``model.step`` (``model.rank`` is the process's rank)."""
+
+    def on_epoch_end(self, model: CycleGAN, end: EpochEnd) -> None:
+        """After every epoch, after ``end_epoch`` (so ``model.epoch`` already counts a full epoch); may
+        restore an earlier state of ``model`` (a rollback): ``fit`` goes on from ``model.epoch``."""
+
+
 @dataclass(frozen=True)
 class FitResult:
     epochs: list[EpochEnd]
@@ -84,12 +97,12 @@ def train_epoch(
     loader: Iterable[dict[str, Any]],
     *,
     max_steps: int | None = None,
-    after_step: Callable[[int], None] | None = None,
+    callbacks: Sequence[FitCallback] = (),
 ) -> EpochStats:
     """Run ``model.train_step`` on every batch of ``loader`` (until ``model.step`` reaches ``max_steps``).
 
-    Batches move to the model's device with ``non_blocking=True``; ``after_step(model.step)`` runs after
-    each step.
+    Batches move to the model's device with ``non_blocking=True``; the callbacks' ``on_step_end`` runs
+    after each step.
     """
     stats = EpochStats()
     start = time.perf_counter()
@@ -100,8 +113,8 @@ def train_epoch(
         for key, value in losses.items():
             stats.loss_sums[key] = stats.loss_sums.get(key, 0.0) + float(value)
         stats.steps += 1
-        if after_step is not None:
-            after_step(model.step)
+        for callback in callbacks:
+            callback.on_step_end(model, model.step)
         if max_steps is not None and model.step >= max_steps:
             stats.stopped = True
             break
@@ -127,14 +140,12 @@ def fit(
     seed: int,
     rank: int = 0,
     max_steps: int | None = None,
-    after_step: Callable[[int], None] | None = None,
-    on_epoch_end: Callable[[EpochEnd], None] | None = None,
+    callbacks: Sequence[FitCallback] = (),
 ) -> FitResult:
     """Train from ``model.epoch`` to ``total_epochs`` (or until ``model.step`` reaches ``max_steps``).
 
-    ``rank`` selects this process's RNG stream (pass the distributed rank); ``on_epoch_end`` runs after
-    each epoch, after ``end_epoch``, so ``model.epoch`` already counts the epoch (unless it was partial);
-    it may restore an earlier state of ``model`` (a rollback): the loop goes on from ``model.epoch``.
+    ``rank`` selects this process's RNG stream (pass the distributed rank); ``callbacks`` run in their
+    order after each step and each epoch (see ``FitCallback``).
     """
     epochs: list[EpochEnd] = []
     stopped = max_steps_reached(model.step, max_steps)
@@ -145,7 +156,7 @@ def fit(
         loader.sampler.set_epoch(epoch)
         if cuda:
             torch.cuda.reset_peak_memory_stats(model.device)
-        stats = train_epoch(model, loader, max_steps=max_steps, after_step=after_step)
+        stats = train_epoch(model, loader, max_steps=max_steps, callbacks=callbacks)
         stopped, steps = stats.stopped, stats.steps
         partial = stopped and steps < len(loader)
         lr = model.learning_rate()
@@ -164,8 +175,8 @@ def fit(
             gpu_mem_peak_gb=torch.cuda.max_memory_allocated(model.device) / 2**30 if cuda else None,
         )
         epochs.append(end)
-        if on_epoch_end is not None:
-            on_epoch_end(end)
-            # a watchdog rollback in on_epoch_end may have set model.step (and model.epoch) back
-            stopped = max_steps_reached(model.step, max_steps)
+        for callback in callbacks:
+            callback.on_epoch_end(model, end)
+        # a watchdog rollback in on_epoch_end may have set model.step (and model.epoch) back
+        stopped = max_steps_reached(model.step, max_steps)
     return FitResult(epochs=epochs, stopped=stopped)

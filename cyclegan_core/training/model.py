@@ -40,7 +40,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cyclegan_core.config import ModelConfig, TrainConfig
 from cyclegan_core.networks import (
-    build_generator,
     clip_rho_,
     count_parameters,
     discriminator_from_config,
@@ -92,19 +91,19 @@ class CycleGAN:
     ) -> None:
         """``cpu_auto``: what ``train_cfg.precision="auto"`` runs on a CPU, measured by the entry point on
         this machine (``cyclegan_core.inference.backends.training_precision``); fp32, the official math, by default."""
-        self.model_cfg = model_cfg
-        self.train_cfg = train_cfg
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
         if train_cfg.lambda_identity > 0 and model_cfg.input_nc != model_cfg.output_nc:
             raise ValueError(
                 f"identity loss needs input_nc == output_nc (got {model_cfg.input_nc} and "
                 f"{model_cfg.output_nc}); set train.lambda_identity=0 for domains with different channels"
             )
+        self.model_cfg = model_cfg
+        self.train_cfg = train_cfg
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.precision: ResolvedPrecision = resolve_precision(train_cfg.precision, self.device,
                                                                 cpu_auto=cpu_auto)
-        # NHWC on CUDA and for CPU bf16 (oneDNN's fast bf16 kernels); fp32 on CPU stays NCHW, the official math
+        # NHWC on CUDA and for CPU bf16 (oneDNN's fast bf16 kernels); fp32 on CPU stays NCHW (official math)
         self.channels_last = train_cfg.channels_last and (
             self.device.type == "cuda" or channels_last_on(self.device, self.precision))
         in_group = dist.is_available() and dist.is_initialized()
@@ -112,25 +111,44 @@ class CycleGAN:
         self.world_size = dist.get_world_size() if in_group else 1
         # a group of one (one Ray Train worker) has nothing to average: DDP would only add bucket copies
         self.distributed = self.world_size > 1
-        self.step = 0
-        self.epoch = 0
+        self.step = self.epoch = 0
         self._multiple = size_multiple(model_cfg.generator)
         # batch statistics would mix images that the official code feeds separately
         self._batch_calls = model_cfg.norm != "batch"
         self._clip_rho = model_cfg.generator == "resnet_unet_adalin"
 
-        seed_everything(train_cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-        self.G_AB = self._place(generator_from_config(model_cfg))
-        self.G_BA = self._place(
-            build_generator(
-                model_cfg.generator, input_nc=model_cfg.output_nc, output_nc=model_cfg.input_nc,
-                ngf=model_cfg.ngf, norm=model_cfg.norm, dropout=model_cfg.dropout,
-                init_type=model_cfg.init_type, init_gain=model_cfg.init_gain,
-            )
+        # The order below is the official one: the nets' initialisation draws from the seeded global RNG.
+        self._build_nets()
+        self._build_optimizers()
+        self.fake_A_pool = ImagePool(train_cfg.pool_size, seed=train_cfg.seed + 1 + 2 * self.rank)
+        self.fake_B_pool = ImagePool(train_cfg.pool_size, seed=train_cfg.seed + 2 + 2 * self.rank)
+        self.gan_loss = GANLoss(train_cfg.gan_mode)
+        self._wrap_for_training()
+        if self.rank:
+            seed_everything(train_cfg.seed + self.rank)  # independent dropout / penalty draws per rank
+        logger.info(
+            "CycleGAN %s/%s on %s: G %d + %d, D %d + %d parameters; precision %s, channels_last %s, "
+            "compile %s (%s), world size %d",
+            model_cfg.generator, model_cfg.discriminator, self.device,
+            *(count_parameters(net) for net in (self.G_AB, self.G_BA, self.D_A, self.D_B)),
+            self.precision, self.channels_last, train_cfg.compile, train_cfg.compile_mode, self.world_size,
         )
-        self.D_A = self._place(discriminator_from_config(model_cfg, input_nc=model_cfg.output_nc))
-        self.D_B = self._place(discriminator_from_config(model_cfg, input_nc=model_cfg.input_nc))
 
+    def _build_nets(self) -> None:
+        """G_AB, G_BA, D_A, D_B in this order from ``train.seed``: the same initial weights on every rank
+        (DDP also broadcasts rank 0's)."""
+        cfg = self.model_cfg
+        seed_everything(self.train_cfg.seed)
+        self.G_AB = self._place(generator_from_config(cfg))
+        self.G_BA = self._place(generator_from_config(cfg.model_copy(update={"input_nc": cfg.output_nc,
+                                                                              "output_nc": cfg.input_nc})))
+        self.D_A = self._place(discriminator_from_config(cfg, input_nc=cfg.output_nc))
+        self.D_B = self._place(discriminator_from_config(cfg, input_nc=cfg.input_nc))
+
+    def _build_optimizers(self) -> None:
+        """One Adam for both generators, one for both discriminators (the official parameter order), their
+        LR schedules and the fp16 gradient scaler."""
+        train_cfg = self.train_cfg
         adam_options: dict[str, Any] = {"lr": train_cfg.lr, "betas": (train_cfg.beta1, train_cfg.beta2)}
         if self.device.type == "cuda":
             adam_options["fused"] = True
@@ -143,11 +161,10 @@ class CycleGAN:
         self.scheduler_G = build_scheduler(self.optimizer_G, train_cfg)
         self.scheduler_D = build_scheduler(self.optimizer_D, train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.fake_A_pool = ImagePool(train_cfg.pool_size, seed=train_cfg.seed + 1 + 2 * self.rank)
-        self.fake_B_pool = ImagePool(train_cfg.pool_size, seed=train_cfg.seed + 2 + 2 * self.rank)
-        self.gan_loss = GANLoss(train_cfg.gan_mode)
 
-        # what train_step calls: DDP-wrapped and/or compiled views of the same parameters
+    def _wrap_for_training(self) -> None:
+        """What ``train_step`` calls: DDP-wrapped and/or compiled views of the same parameters; the
+        generator step evaluates the unwrapped discriminators (frozen; no DDP reducer involved)."""
         self._train_nets: dict[str, nn.Module] = {}
         for name in NET_NAMES:
             module: nn.Module = getattr(self, name)
@@ -155,19 +172,9 @@ class CycleGAN:
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
                 module = DistributedDataParallel(module, device_ids=device_ids)
             self._train_nets[name] = self._maybe_compile(module)
-        # the generator step evaluates the unwrapped discriminators (frozen; no DDP reducer involved)
         self._frozen_D: dict[str, nn.Module] = {
             name: self._maybe_compile(getattr(self, name)) for name in ("D_A", "D_B")
         }
-        if self.rank:
-            seed_everything(train_cfg.seed + self.rank)  # independent dropout / penalty draws per rank
-        logger.info(
-            "CycleGAN %s/%s on %s: G %d + %d, D %d + %d parameters; precision %s, channels_last %s, "
-            "compile %s (%s), world size %d",
-            model_cfg.generator, model_cfg.discriminator, self.device,
-            *(count_parameters(net) for net in (self.G_AB, self.G_BA, self.D_A, self.D_B)),
-            self.precision, self.channels_last, train_cfg.compile, train_cfg.compile_mode, self.world_size,
-        )
 
     # ----------------------------------------------------------------------------------------- helpers
     def _place(self, module: nn.Module) -> nn.Module:

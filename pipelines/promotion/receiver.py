@@ -1,5 +1,6 @@
-"""The MLflow webhook receiver: a small HTTP server that turns a verified ``model_version_alias.created``
-delivery about a watched model and alias into a Prefect event (``pipelines.promotion.events``).
+"""The MLflow webhook receiver: a Starlette app on uvicorn that turns a verified
+``model_version_alias.created`` delivery about a watched model and alias into a Prefect event
+(``pipelines.promotion.events``).
 
 ``POST /mlflow-webhook``: signature (``signature.verify``), replay window and repeated delivery ids
 (``DeliveryLedger``), then the payload; every refusal is logged with its reason (never the secret or
@@ -14,16 +15,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import uvicorn
 from prefect.events import Event
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from pipelines.local_http import answer_json
 from pipelines.promotion import events
 from pipelines.promotion.settings import ReceiverSettings, receiver_settings_from_env
 from pipelines.promotion.signature import DeliveryLedger, Refused, verify
@@ -32,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/mlflow-webhook"
 MAX_BODY_BYTES = 64 * 1024
+SERVER_NAME = "cyclegan-promotion-receiver"
 ALIAS_EVENT = ("model_version_alias", "created")  # (entity, action) of MLflow's payload
 
 Sender = Callable[..., None]
@@ -129,62 +138,73 @@ class Receiver:
         return len(requests)
 
 
-def handler_class(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "cyclegan-promotion-receiver"
+def receiver_app(receiver: Receiver) -> Starlette:
+    """The receiver's routes: ``POST /mlflow-webhook``, ``GET /health``; any other path is a JSON 404."""
 
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] == "/health":
-                self.answer(HTTPStatus.OK, {"status": "ok", "models": list(receiver.settings.models),
-                                            "aliases": list(receiver.settings.aliases)})
-            else:
-                self.answer(HTTPStatus.NOT_FOUND, {"error": f"no such path; POST {WEBHOOK_PATH} or GET /health"})
+    async def health(request: Request) -> Response:
+        return answer(HTTPStatus.OK, {"status": "ok", "models": list(receiver.settings.models),
+                                      "aliases": list(receiver.settings.aliases)})
 
-        def do_POST(self) -> None:
-            if self.path.split("?", 1)[0] != WEBHOOK_PATH:
-                self.answer(HTTPStatus.NOT_FOUND, {"error": f"POST to {WEBHOOK_PATH}"})
-                return
-            length = self.headers.get("Content-Length", "")
-            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-                outcome = receiver.refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length.isdigit()
-                                          else HTTPStatus.LENGTH_REQUIRED,
-                                          f"body of {length or 'unknown'} bytes (at most {MAX_BODY_BYTES})")
-            else:
-                outcome = receiver.handle(dict(self.headers.items()), self.rfile.read(int(length)))
-            self.answer(outcome.status, {"status": int(outcome.status), "message": outcome.message})
+    async def webhook(request: Request) -> Response:
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:  # refused before the body is read
+            outcome = receiver.refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length.isdigit()
+                                      else HTTPStatus.LENGTH_REQUIRED,
+                                      f"body of {length or 'unknown'} bytes (at most {MAX_BODY_BYTES})")
+        else:
+            body = await request.body()
+            # Prefect's event client blocks: off the event loop
+            outcome = await run_in_threadpool(receiver.handle, request.headers, body)
+        return answer(outcome.status, {"status": int(outcome.status), "message": outcome.message})
 
-        def answer(self, status: int, document: dict[str, Any]) -> None:
-            answer_json(self, status, document)
+    async def not_found(request: Request) -> Response:
+        if request.method == "POST":
+            return answer(HTTPStatus.NOT_FOUND, {"error": f"POST to {WEBHOOK_PATH}"})
+        return answer(HTTPStatus.NOT_FOUND, {"error": f"no such path; POST {WEBHOOK_PATH} or GET /health"})
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
+    return Starlette(routes=[Route("/health", health, methods=["GET"]),
+                             Route(WEBHOOK_PATH, webhook, methods=["POST"]),
+                             Route("/{path:path}", not_found, methods=["GET", "POST"])])
 
-    return Handler
+
+def answer(status: int, document: dict[str, Any]) -> Response:
+    return Response(json.dumps(document), status_code=int(status), media_type="application/json")
+
+
+def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    """uvicorn for the receiver: the process's own logging (no access lines), no lifespan."""
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+                          server_header=False, headers=[("server", SERVER_NAME)])
 
 
 def serve(settings: ReceiverSettings, *, send: Sender = events.send) -> None:
-    """Run the receiver until interrupted (SIGINT/SIGTERM through KeyboardInterrupt)."""
+    """Run the receiver until SIGINT or SIGTERM; either shuts it down gracefully (uvicorn lets the
+    requests in flight finish). The port is bound first: a busy port is an error before anything is sent."""
     receiver = Receiver(settings, send=send)
-    server = ThreadingHTTPServer((settings.host, settings.port), handler_class(receiver))
-    server.daemon_threads = True
-    host, port = server.server_address[:2]
+    listener = socket.create_server((settings.host, settings.port))
+    host, port = listener.getsockname()[:2]
     log.info("receiver listening on http://%s:%s%s for %s (aliases %s)", host, port, WEBHOOK_PATH,
              ", ".join(settings.models), ", ".join(settings.aliases))
     if settings.reconcile_on_start:
         receiver.reconcile_all(triggered_by="receiver-start")
+    server = uvicorn.Server(server_config(receiver_app(receiver), host, port))
+    # uvicorn re-raises the signal that stopped it once it has shut down: SIGTERM, as SIGINT, then ends here
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
-        server.serve_forever()
+        server.run(sockets=[listener])
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        listener.close()
         log.info("receiver stopped")
 
 
 def main() -> None:
     """``python -m pipelines.promotion.receiver``: settings from the environment only (the containers'
     entry); a bad setting is one error line and exit 4, as ``cyclegan receiver`` refuses it."""
-    import signal
     import sys
 
     from pydantic import ValidationError
@@ -192,7 +212,6 @@ def main() -> None:
     from pipelines.promotion.settings import PromotionError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if not os.environ.get("PREFECT_API_URL"):
             raise PromotionError("PREFECT_API_URL is not set: the receiver sends its events to a Prefect server")

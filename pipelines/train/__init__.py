@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipelines.train.cluster import connect_ray
-    from pipelines.train.driver import TrainHooks, TrainingError, train_on_ray
+    from pipelines.train.driver import TrainingError, train_on_ray
 
-__all__ = ["TrainHooks", "TrainingError", "connect_ray", "train_on_ray"]
-_HOME = {"connect_ray": "cluster", "TrainHooks": "driver", "TrainingError": "driver", "train_on_ray": "driver"}
+__all__ = ["TrainingError", "connect_ray", "train_on_ray"]
+_HOME = {"connect_ray": "cluster", "TrainingError": "driver", "train_on_ray": "driver"}
 
 
 def __getattr__(name: str) -> Any:

@@ -14,8 +14,7 @@ checkpoint ends it (a later call for the same run) is exported from Ray's record
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from ray.train import (
@@ -35,8 +34,7 @@ from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.training.checkpoint import CheckpointError
-from cyclegan_core.training.fit import training_done
-from cyclegan_core.training.model import CycleGAN
+from cyclegan_core.training.fit import FitCallback, training_done
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
 from pipelines.tracking import TrackingRun
@@ -53,7 +51,7 @@ from pipelines.train.resume import (
     snapshot_exists,
 )
 from pipelines.train.storage import StorageTarget, resolve_storage
-from pipelines.train.worker import train_loop_per_worker
+from pipelines.train.worker import WorkerArgs, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +62,6 @@ class TrainingError(RuntimeError):
     def __init__(self, message: str, *, checkpoint_uri: str | None = None) -> None:
         super().__init__(message)
         self.checkpoint_uri = checkpoint_uri
-
-
-@dataclass(frozen=True)
-class TrainHooks:
-    """Optional extras of ``train_on_ray``.
-
-    ``after_step(step, rank)`` runs on every worker after every training step (shipped to the workers
-    by Ray's pickling), e.g. a test that makes a worker die at a given step; ``after_step_model(model,
-    step, rank)`` also gets the worker's CycleGAN, e.g. a test that poisons the weights with NaN for the
-    watchdog.
-    """
-
-    after_step: Callable[[int, int], None] | None = None
-    after_step_model: Callable[[CycleGAN, int, int], None] | None = None
 
 
 def export_final(checkpoint: Checkpoint, dest: Path) -> RunProgress:
@@ -192,20 +176,20 @@ def last_good_checkpoint(storage: StorageTarget, run_name: str) -> str | None:
     return storage.uri(good.path) if good is not None else None
 
 
-def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHooks | None = None,
+def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, callbacks: Sequence[FitCallback] = (),
                  tracking: TrackingRun | None = None) -> TrainResult:
     """Train CycleGAN on Ray Train with ``config.scaling`` workers; resume the run
     ``config.ray_run_name(dataset.version)`` from its latest checkpoint in ``run.storage_path``.
 
     Raises TrainingError when training fails beyond ``run.max_failures`` worker restarts, ValueError for
     a configuration the cluster cannot run (resources, local storage on a multi-node cluster).
-    ``tracking`` (the pipeline's open MLflow run, None for none) reaches the workers as
-    ``loop_config["tracking"]`` (rank 0 logs its sample images there), and each evaluated checkpoint
-    becomes a LoggedModel of it (``checkpoint_models``), logged by the driver as Ray commits it.
+    ``tracking`` (the pipeline's open MLflow run, None for none) reaches the workers in their
+    ``WorkerArgs`` (rank 0 logs its sample images there), and each evaluated checkpoint becomes a
+    LoggedModel of it (``checkpoint_models``), logged by the driver as Ray commits it. ``callbacks`` run
+    in every worker's ``fit`` (shipped there by Ray's pickling), e.g. a test's fault injection.
     """
     if not TorchTrainer.__module__.startswith("ray.train.v2."):
         raise RuntimeError("pipelines.train needs Ray Train V2; unset RAY_TRAIN_V2_ENABLED=0")
-    hooks = hooks or TrainHooks()
     run_name = config.ray_run_name(dataset.version)
     # dataset.root need not exist here: a worker whose node lacks it ingests the dataset itself.
     storage = resolve_storage(config.run.storage_path, config.services)
@@ -216,8 +200,8 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     if result is None:
         models = CheckpointModels(tracking, storage, run_name, config, dataset) if tracking is not None else None
         try:
-            result = fit_on_ray(config, dataset, storage, run_name, hooks=hooks, tracking=tracking,
-                                resume_from=resume_from, on_checkpoint=models.submit if models else None)
+            args = WorkerArgs(config, dataset, resume_from=resume_from, tracking=tracking, callbacks=tuple(callbacks))
+            result = fit_on_ray(args, storage, run_name, on_checkpoint=models.submit if models else None)
         finally:
             if models is not None:
                 models.finish()
@@ -232,18 +216,15 @@ def train_on_ray(config: ResolvedConfig, dataset: DatasetRef, *, hooks: TrainHoo
     return export_result(config, dataset, storage, run_name, result, final)
 
 
-def fit_on_ray(config: ResolvedConfig, dataset: DatasetRef, storage: StorageTarget, run_name: str, *,
-               hooks: TrainHooks, tracking: TrackingRun | None, resume_from: Checkpoint | None,
+def fit_on_ray(args: WorkerArgs, storage: StorageTarget, run_name: str, *,
                on_checkpoint: CheckpointListener | None = None) -> Result:
     """Run the ``TorchTrainer``; raise TrainingError when it fails or the watchdog stopped it.
     ``on_checkpoint(path, metrics)`` runs on the driver for each committed checkpoint."""
-    run, scaling = config.run, config.scaling
+    run, scaling = args.config.run, args.config.scaling
     with progress_reporter(on_checkpoint) as progress_callback:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": config, "dataset": dataset, "after_step": hooks.after_step,
-                               "after_step_model": hooks.after_step_model,
-                               "resume_from": resume_from, "tracking": tracking},
+            train_loop_config=args.loop_config(),
             scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                          resources_per_worker={"CPU": scaling.cpus_per_worker,
                                                                **({"GPU": 1} if scaling.use_gpu else {})}),

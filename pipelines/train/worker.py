@@ -1,23 +1,22 @@
 """The function every Ray Train worker runs: plain PyTorch around ``cyclegan_core.training.fit``.
 
-Ray initialises the process group (gloo on CPU, NCCL on GPU) and ``CycleGAN`` wraps its nets in DDP
-itself; the worker shards the data by rank, resumes from ``ray.train.get_checkpoint()`` when there is
-one (a worker-group restart, or a new run with the same name and storage) and reports each epoch's
-metrics, with a checkpoint folder every ``run.checkpoint_every_epochs`` epochs and at the end, uploaded
-off the training path (``upload``). Between the epochs ``monitor.EpochJudge`` evaluates (each checkpoint
-carries its score and the evaluation's sample grids) and rolls a faulty epoch back.
+``train_loop_per_worker(loop_config)`` gets a ``WorkerArgs`` record, shards the data by rank, resumes
+from ``ray.train.get_checkpoint()`` when there is one (a worker-group restart, or a new run with the
+same name and storage) and runs ``fit`` with an ``EpochReport``: what a worker does at each epoch's end
+(the record, the judge's evaluation and rollback, ``ray.train.report`` with a checkpoint folder when one
+is due). Ray initialises the process group and ``CycleGAN`` wraps its nets in DDP itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import ray.train
 import torch
+from ray.train import Checkpoint
 from ray.train.torch import get_device
 
 from cyclegan_core.atomic import scratch_folder
@@ -25,12 +24,12 @@ from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
 from cyclegan_core.inference.backends import training_precision
 from cyclegan_core.precision import ResolvedPrecision
 from cyclegan_core.training.distributed import all_gather_float, all_reduce_mean, barrier, parameter_checksum
-from cyclegan_core.training.fit import EpochEnd, fit
+from cyclegan_core.training.fit import EpochEnd, FitCallback, fit
 from cyclegan_core.training.model import CycleGAN
 from pipelines.config import ResolvedConfig
 from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef
-from pipelines.tracking import node_system_metrics
+from pipelines.tracking import TrackingRun, node_system_metrics
 from pipelines.train.cluster import count_nodes, require_node_credentials
 from pipelines.train.layout import read_in_checkpoint, restore_from_folder, write_checkpoint_folder
 from pipelines.train.monitor import EpochJudge, WatchdogError, checkpoint_score
@@ -39,8 +38,22 @@ from pipelines.train.upload import CheckpointUploads
 
 logger = logging.getLogger(__name__)
 
-AfterStep = Callable[[int, int], None]  # (global step, world rank), on every worker
-AfterStepModel = Callable[[CycleGAN, int, int], None]  # (the model, global step, world rank)
+ARGS_KEY = "args"  # the one key of train_loop_config
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What the driver hands every worker, pickled by Ray (``train_loop_config``, see ``loop_config``)."""
+
+    config: ResolvedConfig
+    dataset: DatasetRef
+    resume_from: Checkpoint | None = None  # when Ray Train hands none: the driver's pick past a damaged one
+    tracking: TrackingRun | None = None  # the pipeline's MLflow run (sample grids, node charts)
+    callbacks: tuple[FitCallback, ...] = ()  # more work in fit's loop, before the epoch report
+
+    def loop_config(self) -> dict[str, WorkerArgs]:
+        """Ray Train's ``train_loop_config``: a dict (Ray records it in its run state)."""
+        return {ARGS_KEY: self}
 
 
 def should_checkpoint(epoch: int, *, every: int, total: int, stopped_early: bool) -> bool:
@@ -82,94 +95,93 @@ def cpu_precision(config: ResolvedConfig, device: torch.device, rank: int) -> Re
     return precision
 
 
-def step_hook(model: CycleGAN, rank: int, after_step: AfterStep | None,
-              after_step_model: AfterStepModel | None) -> Callable[[int], None] | None:
-    """``fit``'s after_step: the test hooks of ``TrainHooks`` with this worker's model and rank."""
-    if after_step is None and after_step_model is None:
-        return None
-
-    def hook(step: int) -> None:
-        if after_step is not None:
-            after_step(step, rank)
-        if after_step_model is not None:
-            after_step_model(model, step, rank)
-    return hook
+def resume(model: CycleGAN, resume_from: Checkpoint | None, *, rank: int) -> list[dict[str, float]]:
+    """Load Ray's latest checkpoint of this run, else ``resume_from``, into ``model``; returns the
+    checkpoint's epoch history (empty when there is nothing to resume from)."""
+    checkpoint = ray.train.get_checkpoint() or resume_from
+    if checkpoint is None:
+        return []
+    progress = read_in_checkpoint(checkpoint, lambda folder: restore_from_folder(model, folder, rank=rank))
+    logger.info("rank %d resumed from %s at epoch %d, step %d", rank, checkpoint.path, model.epoch,
+                model.step)
+    return list(progress.history)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> str | None:
-    """``loop_config``: ``config`` (ResolvedConfig), ``dataset`` (DatasetRef), ``after_step`` and
-    ``after_step_model`` (test hooks or None),
-    ``resume_from`` (a Checkpoint to resume from when Ray Train hands none, or None), ``tracking`` (the
-    pipeline's MLflow run for the sample grids, or None). Returns None, or the watchdog's message when
-    it stopped the run (rank 0's is ``Result.return_value``)."""
-    config: ResolvedConfig = loop_config["config"]
-    dataset: DatasetRef = loop_config["dataset"]
-    after_step: AfterStep | None = loop_config["after_step"]
-    after_step_model: AfterStepModel | None = loop_config.get("after_step_model")
+class EpochReport(FitCallback):
+    """A worker's epoch end: the epoch record (reduced over the ranks), the judge's verdict (a faulty
+    epoch is rolled back and not reported), then ``ray.train.report``, with this rank's part of a
+    checkpoint folder every ``run.checkpoint_every_epochs`` epochs, at the end and at ``max_steps``."""
+
+    def __init__(self, args: WorkerArgs, judge: EpochJudge, *, rank: int, nodes: int) -> None:
+        self.config, self.dataset, self.judge = args.config, args.dataset, judge
+        self.rank, self.nodes = rank, nodes  # nodes: fixed for this worker group (a restart rebuilds it)
+        self.uploads = CheckpointUploads(args.config.run.checkpoint_upload, rank=rank)
+
+    def on_epoch_end(self, model: CycleGAN, end: EpochEnd) -> None:
+        run, total = self.config.run, self.config.train.total_epochs
+        metrics = epoch_metrics(end, step=model.step, total_epochs=total, nodes=self.nodes,
+                                loss_means=all_reduce_mean(end.loss_sums, end.steps, model.device),
+                                checksums=all_gather_float(parameter_checksum(model.G_AB), model.device))
+        due = should_checkpoint(model.epoch, every=run.checkpoint_every_epochs, total=total,
+                                stopped_early=end.stopped)
+        if not self.judge.judge(metrics, epoch=model.epoch, checkpoint=due):
+            return  # rolled back: fit goes on from the healthy epoch
+        self.judge.healthy(metrics)
+        if due:
+            self.report_checkpoint(model, metrics)
+        else:
+            ray.train.report(metrics)
+
+    def report_checkpoint(self, model: CycleGAN, metrics: dict[str, float]) -> None:
+        """Every rank reports (V2 synchronises on it); Ray merges the ranks' files into one folder."""
+        progress = RunProgress(dataset_version=self.dataset.version, dataset_uri=self.dataset.uri,
+                               epoch=model.epoch, step=model.step, history=self.judge.history)
+        self.uploads.wait_for_previous()
+        # <tmp>/cyclegan-checkpoints/: a killed worker's folder is swept by the next checkpoint on the node;
+        # the upload releases it (``upload``), so it outlives this call when the upload is asynchronous.
+        scratch = ExitStack()
+        try:
+            folder = scratch.enter_context(scratch_folder("checkpoints", name=f"rank{self.rank}"))
+            write_checkpoint_folder(folder, model, progress, rank=self.rank, samples=self.judge.samples)
+        except BaseException:
+            scratch.close()
+            raise
+        score = checkpoint_score(metrics, primary_key=self.judge.primary_key,
+                                 higher_is_better=self.config.registry.higher_is_better)
+        self.uploads.report({**metrics, SCORE_KEY: score}, folder, scratch,
+                            dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
+
+
+def train_loop_per_worker(loop_config: dict[str, WorkerArgs]) -> str | None:
+    """One worker of the run: ``loop_config[ARGS_KEY]`` is its ``WorkerArgs``. Returns None, or the
+    watchdog's message when it stopped the run (rank 0's is ``Result.return_value``)."""
+    args = loop_config[ARGS_KEY]
+    config, dataset, seed = args.config, args.dataset, args.config.train.seed
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
-    seed, total_epochs = config.train.seed, config.train.total_epochs
-
     require_node_credentials(config, ingests=not dataset.root.is_dir(), process=f"Ray Train worker rank {rank}")
     root = worker_dataset_root(dataset, config, local_rank=context.get_local_rank())
+
     # CycleGAN seeds with train.seed before building the nets: identical initial weights on every rank.
     model = CycleGAN(config.model, config.train, device=device, cpu_auto=cpu_precision(config, device, rank))
-    nodes = count_nodes()  # fixed for this worker group (a restart runs this function again)
-    history: list[dict[str, float]] = []
-    # Ray's latest checkpoint of this run, else the one the driver chose when Ray's was damaged.
-    checkpoint = ray.train.get_checkpoint() or loop_config["resume_from"]
-    if checkpoint is not None:
-        history = list(read_in_checkpoint(
-            checkpoint, lambda directory: restore_from_folder(model, directory, rank=rank)).history)
-        logger.info("rank %d resumed from %s at epoch %d, step %d", rank, checkpoint.path, model.epoch, model.step)
-
+    nodes = count_nodes()
+    history = resume(model, args.resume_from, rank=rank)
     # Items are a function of (seed, epoch, index), the shard of (seed, epoch, rank): one common seed.
     train_set = UnpairedDataset(root, config.data, phase="train", seed=seed)
     loader = build_dataloader(train_set, batch_size=config.train.batch_size, shuffle=True,
                               num_workers=config.data.num_workers, rank=rank, world_size=world_size, seed=seed)
-    judge = EpochJudge(model, config, root, rank, history, tracking=loop_config.get("tracking"))
-    uploads = CheckpointUploads(config.run.checkpoint_upload, rank=rank)
-
-    def report(end: EpochEnd) -> None:
-        metrics = epoch_metrics(end, step=model.step, total_epochs=total_epochs, nodes=nodes,
-                                loss_means=all_reduce_mean(end.loss_sums, end.steps, device),
-                                checksums=all_gather_float(parameter_checksum(model.G_AB), device))
-        checkpointed = should_checkpoint(model.epoch, every=config.run.checkpoint_every_epochs, total=total_epochs,
-                                         stopped_early=end.stopped)
-        if not judge.judge(metrics, epoch=model.epoch, checkpoint=checkpointed):
-            return  # rolled back: fit goes on from the healthy epoch
-        judge.healthy(metrics)
-        if not checkpointed:
-            ray.train.report(metrics)
-            return
-        progress = RunProgress(dataset_version=dataset.version, dataset_uri=dataset.uri, epoch=model.epoch,
-                               step=model.step, history=history)
-        uploads.wait_for_previous()
-        # <tmp>/cyclegan-checkpoints/: a killed worker's folder is swept by the next checkpoint on the node;
-        # the upload releases it (``upload``), so it outlives this call when the upload is asynchronous.
-        scratch = ExitStack()
-        try:
-            tmp = scratch.enter_context(scratch_folder("checkpoints", name=f"rank{rank}"))
-            write_checkpoint_folder(tmp, model, progress, rank=rank, samples=judge.samples)
-        except BaseException:
-            scratch.close()
-            raise
-        # Every rank reports (V2 synchronises on it); Ray merges the ranks' files into one folder.
-        score = checkpoint_score(metrics, primary_key=judge.primary_key,
-                                 higher_is_better=config.registry.higher_is_better)
-        uploads.report({**metrics, SCORE_KEY: score}, tmp, scratch,
-                       dir_name=f"checkpoint_epoch{model.epoch:04d}_step{model.step:08d}")
+    judge = EpochJudge(model, config, root, rank, history, tracking=args.tracking)
+    report = EpochReport(args, judge, rank=rank, nodes=nodes)
 
     # one monitor per node (its first worker): CPU, memory and GPU charts of every training node
-    tracking = loop_config.get("tracking") if context.get_local_rank() == 0 else None
+    node_tracking = args.tracking if context.get_local_rank() == 0 else None
     try:
-        with node_system_metrics(tracking, f"node-{context.get_node_rank()}"):
-            fit(model, loader, total_epochs=total_epochs, seed=seed, rank=rank, max_steps=config.run.max_steps,
-                after_step=step_hook(model, rank, after_step, after_step_model),
-                on_epoch_end=report)
+        with node_system_metrics(node_tracking, f"node-{context.get_node_rank()}"):
+            fit(model, loader, total_epochs=config.train.total_epochs, seed=seed, rank=rank,
+                max_steps=config.run.max_steps, callbacks=[*args.callbacks, report])
     except WatchdogError as exc:  # every rank decides alike (reduced losses, rank 0's shared scores)
         if rank == 0:
             logger.error("watchdog: %s", exc)

@@ -30,6 +30,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cyclegan_core.inference.translator import Translator
+from cyclegan_core.training.fit import FitCallback
+from cyclegan_core.training.model import CycleGAN
 from pipelines.cli import app
 from pipelines.config import (
     PipelineConfig,
@@ -48,8 +50,8 @@ STEPS_PER_EPOCH = 3
 
 
 @dataclass(frozen=True)
-class WaitForLiveMetric:
-    """``TrainHooks.after_step``: rank 0, after global step ``at_step`` (in epoch 2), waits until the
+class WaitForLiveMetric(FitCallback):
+    """A worker callback: rank 0, after global step ``at_step`` (in epoch 2), waits until the
     tracking server shows an epoch-1 loss in run ``run_id`` (training is held meanwhile), then writes
     what it saw to ``marker``."""
 
@@ -59,8 +61,8 @@ class WaitForLiveMetric:
     marker: Path
     timeout_s: float = 120.0
 
-    def __call__(self, step: int, rank: int) -> None:
-        if step != self.at_step or rank != 0:
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
+        if step != self.at_step or model.rank != 0:
             return
         from mlflow import MlflowClient
 
@@ -76,18 +78,6 @@ class WaitForLiveMetric:
                 break
             time.sleep(0.5)
         self.marker.write_text(json.dumps(seen))
-
-
-@dataclass(frozen=True)
-class Both:
-    """Two ``TrainHooks.after_step`` hooks, one after the other."""
-
-    first: object
-    second: object
-
-    def __call__(self, step: int, rank: int) -> None:
-        self.first(step, rank)
-        self.second(step, rank)
 
 
 class SwitchableProxy:
@@ -219,7 +209,6 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     from pipelines import registry
     from pipelines.flows import train_cyclegan
     from pipelines.ingest import upload_folder
-    from pipelines.train import TrainHooks
 
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
     target = urlparse(mlflow_server)
@@ -251,12 +240,12 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     seen = tmp_path / "live-metrics-seen.json"
     real_train = pipelines.train.train_on_ray
 
-    def train_watched_live(config, dataset, *, hooks=None, tracking=None):
+    def train_watched_live(config, dataset, *, callbacks=(), tracking=None):
         assert tracking is not None, "the flow hands training its MLflow run"
         watch = WaitForLiveMetric(mlflow_server, tracking.run_id, STEPS_PER_EPOCH + 1, seen)
         # the driver logs each checkpoint's LoggedModel before Ray's retention can drop it (epochs of ~2 s)
         logged = AwaitCheckpointModel(mlflow_server, tracking.run_id, steps_per_epoch=STEPS_PER_EPOCH)
-        return real_train(config, dataset, hooks=TrainHooks(after_step=Both(watch, logged)), tracking=tracking)
+        return real_train(config, dataset, callbacks=[*callbacks, watch, logged], tracking=tracking)
 
     monkeypatch.setattr(pipelines.train, "train_on_ray", train_watched_live)
     monkeypatch.setattr(pipelines.tracking, "SYSTEM_METRICS_INTERVAL_S", 1.0)  # a sample within this short run
@@ -346,9 +335,11 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
     assert "challenger" in json.loads(gated.stdout.strip().splitlines()[-1])["aliases"]
     image = min((synthetic_dataset / "testA").glob("*.png"))
     translated = tmp_path / "by-hand.png"
-    done = CliRunner().invoke(app, ["translate", "--model", f"models:/flow-e2e/{by_hand}", str(image), str(translated)])
+    done = CliRunner().invoke(app, ["translate", "--model", f"models:/flow-e2e/{by_hand}", "--backend", "torch",
+                                    "--precision", "fp32", str(image), str(translated)])  # the checkpoint's exact math
     assert done.exit_code == 0, done.output
     checkpoint = Translator.from_checkpoint(Path(other.tags["checkpoint_uri"]) / "cyclegan.pt", device="cpu")
+    checkpoint.precision = "fp32"
     expected = np.asarray(checkpoint([Image.open(image).convert("RGB")], direction="AtoB")[0])
     assert np.array_equal(np.asarray(Image.open(translated)), expected)
 

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cyclegan_core.training.fit import FitCallback
+from cyclegan_core.training.model import CycleGAN
+
 
 def install_pause(name: str, ready: Path) -> None:
     """Make this process block for ever in the first ``os.replace`` onto a file called ``name``."""
@@ -37,8 +40,8 @@ def install_pause(name: str, ready: Path) -> None:
 
 
 @dataclass(frozen=True)
-class PauseInWorker:
-    """``TrainHooks.after_step``: rank 0's worker installs the pause once, unless a previous worker
+class PauseInWorker(FitCallback):
+    """A worker callback: rank 0's worker installs the pause once, unless a previous worker
     already paused there (READY exists), so the worker Ray restarts after the kill runs normally. With
     ``pids``, every rank-0 worker that starts appends its pid there (a test kills a later one too)."""
 
@@ -46,8 +49,8 @@ class PauseInWorker:
     ready: Path
     pids: Path | None = None
 
-    def __call__(self, step: int, rank: int) -> None:
-        if rank != 0 or step != 1:
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
+        if model.rank != 0 or step != 1:
             return
         if self.pids is not None:
             with open(self.pids, "a") as out:
@@ -76,7 +79,7 @@ def main(argv: list[str]) -> None:
 
         from pipelines.config import load_pipeline_config, resolve
         from pipelines.records import DatasetRef
-        from pipelines.train import TrainHooks, train_on_ray
+        from pipelines.train import train_on_ray
 
         logging.basicConfig(level=logging.WARNING)
         logging.getLogger("pipelines").setLevel(logging.INFO)  # the driver's epoch lines, in the test's log
@@ -84,7 +87,7 @@ def main(argv: list[str]) -> None:
         config = resolve(load_pipeline_config(Path(config_path)))
         dataset = DatasetRef.model_validate_json(Path(dataset_path).read_text())
         hook = PauseInWorker(name, Path(ready), Path(pids[0]) if pids else None)
-        result = train_on_ray(config, dataset, hooks=TrainHooks(after_step=hook))
+        result = train_on_ray(config, dataset, callbacks=[hook])
         Path(result_path).write_text(result.model_dump_json())
     else:
         raise SystemExit(f"unknown mode {mode!r}: cli, export or train")

@@ -21,12 +21,13 @@ from mlflow.tracking import MlflowClient
 
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.training.distributed import parameter_checksum
+from cyclegan_core.training.fit import FitCallback
 from cyclegan_core.training.model import CycleGAN
 from pipelines.records import DatasetRef
 from pipelines.registry import download_model
 from pipelines.registry.logged_models import run_models
 from pipelines.tracking import open_pipeline_run
-from pipelines.train import TrainHooks, TrainingError, train_on_ray
+from pipelines.train import TrainingError, train_on_ray
 from pipelines.train.layout import read_progress
 from tests.integration.test_train_ray import (  # noqa: F401 - ingested: the fixture
     STEPS_PER_EPOCH,
@@ -38,14 +39,14 @@ from tests.integration.test_train_ray import (  # noqa: F401 - ingested: the fix
 pytestmark = pytest.mark.slow
 
 
-class PoisonWeights:
-    """``TrainHooks.after_step_model``: fill G_AB's first weight with NaN on every rank after global
+class PoisonWeights(FitCallback):
+    """A worker callback: fill G_AB's first weight with NaN on every rank after global
     step ``at_step``; once per worker process unless ``always`` (a rollback keeps the process)."""
 
     def __init__(self, at_step: int, *, always: bool = False) -> None:
         self.at_step, self.always, self.fired = at_step, always, False
 
-    def __call__(self, model: CycleGAN, step: int, rank: int) -> None:
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
         if step == self.at_step and (self.always or not self.fired):
             self.fired = True
             with torch.no_grad():
@@ -53,8 +54,8 @@ class PoisonWeights:
 
 
 @dataclass(frozen=True)
-class AwaitCheckpointModel:
-    """``TrainHooks.after_step``: rank 0, at the last step of each epoch after the first, waits until
+class AwaitCheckpointModel(FitCallback):
+    """A worker callback: rank 0, at the last step of each epoch after the first, waits until
     the previous epoch's checkpoint is a READY LoggedModel of run ``run_id``. With num_to_keep=1, Ray may
     delete that checkpoint as soon as this epoch's is committed: this test's epochs (~2 s) are shorter
     than the driver's reading of it may take on a loaded host; a real epoch is minutes."""
@@ -64,9 +65,9 @@ class AwaitCheckpointModel:
     steps_per_epoch: int = STEPS_PER_EPOCH
     timeout_s: float = 120.0
 
-    def __call__(self, step: int, rank: int) -> None:
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
         epoch, rest = divmod(step, self.steps_per_epoch)
-        if rank != 0 or rest or epoch < 2:
+        if model.rank != 0 or rest or epoch < 2:
             return
         client = MlflowClient(self.tracking_uri, self.tracking_uri)
         experiment = client.get_run(self.run_id).info.experiment_id
@@ -91,8 +92,8 @@ def test_a_nan_is_rolled_back_the_run_completes_and_the_best_epoch_is_exported(
     live, _ = open_pipeline_run(config, run_name="watched", tags={})
     poison = PoisonWeights(at_step=2 * STEPS_PER_EPOCH + 3)  # in epoch 3
 
-    hooks = TrainHooks(after_step=AwaitCheckpointModel(mlflow_server, live.run_id), after_step_model=poison)
-    result = train_on_ray(config, ingested, hooks=hooks, tracking=live)
+    callbacks = [AwaitCheckpointModel(mlflow_server, live.run_id), poison]
+    result = train_on_ray(config, ingested, callbacks=callbacks, tracking=live)
 
     history = result.history
     assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4] and result.steps == 4 * STEPS_PER_EPOCH
@@ -148,7 +149,7 @@ def test_with_the_rollbacks_spent_the_run_fails_naming_the_epoch_and_the_symptom
 
     with pytest.raises(TrainingError, match=rf"training run {run_name} stopped by the watchdog: training is "
                                             r"unhealthy at epoch 2 \(step 24\): non-finite loss_") as failed:
-        train_on_ray(config, ingested, hooks=TrainHooks(after_step_model=poison))
+        train_on_ray(config, ingested, callbacks=[poison])
     assert "already rolled back 1 time(s) (watchdog.max_rollbacks=1)" in str(failed.value)
     assert failed.value.checkpoint_uri is not None and "checkpoint_epoch0001" in failed.value.checkpoint_uri
     # the workers stopped; Ray Train did not restart them into the same fault (max_failures=2)

@@ -17,7 +17,7 @@ import torch
 from cyclegan_core.inference.translator import Translator
 from pipelines.config import Services
 from pipelines.records import DatasetRef
-from pipelines.train import TrainHooks, TrainingError, train_on_ray
+from pipelines.train import TrainingError, train_on_ray
 from pipelines.train.driver import last_good_checkpoint
 from pipelines.train.layout import CHECKPOINT_FILE, check_folder
 from pipelines.train.resume import find_resume_point, set_snapshot_aside
@@ -42,8 +42,8 @@ def test_a_damaged_checkpoint_and_a_truncated_snapshot_fall_back_to_the_previous
 
     # 1. A worker dies in epoch 3: the message leads with one line (what, last good checkpoint, what to do).
     with pytest.raises(TrainingError) as failed:
-        train_on_ray(config, ingested, hooks=TrainHooks(
-            after_step=CrashOnce(at_step=2 * STEPS_PER_EPOCH + 2, marker=tmp_path / "crash")))
+        train_on_ray(config, ingested,
+                     callbacks=[CrashOnce(at_step=2 * STEPS_PER_EPOCH + 2, marker=tmp_path / "crash")])
     headline, *rest = str(failed.value).splitlines()
     assert re.fullmatch(rf"training run {run_name} failed \(run\.max_failures=0\): worker rank\(s\) \[1\] died "
                         rf"\(.*\); last good checkpoint {second}; re-run the same config \(same run\.storage_path\) "

@@ -4,7 +4,7 @@ Each Ray fit costs ~50 s here (worker processes importing torch on 2 cores), so 
 scenarios: one local run (DDP sync, loss, checkpoints, max_steps, export) and one S3 run (a failing
 fit with max_failures=0, then a re-run that resumes from the bucket and survives a worker crash).
 That a resumed run ends with an uninterrupted run's weights is checked in test_train_damage.
-Workers crash through ``TrainHooks.after_step`` with ``CrashOnce``, defined here.
+Workers crash through the callback ``CrashOnce``, defined here.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import torch
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.training.checkpoint import load_checkpoint
 from cyclegan_core.training.distributed import parameter_checksum
-from cyclegan_core.training.fit import EpochEnd
+from cyclegan_core.training.fit import EpochEnd, FitCallback
 from cyclegan_core.training.model import CycleGAN
 from pipelines.config import PipelineConfig, ResolvedConfig, Services, resolve
 from pipelines.ingest import ingest_prefix, upload_folder
 from pipelines.records import DatasetRef
-from pipelines.train import TrainHooks, TrainingError, train_on_ray
+from pipelines.train import TrainingError, train_on_ray
 from pipelines.train.cluster import check_storage_shared
 from pipelines.train.layout import (
     CHECKPOINT_FILE,
@@ -43,7 +43,7 @@ from pipelines.train.layout import (
 )
 from pipelines.train.progress import RunProgress, epoch_metrics, format_epoch_line
 from pipelines.train.storage import resolve_storage
-from pipelines.train.worker import should_checkpoint
+from pipelines.train.worker import ARGS_KEY, WorkerArgs, should_checkpoint
 from tests.conftest import RayCluster
 
 IMAGES_PER_WORKER = 12  # 24 training images per domain (the synthetic_dataset fixture), 2 workers
@@ -65,8 +65,8 @@ def tiny_config(dataset: DatasetRef, tmp_path: Path, *, run_name: str, storage_p
 
 
 @dataclass(frozen=True)
-class CrashOnce:
-    """``TrainHooks.after_step``: the worker of world rank ``rank`` dies hard (``os._exit(1)``, like an
+class CrashOnce(FitCallback):
+    """A worker callback: the worker of world rank ``rank`` dies hard (``os._exit(1)``, like an
     OOM-killed or preempted worker) after global step ``at_step``, once across restarts: it creates
     ``marker`` first (tests run on one node, so every worker sees it). Before dying it waits until Ray
     Train has committed the checkpoints reported so far, so the crash lands after the last one."""
@@ -75,12 +75,12 @@ class CrashOnce:
     marker: Path
     rank: int = 1
 
-    def __call__(self, step: int, rank: int) -> None:
-        if step != self.at_step or rank != self.rank or self.marker.exists():
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
+        if step != self.at_step or model.rank != self.rank or self.marker.exists():
             return
         ray.train.get_all_reported_checkpoints(
             consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=300)
-        self.marker.write_text(f"rank {rank} exited at step {step}\n")
+        self.marker.write_text(f"rank {model.rank} exited at step {step}\n")
         os._exit(1)
 
 
@@ -127,6 +127,14 @@ def test_checkpoint_cadence() -> None:
     every_two = [e for e in range(1, 8) if should_checkpoint(e, every=2, total=7, stopped_early=False)]
     assert every_two == [2, 4, 6, 7]
     assert should_checkpoint(3, every=5, total=9, stopped_early=True)
+
+
+def test_worker_args_travel_as_ray_pickles_train_loop_config(ingested: DatasetRef, tmp_path: Path) -> None:
+    config = tiny_config(ingested, tmp_path, run_name="pickled", storage_path=str(tmp_path / "runs"), epochs=1)
+    args = WorkerArgs(config, ingested, callbacks=(CrashOnce(at_step=3, marker=tmp_path / "crash"),))
+    loop_config = args.loop_config()
+    assert isinstance(loop_config, dict) and loop_config[ARGS_KEY] is args  # V2 takes a dict (its run state)
+    assert ray.cloudpickle.loads(ray.cloudpickle.dumps(loop_config)) == {ARGS_KEY: args}
 
 
 def test_epoch_line_is_readable() -> None:
@@ -252,7 +260,7 @@ def test_s3_storage_worker_failure_and_resume(ray_local: None, ingested: Dataset
     run_name = first.ray_run_name(ingested.version)
     crash = CrashOnce(at_step=steps + 3, marker=tmp_path / "crash-1")
     with pytest.raises(TrainingError, match=rf"training run {run_name} failed \(run.max_failures=0\)") as failed:
-        train_on_ray(first, ingested, hooks=TrainHooks(after_step=crash))
+        train_on_ray(first, ingested, callbacks=[crash])
     assert crash.marker.exists() and ingested.root.is_dir()
     last_good = f"runs/{run_name}/checkpoint_epoch0001_step{steps:08d}"
     assert failed.value.checkpoint_uri == f"s3://{s3_bucket}/{last_good}"
@@ -272,7 +280,7 @@ def test_s3_storage_worker_failure_and_resume(ray_local: None, ingested: Dataset
     crash = CrashOnce(at_step=2 * steps + 5, marker=tmp_path / "crash-2")
     caplog.clear()
     caplog.set_level(logging.INFO, logger="pipelines.train")
-    result = train_on_ray(second, ingested, hooks=TrainHooks(after_step=crash))
+    result = train_on_ray(second, ingested, callbacks=[crash])
 
     assert crash.marker.exists()
     assert [int(line.split()[1].split("/")[0]) for line in epoch_lines(caplog)] == [2, 3, 4]

@@ -20,7 +20,7 @@ from cyclegan_core.evaluation.during_training import (
 )
 from cyclegan_core.evaluation.scoring import evaluate_translator
 from cyclegan_core.inference.translator import Translator
-from cyclegan_core.training.fit import EpochEnd, fit
+from cyclegan_core.training.fit import EpochEnd, FitCallback, fit
 from cyclegan_core.training.model import CycleGAN
 
 # dropout and a pool: a step draws from the global RNG and the pools' own generators
@@ -47,12 +47,13 @@ def test_training_that_evaluates_every_epoch_ends_bit_for_bit_as_training_that_d
     watched = CycleGAN(MODEL, TRAIN)
     scores: list[dict[str, float]] = []
 
-    def evaluate(end: EpochEnd) -> None:
-        scores.append(score_model(watched, synthetic_dataset, max_images=3).metrics)
-        sample_rows(model_translator(watched), synthetic_dataset, "AtoB", count=2)
-        assert all(net.training for net in watched.nets.values())  # train mode is back
+    class Evaluate(FitCallback):
+        def on_epoch_end(self, model: CycleGAN, end: EpochEnd) -> None:
+            scores.append(score_model(model, synthetic_dataset, max_images=3).metrics)
+            sample_rows(model_translator(model), synthetic_dataset, "AtoB", count=2)
+            assert all(net.training for net in model.nets.values())  # train mode is back
 
-    fit(watched, loader(synthetic_dataset), total_epochs=2, seed=TRAIN.seed, on_epoch_end=evaluate)
+    fit(watched, loader(synthetic_dataset), total_epochs=2, seed=TRAIN.seed, callbacks=[Evaluate()])
     assert len(scores) == 2 and scores[0] != scores[1]
     expected, got = state_of(plain), state_of(watched)
     assert expected.keys() == got.keys()

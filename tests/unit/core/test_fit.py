@@ -13,7 +13,7 @@ import torch
 from cyclegan_core.config import DataConfig, ModelConfig, TrainConfig
 from cyclegan_core.data.dataset import UnpairedDataset, build_dataloader
 from cyclegan_core.training.checkpoint import load_checkpoint, save_checkpoint
-from cyclegan_core.training.fit import EpochEnd, EpochStats, epoch_seed, fit, train_epoch
+from cyclegan_core.training.fit import EpochEnd, EpochStats, FitCallback, epoch_seed, fit, train_epoch
 from cyclegan_core.training.model import LOSS_KEYS, CycleGAN
 
 TINY = ModelConfig(generator="resnet_6blocks", discriminator="n_layers", n_layers_d=2, ngf=4, ndf=4)
@@ -35,6 +35,20 @@ def epoch_loader(root: Path) -> torch.utils.data.DataLoader:
     return build_dataloader(dataset, batch_size=TRAIN.batch_size, num_workers=0, seed=TRAIN.seed)
 
 
+class Recorder(FitCallback):
+    """Records each step (with the torch seed in force during it) and each epoch's end."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.ends: list[EpochEnd] = []
+
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
+        self.steps.append((step, torch.initial_seed()))
+
+    def on_epoch_end(self, model: CycleGAN, end: EpochEnd) -> None:
+        self.ends.append(end)
+
+
 def test_runs_every_batch_and_sums_the_losses() -> None:
     model = CycleGAN(TINY, TrainConfig(batch_size=2))
     batches = loader(3)
@@ -51,8 +65,9 @@ def test_runs_every_batch_and_sums_the_losses() -> None:
 
 def test_stops_at_max_steps_and_calls_the_hook_after_each_step() -> None:
     model = CycleGAN(TINY, TrainConfig(batch_size=2))
-    seen: list[int] = []
-    stats = train_epoch(model, loader(5), max_steps=2, after_step=seen.append)
+    recorder = Recorder()
+    stats = train_epoch(model, loader(5), max_steps=2, callbacks=[recorder])
+    seen = [step for step, _ in recorder.steps]
     assert (stats.steps, stats.stopped, model.step, seen) == (2, True, 2, [1, 2])
 
 
@@ -64,11 +79,10 @@ def test_images_per_s_counts_every_rank() -> None:
 def test_fit_reseeds_sets_the_sampler_epoch_and_reports_every_epoch(synthetic_dataset: Path) -> None:
     batches = epoch_loader(synthetic_dataset)
     model = CycleGAN(TINY, TRAIN)
-    seeds: list[tuple[int, int]] = []  # (step, torch seed in force during it)
-    ends: list[EpochEnd] = []
+    recorder = Recorder()
 
-    result = fit(model, batches, total_epochs=3, seed=TRAIN.seed, rank=1,
-                 after_step=lambda step: seeds.append((step, torch.initial_seed())), on_epoch_end=ends.append)
+    result = fit(model, batches, total_epochs=3, seed=TRAIN.seed, rank=1, callbacks=[recorder])
+    seeds, ends = recorder.steps, recorder.ends  # (step, torch seed in force during it), the epochs' ends
 
     assert result.epochs == ends and not result.stopped
     assert (model.epoch, model.step, batches.sampler.epoch) == (3, 9, 2)

@@ -59,10 +59,15 @@ def test_sizes_already_a_multiple_are_not_padded(generator: nn.Module, translato
         torch.testing.assert_close(translator.translate_tensor(x, precision="fp32"), generator(x))
 
 
-def test_images_smaller_than_the_padding_still_translate() -> None:
-    unet = Translator(build_generator("unet_128", ngf=2), None, ModelConfig(generator="unet_128", ngf=2))
+def test_images_smaller_than_the_padding_are_replicate_padded_and_cropped() -> None:
+    net = build_generator("unet_128", ngf=2)
+    unet = Translator(net, None, ModelConfig(generator="unet_128", ngf=2))
     assert unet.multiple() == 128
-    assert unet.translate_tensor(torch.zeros(1, 3, 5, 7)).shape == (1, 3, 5, 7)
+    x = torch.rand(1, 3, 5, 7) * 2 - 1
+    padded = F.pad(x, (60, 61, 61, 62), mode="replicate")  # 5 -> 128, 7 -> 128: too small to reflect
+    with torch.no_grad():
+        expected = net.eval()(padded)[..., 61:66, 60:67]
+    torch.testing.assert_close(unet.translate_tensor(x, precision="fp32"), expected)
 
 
 def test_single_image_and_batches(translator: Translator) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cyclegan_core.training.fit import EpochEnd, fit
+from cyclegan_core.training.fit import EpochEnd, FitCallback, fit
 from cyclegan_core.training.model import CycleGAN
 from cyclegan_core.training.watchdog import WatchdogConfig, diagnose, lower_learning_rate
 from pipelines.config import EvalSettings, PipelineConfig, resolve
@@ -82,17 +82,30 @@ def test_checkpoints_are_evaluated_and_scored() -> None:
     assert checkpoint_score({}, primary_key="eval_l1", higher_is_better=True) == NO_SCORE
 
 
-class PoisonOnce:
+class PoisonOnce(FitCallback):
     """Fills G_AB's first weight with NaN after ``step`` (once, or every time with ``always``)."""
 
-    def __init__(self, model: CycleGAN, step: int, *, always: bool = False) -> None:
-        self.model, self.step, self.always, self.fired = model, step, always, 0
+    def __init__(self, step: int, *, always: bool = False) -> None:
+        self.step, self.always, self.fired = step, always, 0
 
-    def __call__(self, step: int) -> None:
+    def on_step_end(self, model: CycleGAN, step: int) -> None:
         if step == self.step and (self.always or not self.fired):
             self.fired += 1
             with torch.no_grad():
-                next(self.model.G_AB.parameters()).fill_(math.nan)
+                next(model.G_AB.parameters()).fill_(math.nan)
+
+
+class JudgeEpochs(FitCallback):
+    """The worker's epoch report without Ray: epoch records, judge, healthy."""
+
+    def __init__(self, judge: EpochJudge) -> None:
+        self.judge = judge
+
+    def on_epoch_end(self, model: CycleGAN, end: EpochEnd) -> None:
+        metrics = epoch_metrics(end, step=model.step, total_epochs=TRAIN.total_epochs, nodes=1,
+                                loss_means=end.loss_means, checksums=[0.0])
+        if self.judge.judge(metrics, epoch=model.epoch, checkpoint=True):
+            self.judge.healthy(metrics)
 
 
 def watched_fit(root: Path, poison_step: int, *, always: bool, max_rollbacks: int) -> tuple[CycleGAN, EpochJudge]:
@@ -102,15 +115,8 @@ def watched_fit(root: Path, poison_step: int, *, always: bool, max_rollbacks: in
                                     watchdog=WatchdogConfig(max_rollbacks=max_rollbacks, lr_factor=0.25)), env={})
     model = CycleGAN(MODEL, TRAIN)
     judge = EpochJudge(model, config, root, 0, [])
-
-    def report(end: EpochEnd) -> None:
-        metrics = epoch_metrics(end, step=model.step, total_epochs=TRAIN.total_epochs, nodes=1,
-                                loss_means=end.loss_means, checksums=[0.0])
-        if judge.judge(metrics, epoch=model.epoch, checkpoint=True):
-            judge.healthy(metrics)
-
     fit(model, loader(root), total_epochs=TRAIN.total_epochs, seed=TRAIN.seed,
-        after_step=PoisonOnce(model, poison_step, always=always), on_epoch_end=report)
+        callbacks=[PoisonOnce(poison_step, always=always), JudgeEpochs(judge)])
     return model, judge
 
 

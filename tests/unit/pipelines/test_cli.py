@@ -4,6 +4,7 @@ before doing any work, and what an exception no command expected becomes."""
 from __future__ import annotations
 
 import re
+import traceback
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,11 @@ def test_an_unexpected_exception_is_one_line_and_exit_1() -> None:
 def test_verbose_lets_the_traceback_through() -> None:
     result = CliRunner().invoke(boom_app(), ["--verbose", "explode"])
     assert isinstance(result.exception, RuntimeError)
+    assert str(result.exception) == "lost the thread\nsecond line of detail"  # the command's own exception
+    assert result.exc_info is not None
+    frames = [frame.name for frame in traceback.extract_tb(result.exc_info[2])]
+    assert frames[-1] == "explode" and "invoke" in frames  # the whole traceback, from the group down
+    assert "error: " not in result.output  # not turned into the one-line error
 
 
 @pytest.mark.parametrize("args", [["translate", "in", "out"], ["translate", "--model", "m", "i", "o", "--batch-size", "0"],

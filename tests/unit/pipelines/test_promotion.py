@@ -211,21 +211,29 @@ def test_a_reconcile_rolls_out_the_alias_when_the_record_differs() -> None:
 
 @pytest.fixture()
 def http_receiver() -> Iterator[tuple[str, Sent]]:
-    """The receiver's HTTP handler on a loopback port, in a thread."""
+    """The receiver's app on uvicorn on a loopback port, in a thread."""
     import threading
-    from http.server import ThreadingHTTPServer
+    import time
 
-    from pipelines.promotion.receiver import handler_class
+    import uvicorn
+
+    from pipelines.embedded import free_port
+    from pipelines.promotion.receiver import receiver_app, server_config
 
     rx, sent = receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_class(rx))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    port = free_port()
+    server = uvicorn.Server(server_config(receiver_app(rx), "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the receiver did not start"
+        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", sent
+        yield f"http://127.0.0.1:{port}", sent
     finally:
-        server.shutdown()
-        server.server_close()
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> int:
@@ -254,3 +262,35 @@ def test_health_answers_and_other_paths_are_not_found(http_receiver) -> None:
         assert json.loads(answer.read()) == {"status": "ok", "models": ["cyclegan"], "aliases": ["champion"]}
     body = alias_body()
     assert post(f"{url}/elsewhere", body, signed(body)) == 404
+
+
+def test_a_signed_delivery_over_http_is_answered_with_its_outcome(http_receiver) -> None:
+    import urllib.request
+
+    url, sent = http_receiver
+    body = alias_body(version="5")
+    request = urllib.request.Request(f"{url}/mlflow-webhook", data=body, headers=signed(body, delivery_id="d-http"))
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.headers["Content-Type"] == "application/json"
+        document = json.loads(answer.read())
+    (event,) = sent
+    assert document == {"status": 200, "message": f"cyclegan@champion -> v5: event {events.ALIAS_MOVED} "
+                                                  f"{event.id} sent"}
+    assert post(f"{url}/mlflow-webhook", body, signed(body, delivery_id="d-http")) == 409  # the same delivery
+
+
+def test_a_body_without_a_length_is_refused(http_receiver) -> None:
+    import http.client
+
+    url, sent = http_receiver
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+    body = alias_body()
+    connection.request("POST", "/mlflow-webhook", body=iter([body]), headers=signed(body), encode_chunked=True)
+    answer = connection.getresponse()
+    assert answer.status == 411 and json.loads(answer.read())["message"] == "body of unknown bytes (at most 65536)"
+    assert sent == []
+    connection.request("GET", "/mlflow-webhook")
+    answer = connection.getresponse()
+    assert (answer.status, json.loads(answer.read())) == (404, {"error": "no such path; POST /mlflow-webhook or "
+                                                                         "GET /health"})
+    connection.close()

@@ -56,9 +56,18 @@ def test_failure_reason_is_the_type_and_first_line() -> None:
     assert failure_reason(KeyboardInterrupt()).startswith("interrupted (KeyboardInterrupt): the flow run was cancelled")
 
 
-def test_without_a_run_nothing_is_logged() -> None:
-    log_image(None, Image.new("RGB", (4, 4)), "samples/AtoB", 1)
-    log_epoch_metrics(None, {"loss_G": 1.0}, 1)
+def test_without_a_run_nothing_is_logged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    from mlflow.tracking import MlflowClient
+
+    calls: list[str] = []
+    for method in ("log_image", "log_batch"):
+        monkeypatch.setattr(MlflowClient, method, lambda *args, _name=method, **kwargs: calls.append(_name))
+    monkeypatch.chdir(tmp_path)  # MLflow's default store would create ./mlruns
+    with caplog.at_level(logging.DEBUG, logger="pipelines.tracking"):
+        log_image(None, Image.new("RGB", (4, 4)), "samples/AtoB", 1)
+        log_epoch_metrics(None, {"loss_G": 1.0}, 1)
+    assert calls == [] and list(tmp_path.iterdir()) == [] and caplog.records == []
 
 
 def test_a_tracking_outage_is_a_warning_not_an_error(monkeypatch: pytest.MonkeyPatch,
