@@ -21,13 +21,14 @@ if TYPE_CHECKING:
     from cyclegan_core.inference.translator import Translator
     from cyclegan_core.networks import build_discriminator, build_generator
     from cyclegan_core.training.checkpoint import load_checkpoint, save_checkpoint
-    from cyclegan_core.training.fit import FitResult, fit
+    from cyclegan_core.training.fit import FitCallback, FitResult, fit
     from cyclegan_core.training.model import CycleGAN
 
 __all__ = [
     "CycleGAN",
     "DataConfig",
     "Evaluation",
+    "FitCallback",
     "FitResult",
     "ModelConfig",
     "TrainConfig",
@@ -57,6 +58,6 @@ __getattr__, __dir__ = lazy_attributes(__name__, {
     "inference.translator": ["Translator"],
     "networks": ["build_discriminator", "build_generator"],
     "training.checkpoint": ["load_checkpoint", "save_checkpoint"],
-    "training.fit": ["FitResult", "fit"],
+    "training.fit": ["FitCallback", "FitResult", "fit"],
     "training.model": ["CycleGAN"],
 })

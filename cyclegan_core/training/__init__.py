@@ -12,7 +12,7 @@ from cyclegan_core._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from cyclegan_core.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from cyclegan_core.training.fit import EpochEnd, FitResult
+    from cyclegan_core.training.fit import EpochEnd, FitCallback, FitResult
     from cyclegan_core.training.model import CycleGAN
     from cyclegan_core.training.rng import seed_everything
     from cyclegan_core.training.watchdog import WatchdogConfig, diagnose
@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "CycleGAN",
     "EpochEnd",
+    "FitCallback",
     "FitResult",
     "WatchdogConfig",
     "diagnose",
@@ -31,7 +32,7 @@ __all__ = [
 ]
 __getattr__, __dir__ = lazy_attributes(__name__, {
     "checkpoint": ["CheckpointError", "load_checkpoint", "save_checkpoint"],
-    "fit": ["EpochEnd", "FitResult"],
+    "fit": ["EpochEnd", "FitCallback", "FitResult"],
     "model": ["CycleGAN"],
     "rng": ["seed_everything"],
     "watchdog": ["WatchdogConfig", "diagnose"],
