@@ -131,7 +131,7 @@ def main() -> None:
     import ray
 
     from pipelines.batch import batch_settings
-    from pipelines.embedded import embedded_s3
+    from pipelines.clients.embedded import embedded_s3
 
     cfg = ModelConfig(generator=args.generator, ngf=args.ngf)
     images = synthetic_pngs(args.n, args.size)

@@ -47,9 +47,9 @@ def download_s3_weights(uri: str, *, endpoint_url: str | None = None, region: st
 
     ``endpoint_url`` / ``region``: the services' S3 (None: AWS S3, boto3's region chain). A cached copy
     is reused while its size and the object's ETag are unchanged; the download goes to a temporary file
-    renamed into place. S3 failures raise ``pipelines.s3.S3Error`` naming the object.
+    renamed into place. S3 failures raise ``pipelines.clients.s3.S3Error`` naming the object.
     """
-    from pipelines.s3 import make_s3_client, parse_s3_uri, with_retries
+    from pipelines.clients.s3 import make_s3_client, parse_s3_uri, with_retries
 
     bucket, key = parse_s3_uri(uri)
     if not key or key.endswith("/"):
@@ -101,7 +101,7 @@ def resolve_inception_weights(source: str | None, *, s3_endpoint_url: str | None
 def load_feature_extractor(source: str | None, device: torch.device, *, s3_endpoint_url: str | None = None,
                            s3_region: str | None = None) -> tuple[InceptionFeatureExtractor | None, str]:
     """The Inception feature extractor, or ``(None, reason)`` when its weights are unavailable."""
-    from pipelines.s3 import S3Error
+    from pipelines.clients.s3 import S3Error
 
     try:
         weights = resolve_inception_weights(source, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)

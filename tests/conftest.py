@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import pytest
 
-from pipelines.embedded import free_port
+from pipelines.clients.embedded import free_port
 from pipelines.local_http import stop_process_group
 
 
@@ -67,7 +67,7 @@ def backend_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def s3_server() -> Iterator[str]:
     """Endpoint URL of a moto S3 server on loopback (the demo's embedded one); AWS_* variables point
     boto3 at it for the session."""
-    from pipelines.embedded import embedded_s3
+    from pipelines.clients.embedded import embedded_s3
 
     with embedded_s3() as endpoint:
         yield endpoint

@@ -21,8 +21,8 @@ def translate_prefix(input_uri: str, output_uri: str, *, model: str, direction: 
     """Run the batch job and report it as ``cyclegan translate`` does (one line, the quarantine, --json)."""
     from pipelines.batch import batch_settings, translate_batch
     from pipelines.cli.models import missing_local_store
+    from pipelines.clients.s3 import S3Error
     from pipelines.registry import RegistryError
-    from pipelines.s3 import S3Error
 
     use_gpu = None if device is None else device.startswith("cuda")
     try:

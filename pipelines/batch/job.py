@@ -194,7 +194,7 @@ def translate_with(settings: BatchSettings, model_dir: Path, model: ModelIdentit
                    on_batch: Callable[[BatchProgress], None] | None = None) -> BatchResult:
     """Translate what is new or changed under ``settings.input_uri`` with the downloaded ``model_dir``
     (``model``: its identity) into the run root of that version; returns the run's result."""
-    from pipelines.ray_session import connect_ray
+    from pipelines.clients.ray_cluster import connect_ray
 
     started = time.perf_counter()
     source, output = locations(settings)

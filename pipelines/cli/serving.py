@@ -50,9 +50,9 @@ def serve(
 
     from cyclegan_core.memory import parse_bytes
     from pipelines.config import cache_dir_from_env
-    from pipelines.registry.session import RegistryError, check_reachable
     from pipelines.serving.server import serve_application
     from pipelines.serving.settings import ServeSettings
+    from pipelines.tracking.session import RegistryError, check_reachable
 
     found = services()
     if detach and not found.ray_address:

@@ -40,8 +40,8 @@ def train(
         except (OSError, ValueError, AttributeError, ValidationError) as exc:
             refuse(f"cannot read DatasetRef from {dataset}: {exc}")
     else:
+        from pipelines.clients.s3 import S3Error
         from pipelines.ingest import IngestError, ingest_dataset
-        from pipelines.s3 import S3Error
 
         try:
             dataset_ref = ingest_dataset(pipeline_config).dataset

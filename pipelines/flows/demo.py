@@ -84,11 +84,11 @@ def demo_config(settings: DemoSettings) -> PipelineConfig:
 def run_demo(settings: DemoSettings | None = None) -> PipelineOutcome:
     """Run the whole pipeline on embedded services and return what the flow did."""
     from cyclegan_core.synthetic import make_synthetic_dataset
+    from pipelines.clients.embedded import embedded_s3
+    from pipelines.clients.s3 import make_s3_client
     from pipelines.config import resolve
-    from pipelines.embedded import embedded_s3
-    from pipelines.flows import train_cyclegan
+    from pipelines.flows.train import train_cyclegan
     from pipelines.ingest import upload_folder
-    from pipelines.s3 import make_s3_client
 
     settings = settings or DemoSettings()
     settings.out_dir.mkdir(parents=True, exist_ok=True)

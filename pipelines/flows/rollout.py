@@ -74,7 +74,7 @@ def flow_run_label() -> str:
 
 def roll_out_target(target: RolloutTarget, model_uri: str, triggered_by: str) -> dict[str, Any]:
     """One ``translate-cyclegan`` subflow run of ``model_uri`` over ``target``."""
-    from pipelines.batch_flow import translate_cyclegan
+    from pipelines.flows.translate import translate_cyclegan
 
     result = translate_cyclegan(input_uri=target.input_uri, output_uri=target.output_uri, model_uri=model_uri,
                                 direction=target.direction, triggered_by=triggered_by)
@@ -131,9 +131,9 @@ def rollout_champion(model_name: str = RegistrySettings().model_name, alias: str
     then wait (at most ``served_timeout_s``) for each ``cyclegan serve`` URL of ``servers`` to serve it."""
     from prefect.runtime import deployment
 
-    from pipelines.flows import DeploymentSetupError, deployment_problem, pipeline_logs_in_run
+    from pipelines.flows.train import DeploymentSetupError, deployment_problem, pipeline_logs_in_run
     from pipelines.promotion import state
-    from pipelines.registry.session import check_reachable, mlflow_client, with_mlflow_retries
+    from pipelines.tracking.session import check_reachable, mlflow_client, with_mlflow_retries
 
     logger = get_run_logger()
     problem = deployment_problem(deployment.name if deployment.id else None, os.environ)

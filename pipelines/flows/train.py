@@ -6,8 +6,8 @@ backoff and jitter on transient failures only (``pipelines.retry.is_transient``)
 finished stages on the run identity (dataset version + training fingerprint), the flow run's logs (the
 ``pipelines`` loggers' INFO lines, per-epoch progress included), a training progress artifact and the
 summary artifact, and Prefect assets for the lineage (dataset -> training run -> model version,
-``pipelines.lineage``). A run created from a deployment refuses to start without a tracking server.
-One MLflow run (``pipelines.tracking``) follows the whole pipeline run: opened before ingest, the
+``pipelines.flows.lineage``). A run created from a deployment refuses to start without a tracking server.
+One MLflow run (``pipelines.tracking.run``) follows the whole pipeline run: opened before ingest, the
 epochs logged live, each evaluated checkpoint a LoggedModel of it, the best one registered, closed
 FINISHED or FAILED with the reason and the run's summary as its description.
 A re-run does not redo finished work: ingest is incremental, training is cached or resumes its Ray run,
@@ -35,7 +35,7 @@ from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import MaterializingTask, exponential_backoff
 
 from pipelines.config import PipelineConfig, ResolvedConfig, resolve
-from pipelines.lineage import (
+from pipelines.flows.lineage import (
     dataset_asset,
     dataset_metadata,
     model_metadata,
@@ -51,7 +51,7 @@ from pipelines.summary import (
     summary_markdown,
     version_url,
 )
-from pipelines.tracking import TrackingRun
+from pipelines.tracking.run import TrackingRun
 
 FLOW_NAME = "train-cyclegan"
 HOUR = 3600
@@ -208,7 +208,7 @@ INGEST_OPTIONS: dict[str, Any] = dict(name="ingest", timeout_seconds=2 * HOUR, c
 def train_stage(config: ResolvedConfig, dataset: DatasetRef, live: TrackingRun | None = None) -> TrainResult:
     """Train on Ray (resumes from the run's last checkpoint if an earlier attempt died); the progress
     artifact and the live MLflow run follow the epochs."""
-    from pipelines.tracking import EpochMetricsLogger
+    from pipelines.tracking.run import EpochMetricsLogger
     from pipelines.train import train_on_ray
     from pipelines.train.progress import epoch_listener
 
@@ -226,7 +226,7 @@ TRAIN_OPTIONS: dict[str, Any] = dict(name="train", timeout_seconds=72 * HOUR, ca
 def materializing(stage: Callable[..., Any], options: dict[str, Any], asset: Asset, *,
                   depends_on: Sequence[Asset] = ()) -> MaterializingTask:
     """``stage`` as the task of ``options`` that materializes ``asset`` (keys are known only at run time,
-    see ``pipelines.lineage``), depending on the assets ``depends_on``."""
+    see ``pipelines.flows.lineage``), depending on the assets ``depends_on``."""
     return materialize(asset, asset_deps=list(depends_on) or None, **options)(stage)
 
 
@@ -302,7 +302,7 @@ def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
     from prefect.runtime import flow_run
     from prefect.utilities.urls import url_for
 
-    from pipelines.tracking import (
+    from pipelines.tracking.run import (
         TAG_NOTE,
         close_run,
         failure_reason,
@@ -336,7 +336,7 @@ def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
 
 def tracked_stages(resolved: ResolvedConfig, live: TrackingRun, link: str) -> PipelineOutcome:
     """Ingest, the skip decision, train, evaluate, register, logging into the live run ``live``."""
-    from pipelines.tracking import log_dataset_input
+    from pipelines.tracking.run import log_dataset_input
 
     logger = get_run_logger()
     data_asset = dataset_asset(resolved.dataset_uri)

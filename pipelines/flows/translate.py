@@ -21,7 +21,7 @@ from prefect.tasks import exponential_backoff
 from pipelines.batch import BatchResult, BatchSettings, QuarantineToleranceError, batch_settings
 from pipelines.batch.planning import ModelIdentity
 from pipelines.batch.ray_job import BatchProgress
-from pipelines.flows import DeploymentSetupError, pipeline_logs_in_run, retry_if_transient
+from pipelines.flows.train import DeploymentSetupError, pipeline_logs_in_run, retry_if_transient
 
 FLOW_NAME = "translate-cyclegan"
 PROGRESS_ARTIFACT_KEY = "translate-cyclegan-progress"

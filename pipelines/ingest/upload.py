@@ -13,9 +13,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipelines.clients.s3 import (
+    etag_matches,
+    list_objects,
+    make_s3_client,
+    md5_hex,
+    parse_s3_uri,
+    with_retries,
+)
 from pipelines.ingest.planning import IngestError, normalise_prefix
 from pipelines.parallel import run_parallel
-from pipelines.s3 import etag_matches, list_objects, make_s3_client, md5_hex, parse_s3_uri, with_retries
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pipelines.registry.operations import (
 )
 from pipelines.registry.pyfunc import ImageTranslationModel, decode_image_value
 from pipelines.registry.run_log import ensure_experiment, flatten_params, registration_key
-from pipelines.registry.session import MLFLOW_RETRY, RegistryError, check_reachable
+from pipelines.tracking.session import MLFLOW_RETRY, RegistryError, check_reachable
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "MLFLOW_RETRY", "ImageTranslationModel", "RegistryError", "champion_identity",

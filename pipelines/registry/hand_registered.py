@@ -37,7 +37,7 @@ from pipelines.registry.logged_models import (
 from pipelines.registry.model_card import card_markdown, card_tags
 from pipelines.registry.operations import TAG_GATE, TAG_GATE_REASON, apply_gate, version_ref
 from pipelines.registry.run_log import exported_identity, git_sha, version_tags
-from pipelines.registry.session import RegistryError
+from pipelines.tracking.session import RegistryError
 
 log = logging.getLogger(__name__)
 

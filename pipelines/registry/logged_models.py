@@ -26,8 +26,8 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 from pipelines.registry.pyfunc import log_pyfunc
-from pipelines.registry.session import global_tracking_uri
-from pipelines.tracking import dataset_key
+from pipelines.tracking.run import dataset_key
+from pipelines.tracking.session import global_tracking_uri
 
 log = logging.getLogger(__name__)
 

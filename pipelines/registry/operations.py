@@ -45,7 +45,9 @@ from pipelines.registry.run_log import (
     registration_key,
     version_tags,
 )
-from pipelines.registry.session import (
+from pipelines.retry import RetryPolicy
+from pipelines.tracking.run import TrackingRun, shared_tracking_uri
+from pipelines.tracking.session import (
     MLFLOW_RETRY,
     RegistryError,
     check_reachable,
@@ -53,8 +55,6 @@ from pipelines.registry.session import (
     mlflow_client,
     with_mlflow_retries,
 )
-from pipelines.retry import RetryPolicy
-from pipelines.tracking import TrackingRun, shared_tracking_uri
 
 log = logging.getLogger(__name__)
 

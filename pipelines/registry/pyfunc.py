@@ -34,7 +34,7 @@ from PIL import Image
 
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.pretrained import DIRECTION_FOLDERS, DIRECTIONS
-from pipelines.registry.session import global_tracking_uri
+from pipelines.tracking.session import global_tracking_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODE_PACKAGES = ("cyclegan_core", "pipelines")

@@ -7,7 +7,7 @@ exported checkpoint (``logged_models``; during training when the run was live). 
 version carry a ``registration_key`` (Ray run name + checkpoint URI + training fingerprint), so a
 retry finds what an earlier attempt logged, and marks FAILED a run a killed attempt left RUNNING.
 ``log_run`` creates and finishes a run of its own (``cyclegan register``); ``log_into_run`` fills the
-flow's live run (``pipelines.tracking``), which the flow closes: what is already there (the epochs
+flow's live run (``pipelines.tracking.run``), which the flow closes: what is already there (the epochs
 logged live, params, a model an earlier attempt logged) is not logged twice.
 """
 
@@ -39,7 +39,7 @@ from pipelines.registry.logged_models import (
     log_checkpoint_model,
 )
 from pipelines.registry.pyfunc import PROJECT_ROOT
-from pipelines.registry.session import RegistryError
+from pipelines.tracking.session import RegistryError
 
 log = logging.getLogger(__name__)
 

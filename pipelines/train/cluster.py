@@ -16,7 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cyclegan_core.distributed import all_gather_object
-from pipelines import ray_session
+from pipelines.clients import ray_cluster
 from pipelines.config import ResolvedConfig
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ CREDENTIALS_DOC = 'README.md, "Credentials on a cluster"'
 
 
 def connect_ray(config: ResolvedConfig) -> bool:
-    """``pipelines.ray_session.connect_ray`` with the run's address and local CPU count."""
-    return ray_session.connect_ray(config.services.ray_address, local_num_cpus=config.scaling.local_num_cpus)
+    """``pipelines.clients.ray_cluster.connect_ray`` with the run's address and local CPU count."""
+    return ray_cluster.connect_ray(config.services.ray_address, local_num_cpus=config.scaling.local_num_cpus)
 
 
 def check_storage_shared(storage_path: str, alive_nodes: int) -> None:

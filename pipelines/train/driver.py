@@ -39,7 +39,7 @@ from cyclegan_core.model import CycleGAN
 from cyclegan_core.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
-from pipelines.tracking import TrackingRun
+from pipelines.tracking.run import TrackingRun
 from pipelines.train.checkpoint_models import CheckpointModels
 from pipelines.train.cluster import check_cluster, connect_ray
 from pipelines.train.layout import CHECKPOINT_FILE, read_in_checkpoint, read_progress

@@ -25,7 +25,7 @@ from cyclegan_core.model import CycleGAN
 from cyclegan_core.training_eval import labelled_grid, model_translator, sample_rows, score_model
 from cyclegan_core.watchdog import diagnose, lower_learning_rate, non_finite
 from pipelines.config import ResolvedConfig
-from pipelines.tracking import TrackingRun, log_image
+from pipelines.tracking.run import TrackingRun, log_image
 
 if TYPE_CHECKING:
     from PIL.Image import Image

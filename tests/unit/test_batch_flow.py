@@ -10,13 +10,13 @@ import yaml
 from pipelines.batch import BatchResult
 from pipelines.batch.artifacts import summary_markdown
 from pipelines.batch.job import QuarantinedInput
-from pipelines.batch_flow import deployment_problem
+from pipelines.flows.translate import deployment_problem
 
 
 def test_prefect_yaml_deploys_the_rollout_one_run_at_a_time():
     spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
     rollout = next(d for d in spec["deployments"] if d["name"] == "rollout")
-    assert rollout["entrypoint"] == "pipelines/batch_flow.py:translate_cyclegan"
+    assert rollout["entrypoint"] == "pipelines/flows/translate.py:translate_cyclegan"
     assert rollout["concurrency_limit"] == 1 and rollout["work_pool"]["name"] == "cyclegan-pool"
     assert rollout["parameters"] == {"input_uri": "s3://cyclegan-images/in", "output_uri": "s3://cyclegan-images/out",
                                      "direction": "AtoB"}

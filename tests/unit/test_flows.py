@@ -8,8 +8,9 @@ from pathlib import Path
 
 from prefect.task_engine import TaskRunTimeoutError
 
+from pipelines.clients.s3 import S3Error
 from pipelines.config import PipelineConfig, resolve
-from pipelines.flows import (
+from pipelines.flows.train import (
     _train_cache_key,
     deployment_problem,
     files_exist,
@@ -20,7 +21,6 @@ from pipelines.flows import (
 from pipelines.ingest import IngestError
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.registry import RegistryError
-from pipelines.s3 import S3Error
 from pipelines.summary import failed_description, run_description, running_description, summary_markdown
 
 CONFIG = resolve(PipelineConfig(dataset_uri="s3://bucket/horses"), env={})
@@ -142,10 +142,10 @@ def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
     import yaml
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
-    deployments = {d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "pipelines/flows.py:train_cyclegan"}
+    deployments = {d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "pipelines/flows/train.py:train_cyclegan"}
     assert set(deployments) == {"manual", "nightly"}
     for deployment in deployments.values():
-        assert deployment["entrypoint"] == "pipelines/flows.py:train_cyclegan"
+        assert deployment["entrypoint"] == "pipelines/flows/train.py:train_cyclegan"
         assert deployment["work_pool"]["name"] == "cyclegan-pool"
         PipelineConfig.model_validate(deployment["parameters"]["config"])
     (schedule,) = deployments["nightly"]["schedules"]
