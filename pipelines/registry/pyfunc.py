@@ -34,9 +34,9 @@ from PIL import Image
 
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.pretrained import DIRECTION_FOLDERS, DIRECTIONS
+from pipelines.tracking.experiment import PROJECT_ROOT
 from pipelines.tracking.session import global_tracking_uri
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODE_PACKAGES = ("cyclegan_core", "pipelines")
 MODEL_NAME_IN_RUN = "model"
 GENERATORS_ARTIFACT = "generators"

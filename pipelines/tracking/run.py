@@ -173,7 +173,7 @@ def open_pipeline_run(config: ResolvedConfig, *, run_name: str, tags: dict[str, 
     tracking server stays unreachable: before any work."""
     from mlflow.entities import Param
 
-    from pipelines.registry.run_log import TAG_FINGERPRINT, ensure_experiment, flatten_params, git_sha
+    from pipelines.tracking.experiment import TAG_FINGERPRINT, ensure_experiment, flatten_params, git_sha
     from pipelines.tracking.session import check_reachable, mlflow_client, with_mlflow_retries
 
     uri = config.services.tracking_uri

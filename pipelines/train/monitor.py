@@ -24,6 +24,7 @@ from cyclegan_core.distributed import all_gather_object
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.training_eval import labelled_grid, model_translator, sample_rows, score_model
 from cyclegan_core.watchdog import diagnose, lower_learning_rate, non_finite
+from pipelines.clients.inception_weights import load_feature_extractor
 from pipelines.config import ResolvedConfig
 from pipelines.tracking.run import TrackingRun, log_image
 
@@ -106,8 +107,6 @@ class EpochJudge:
             if source is None:
                 self._extractor = (None, "no Inception weights configured (eval.inception_weights)")
             else:
-                from pipelines.evaluate import load_feature_extractor
-
                 self._extractor = load_feature_extractor(source, self.model.device,
                                                          s3_endpoint_url=self.config.services.s3_endpoint_url,
                                                          s3_region=self.config.services.s3_region)
