@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.app import ExitCode, app, config_from_cli, fail, print_json, services
+from pipelines.config import resolve
+from pipelines.summary import summary_markdown
 
 
 # --- demo, run (pipelines.flows.train) -----------------------------------------------------------------
@@ -43,9 +45,7 @@ def run_flow(
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
 ) -> None:
     """Run the train-cyclegan flow once, here, with the given config (Prefect's API or ephemeral)."""
-    from pipelines.config import resolve
     from pipelines.flows.train import train_cyclegan
-    from pipelines.summary import summary_markdown
 
     pipeline_config = config_from_cli(config, set_)
     outcome = train_cyclegan(pipeline_config)

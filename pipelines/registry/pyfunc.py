@@ -34,6 +34,7 @@ from PIL import Image
 
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.pretrained import DIRECTION_FOLDERS, DIRECTIONS
+from pipelines.config import cache_dir_from_env
 from pipelines.tracking.experiment import PROJECT_ROOT
 from pipelines.tracking.session import global_tracking_uri
 
@@ -102,7 +103,6 @@ class ImageTranslationModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from cyclegan_core.backends import load_translator
-        from pipelines.config import cache_dir_from_env
 
         # the serving process's entry: auto is torch bf16 on CUDA, the measured fastest path on a CPU
         self._translator = load_translator(Path(context.artifacts[GENERATORS_ARTIFACT]),

@@ -24,7 +24,6 @@ from cyclegan_core.distributed import all_gather_object
 from cyclegan_core.model import CycleGAN
 from cyclegan_core.training_eval import labelled_grid, model_translator, sample_rows, score_model
 from cyclegan_core.watchdog import diagnose, lower_learning_rate, non_finite
-from pipelines.clients.inception_weights import load_feature_extractor
 from pipelines.config import ResolvedConfig
 from pipelines.tracking.run import TrackingRun, log_image
 
@@ -106,7 +105,9 @@ class EpochJudge:
             source = self.config.services.inception_weights
             if source is None:
                 self._extractor = (None, "no Inception weights configured (eval.inception_weights)")
-            else:
+            else:  # torchvision's Inception, imported only by a worker that computes FID/KID
+                from pipelines.clients.inception_weights import load_feature_extractor
+
                 self._extractor = load_feature_extractor(source, self.model.device,
                                                          s3_endpoint_url=self.config.services.s3_endpoint_url,
                                                          s3_region=self.config.services.s3_region)
