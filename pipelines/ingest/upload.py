@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
 from pydantic import BaseModel
 
 from pipelines.clients.s3 import (
@@ -54,8 +55,6 @@ def upload_one(client: Any, bucket: str, key: str, path: Path) -> int:
     size = path.stat().st_size
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if size >= MULTIPART_THRESHOLD:
-        from boto3.s3.transfer import TransferConfig
-
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
                                 max_concurrency=4)
         with_retries(lambda: client.upload_file(str(path), bucket, key, Config=config,
