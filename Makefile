@@ -18,7 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cyclegan demo
 
+# The import contracts (pyproject.toml [tool.importlinter]) first: a broken one fails the run in a second.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests
 
 # The pure, fast tests (tests/unit): the development loop. `make test` (all of tests/) is what CI runs.
@@ -27,6 +29,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cyclegan_core pipelines tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) mlruns.db mlartifacts demo-output .pytest_cache

@@ -132,7 +132,7 @@ def main() -> None:
 
     from cyclegan_core.inference.files import TranslateOptions
     from pipelines.batch import batch_settings
-    from pipelines.embedded import embedded_s3
+    from pipelines.clients.embedded import embedded_s3
 
     cfg = ModelConfig(generator=args.generator, ngf=args.ngf)
     images = synthetic_pngs(args.n, args.size)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     import boto3
 
     from cyclegan_core.data.synthetic import make_synthetic_dataset
-    from pipelines.embedded import embedded_s3
+    from pipelines.clients.embedded import embedded_s3
     from pipelines.ingest import ingest_prefix, upload_folder
     from tests.integration.faulty_proxy import FaultyProxy
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan_core.data.synthetic import make_synthetic_dataset
-from pipelines.embedded import free_port
+from pipelines.clients.embedded import free_port
+from pipelines.clients.s3 import list_objects, make_s3_client
 from pipelines.ingest import ingest_prefix, upload_folder
-from pipelines.s3 import list_objects, make_s3_client
 
 BUCKET = "bench"
 PREFIX = "datasets/synth"

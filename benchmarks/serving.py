@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from cyclegan_core.config import ModelConfig
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from pipelines.embedded import free_port
+from pipelines.clients.embedded import free_port
 
 BIN = Path(sys.executable).parent
 MODEL = "bench-serving"
@@ -68,7 +68,7 @@ def register(root: Path, config: ModelConfig) -> str:
     from mlflow.tracking import MlflowClient
 
     from pipelines.registry.pyfunc import log_pyfunc
-    from pipelines.registry.session import global_tracking_uri
+    from pipelines.tracking.session import global_tracking_uri
 
     torch.manual_seed(0)
     nets = [build_generator(config.generator, ngf=config.ngf, norm=config.norm) for _ in range(2)]

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import pytest
 
-from pipelines.embedded import free_port
+from pipelines.clients.embedded import free_port
 
 
 def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
@@ -67,7 +67,7 @@ def backend_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def s3_server() -> Iterator[str]:
     """Endpoint URL of a moto S3 server on loopback (the demo's embedded one); AWS_* variables point
     boto3 at it for the session."""
-    from pipelines.embedded import embedded_s3
+    from pipelines.clients.embedded import embedded_s3
 
     with embedded_s3() as endpoint:
         yield endpoint

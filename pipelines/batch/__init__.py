@@ -1,6 +1,6 @@
 """Batch translation of an S3 prefix (or a local folder) with a registered model on Ray Data.
 
-``translate_batch(batch_settings(...))`` is the job (``pipelines.batch_flow`` and ``cyclegan translate
+``translate_batch(batch_settings(...))`` is the job (``pipelines.flows.translate`` and ``cyclegan translate
 s3://...`` call it): ``planning`` (layout, state, what to do), ``stores`` (S3 or local I/O),
 ``ray_job`` (the actor pool), ``job`` (the run), ``artifacts`` (the Prefect summary).
 """

@@ -192,7 +192,7 @@ def translate_with(settings: BatchSettings, model_path: Path, model: ModelIdenti
                    on_batch: Callable[[BatchProgress], None] | None = None) -> BatchResult:
     """Translate what is new or changed under ``settings.input_uri`` with the local ``model_path`` (a model
     folder or file; ``model``: its identity) into the run root of that version; returns the run's result."""
-    from pipelines.ray_session import connect_ray
+    from pipelines.clients.ray_cluster import connect_ray
 
     started = time.perf_counter()
     source, output = locations(settings)

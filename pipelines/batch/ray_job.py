@@ -103,7 +103,7 @@ class TranslateActor:
 
         from cyclegan_core.atomic import scratch_folder
         from cyclegan_core.inference.backends import load_translator
-        from pipelines.train.cluster import NodeCredentialsError, node_credentials_problem
+        from pipelines.clients.ray_cluster import NodeCredentialsError, node_credentials_problem
 
         uses = [f"{what} {where.uri}" for what, where in (("reading", spec.source), ("writing", spec.root))
                 if where.is_s3]

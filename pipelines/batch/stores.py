@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cyclegan_core.atomic import atomic_path, sweep_stale_temps
-from pipelines.s3 import list_level, make_s3_client, parse_s3_uri, with_retries
+from pipelines.clients.s3 import list_level, make_s3_client, parse_s3_uri, with_retries
 
 
 @dataclass(frozen=True)

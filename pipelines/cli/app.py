@@ -10,17 +10,24 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+import yaml
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-if TYPE_CHECKING:
-    from pipelines.config import PipelineConfig, ResolvedConfig, Services
-    from pipelines.records import ModelVersionRef
+from pipelines.config import (
+    PipelineConfig,
+    ResolvedConfig,
+    Services,
+    load_pipeline_config,
+    resolve,
+    services_from_env,
+)
+from pipelines.records import ModelVersionRef
 
 
 class ExitCode(enum.IntEnum):
@@ -75,8 +82,6 @@ def refuse(message: str) -> NoReturn:
 
 def services() -> Services:
     """The service endpoints from this process's environment (``pipelines.config.ENVIRONMENT``)."""
-    from pipelines.config import services_from_env
-
     return services_from_env(os.environ)
 
 
@@ -86,8 +91,8 @@ def fetch_model_or_exit(model: str, download_dir: Path) -> Path:
     there, 1 for a registry that may answer on a retry."""
     from cyclegan_core.inference.model_source import parse_model_source
     from cyclegan_core.inference.pretrained import GeneratorLoadError
-    from pipelines.registry.session import RegistryError
     from pipelines.registry.sources import fetch_model
+    from pipelines.tracking.session import RegistryError
 
     def said(version: ModelVersionRef) -> None:
         typer.echo(f"{model} resolved to version {version.version} of {version.name} (run {version.run_id}; "
@@ -127,8 +132,6 @@ def main(
 
 def config_from_cli(config: Path, assignments: list[str] | None) -> PipelineConfig:
     """Load a PipelineConfig YAML with ``--set key=value`` overrides, or exit with a clear error."""
-    from pipelines.config import load_pipeline_config
-
     overrides = {}
     for item in assignments or []:
         key, sep, value = item.partition("=")
@@ -143,15 +146,11 @@ def config_from_cli(config: Path, assignments: list[str] | None) -> PipelineConf
 
 def resolved_from_cli(config: Path, assignments: list[str] | None) -> ResolvedConfig:
     """``config_from_cli`` resolved against this process's environment."""
-    from pipelines.config import resolve
-
     return resolve(config_from_cli(config, assignments))
 
 
 def yaml_value(text: str) -> Any:
     """Parse an override value the way YAML would (numbers, booleans, null, strings)."""
-    import yaml
-
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

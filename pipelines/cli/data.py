@@ -49,8 +49,8 @@ def upload(
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON (last line)")] = False,
 ) -> None:
     """Upload every file under LOCAL_DIR to s3://bucket/prefix, skipping objects that are unchanged."""
+    from pipelines.clients.s3 import S3Error, make_s3_client, parse_s3_uri
     from pipelines.ingest import IngestError, upload_folder
-    from pipelines.s3 import S3Error, make_s3_client, parse_s3_uri
 
     if not local_dir.is_dir():
         refuse(f"cannot upload {local_dir}: not a folder")
@@ -88,8 +88,8 @@ def ingest(
     ] = False,
 ) -> None:
     """Download, validate and cache an S3 dataset prefix incrementally; print its version and local root."""
+    from pipelines.clients.s3 import S3Error, make_s3_client, parse_s3_uri
     from pipelines.ingest import IngestError, ingest_prefix
-    from pipelines.s3 import S3Error, make_s3_client, parse_s3_uri
 
     try:
         parse_s3_uri(uri)

@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.app import ExitCode, app, config_from_cli, fail, print_json, services
+from pipelines.config import resolve
+from pipelines.summary import summary_markdown
 
 
-# --- demo, run (pipelines.flows) -----------------------------------------------------------------
+# --- demo, run (pipelines.flows.train) -----------------------------------------------------------------
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the dataset, cache, checkpoints and outputs")] = Path(
@@ -23,7 +25,7 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
 ) -> None:
     """Run the whole pipeline on embedded services: synthetic data -> local S3 -> Ray -> MLflow."""
-    from pipelines.demo import DemoSettings, demo_summary, run_demo
+    from pipelines.flows.demo import DemoSettings, demo_summary, run_demo
 
     if precision not in ("auto", "fp32", "bf16"):
         fail(f"--precision must be one of auto, fp32, bf16, got {precision!r}", ExitCode.USAGE)
@@ -43,9 +45,7 @@ def run_flow(
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON (last line)")] = False,
 ) -> None:
     """Run the train-cyclegan flow once, here, with the given config (Prefect's API or ephemeral)."""
-    from pipelines.config import resolve
-    from pipelines.flows import train_cyclegan
-    from pipelines.summary import summary_markdown
+    from pipelines.flows.train import train_cyclegan
 
     pipeline_config = config_from_cli(config, set_)
     outcome = train_cyclegan(pipeline_config)

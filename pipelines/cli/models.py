@@ -78,6 +78,7 @@ def gate(
     """Give a version registered by hand in the MLflow UI (a checkpoint's LoggedModel, "Register model")
     the pipeline's evaluation, model card and gate: alias challenger, champion when it wins."""
     from cyclegan_core.inference.model_source import ModelSource
+    from pipelines.clients.s3 import S3Error
     from pipelines.evaluate import evaluate_model
     from pipelines.ingest import IngestError, ingest_dataset
     from pipelines.registry import RegistryError
@@ -86,9 +87,8 @@ def gate(
         gate_registered,
         registered_checkpoint,
     )
-    from pipelines.registry.session import check_reachable, mlflow_client
     from pipelines.registry.sources import fetch_model
-    from pipelines.s3 import S3Error
+    from pipelines.tracking.session import check_reachable, mlflow_client
 
     resolved = resolved_from_cli(config, set_)
     tracking_uri = resolved.services.tracking_uri

@@ -26,7 +26,7 @@ def webhook_setup(
 
     from pipelines.promotion.settings import PromotionError, webhook_secret
     from pipelines.promotion.webhook import ensure_webhook
-    from pipelines.registry.session import RegistryError, check_reachable, mlflow_client
+    from pipelines.tracking.session import RegistryError, check_reachable, mlflow_client
 
     if not url.startswith(("http://", "https://")):
         refuse(f"--url {url!r}: expected an http(s) URL of the receiver")

@@ -7,8 +7,10 @@ import os
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from pipelines.cli.app import app, fail, refuse, services
+from pipelines.config import cache_dir_from_env
 
 
 @app.command()
@@ -46,13 +48,11 @@ def serve(
     PNG out), /ping, /health, /version; GET /served-version says which version serves. The served version
     follows the rollout; a switch starts the new replicas before the old ones stop. Without RAY_ADDRESS it
     starts a local Ray; SIGTERM or Ctrl-C stops everything it started."""
-    from pydantic import ValidationError
 
     from cyclegan_core.inference.memory import parse_bytes
-    from pipelines.config import cache_dir_from_env
-    from pipelines.registry.session import RegistryError, check_reachable
     from pipelines.serving.server import serve_application
     from pipelines.serving.settings import ServeSettings
+    from pipelines.tracking.session import RegistryError, check_reachable
 
     found = services()
     if detach and not found.ray_address:

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from pipelines.cli.app import app, fail, print_json, refuse, resolved_from_cli, services
+from pipelines.config import EvalSettings, RegistrySettings, load_pipeline_config
+from pipelines.records import DatasetRef
 
 
 # --- train (pipelines.train) ---------------------------------------------------------------------
@@ -26,9 +29,6 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="print the TrainResult as JSON (last line)")] = False,
 ) -> None:
     """Train on Ray (local, or the cluster RAY_ADDRESS names); re-running the same run.run_name resumes it."""
-    from pydantic import ValidationError
-
-    from pipelines.records import DatasetRef
     from pipelines.train import TrainingError, train_on_ray
 
     pipeline_config = resolved_from_cli(config, set_)
@@ -40,8 +40,8 @@ def train(
         except (OSError, ValueError, AttributeError, ValidationError) as exc:
             refuse(f"cannot read DatasetRef from {dataset}: {exc}")
     else:
+        from pipelines.clients.s3 import S3Error
         from pipelines.ingest import IngestError, ingest_dataset
-        from pipelines.s3 import S3Error
 
         try:
             dataset_ref = ingest_dataset(pipeline_config).dataset
@@ -80,7 +80,6 @@ def evaluate(
     """Score exported generators on a local dataset's test splits: FID/KID, PSNR/SSIM/L1, cycle error."""
     from cyclegan_core.evaluation.scoring import split_paths
     from cyclegan_core.inference.pretrained import GeneratorLoadError
-    from pipelines.config import EvalSettings, RegistrySettings, load_pipeline_config
     from pipelines.evaluate import evaluate_generators
 
     endpoints = services()

@@ -131,8 +131,8 @@ def translate_prefix(input_uri: str, output_uri: str, *, model: str, options: Tr
     from cyclegan_core.inference.pretrained import GeneratorLoadError
     from pipelines.batch import batch_settings, translate_batch
     from pipelines.batch.planning import ModelIdentity
+    from pipelines.clients.s3 import S3Error
     from pipelines.registry import RegistryError
-    from pipelines.s3 import S3Error
 
     try:
         settings = batch_settings(input_uri, output_uri, model, env=os.environ, options=options)

@@ -3,7 +3,7 @@
 ``ingest_dataset(config)`` is what the flow, ``cyclegan train`` and a Ray worker on a node without the
 data call; ``ingest_prefix(uri, cache_dir)`` is the same for a bare URI (``cyclegan ingest``). Both
 mirror ``prefix/{trainA,trainB,testA,testB,testA_ref}/`` into ``cache_dir/<bucket>/<prefix>/``: list the
-prefix (``pipelines.s3``), plan where each key goes (``planning``), keep what the manifest shows
+prefix (``pipelines.clients.s3``), plan where each key goes (``planning``), keep what the manifest shows
 unchanged (``manifest``), fetch and validate the rest in parallel (``download``), sweep files the
 bucket no longer has, write the manifest and refresh the pre-decoded training cache
 (``cyclegan_core.data.cache.write_decoded_cache``).
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from pipelines.clients.s3 import list_objects, make_s3_client, parse_s3_uri
 from pipelines.ingest.download import (
     fetch_to_staging,
     sweep_dead_temps,
@@ -57,7 +58,6 @@ from pipelines.ingest.planning import (
 from pipelines.ingest.upload import UploadSummary, upload_folder
 from pipelines.parallel import run_parallel
 from pipelines.records import DatasetRef
-from pipelines.s3 import list_objects, make_s3_client, parse_s3_uri
 
 if TYPE_CHECKING:
     from pipelines.config import ResolvedConfig
@@ -123,7 +123,7 @@ def ingest_prefix(uri: str, cache_dir: str | os.PathLike[str], *, load_size: int
     """Mirror and validate an S3 dataset prefix into ``cache_dir/<bucket>/<prefix>`` (module docstring).
     Without ``client``, one with boto3's defaults is made.
 
-    Raises ``IngestError`` (missing/empty train split, unsafe prefix) or ``pipelines.s3.S3Error``
+    Raises ``IngestError`` (missing/empty train split, unsafe prefix) or ``pipelines.clients.s3.S3Error``
     (permanent S3 failure, or transient failures that outlived the retries).
     """
     if max_workers < 1:

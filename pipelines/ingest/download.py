@@ -25,9 +25,9 @@ from PIL import Image
 
 from cyclegan_core.atomic import sweep_stale_temps, temp_name
 from cyclegan_core.data.images import InvalidImage, decode_image
+from pipelines.clients.s3 import with_retries
 from pipelines.ingest.manifest import ManifestEntry, file_sha256
 from pipelines.ingest.planning import QUARANTINE_DIR, SPLITS, PlannedObject, ensure_inside
-from pipelines.s3 import with_retries
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from cyclegan_core.data.images import IMAGE_EXTENSIONS
-from pipelines.s3 import RemoteObject
+from pipelines.clients.s3 import RemoteObject
 
 SPLITS: tuple[str, ...] = ("trainA", "trainB", "testA", "testB", "testA_ref")
 REQUIRED_SPLITS: tuple[str, ...] = ("trainA", "trainB")

@@ -11,11 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
 from pydantic import BaseModel
 
+from pipelines.clients.s3 import (
+    etag_matches,
+    list_objects,
+    make_s3_client,
+    md5_hex,
+    parse_s3_uri,
+    with_retries,
+)
 from pipelines.ingest.planning import IngestError, normalise_prefix
 from pipelines.parallel import run_parallel
-from pipelines.s3 import etag_matches, list_objects, make_s3_client, md5_hex, parse_s3_uri, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +55,6 @@ def upload_one(client: Any, bucket: str, key: str, path: Path) -> int:
     size = path.stat().st_size
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if size >= MULTIPART_THRESHOLD:
-        from boto3.s3.transfer import TransferConfig
-
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
                                 max_concurrency=4)
         with_retries(lambda: client.upload_file(str(path), bucket, key, Config=config,

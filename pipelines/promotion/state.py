@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.registry.session import RegistryError
+from pipelines.tracking.session import RegistryError
 
 TAG_ROLLED_OUT_AT = "rolled_out_at"
 TAG_ROLLED_OUT_BY = "rolled_out_by"

@@ -18,11 +18,11 @@ from pipelines.registry.operations import (
     register_model,
 )
 from pipelines.registry.pyfunc import ImageTranslationModel, decode_image_value
-from pipelines.registry.run_log import ensure_experiment, flatten_params, registration_key
-from pipelines.registry.session import MLFLOW_RETRY, RegistryError, check_reachable
+from pipelines.registry.run_log import registration_key
+from pipelines.tracking.session import MLFLOW_RETRY, RegistryError, check_reachable
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "MLFLOW_RETRY", "ImageTranslationModel", "RegistryError", "champion_identity",
-    "check_reachable", "decode_image_value", "download_model", "ensure_experiment", "find_generators_folder",
-    "flatten_params", "gate_decision", "promote", "register_model", "registration_key",
+    "check_reachable", "decode_image_value", "download_model", "find_generators_folder",
+    "gate_decision", "promote", "register_model", "registration_key",
 ]

@@ -33,7 +33,7 @@ from mlflow.server.auth.routes import (
 )
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-from pipelines.registry.session import RegistryError
+from pipelines.tracking.session import RegistryError
 
 log = logging.getLogger(__name__)
 

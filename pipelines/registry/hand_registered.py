@@ -24,9 +24,7 @@ from pipelines.config import ResolvedConfig
 from pipelines.records import EvalReport, ModelVersionRef, TrainResult
 from pipelines.registry.logged_models import (
     TAG_CHECKPOINT,
-    TAG_DATASET_VERSION,
     TAG_EPOCH,
-    TAG_FINGERPRINT,
     TAG_PRUNED,
     TAG_RAY_RUN,
     TAG_STEP,
@@ -36,8 +34,9 @@ from pipelines.registry.logged_models import (
 )
 from pipelines.registry.model_card import card_markdown, card_tags
 from pipelines.registry.operations import TAG_GATE, TAG_GATE_REASON, apply_gate, version_ref
-from pipelines.registry.run_log import exported_identity, git_sha, version_tags
-from pipelines.registry.session import RegistryError
+from pipelines.registry.run_log import exported_identity, version_tags
+from pipelines.tracking.experiment import TAG_DATASET_VERSION, TAG_FINGERPRINT, git_sha
+from pipelines.tracking.session import RegistryError
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,13 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 from pipelines.registry.pyfunc import log_pyfunc
-from pipelines.registry.session import global_tracking_uri
-from pipelines.tracking import dataset_key
+from pipelines.tracking.experiment import TAG_DATASET_VERSION, TAG_FINGERPRINT
+from pipelines.tracking.run import dataset_key
+from pipelines.tracking.session import global_tracking_uri
 
 log = logging.getLogger(__name__)
 
 # Tags of runs, versions and LoggedModels (read back by the gate, champion_identity and retries).
-TAG_FINGERPRINT = "training_fingerprint"
-TAG_DATASET_VERSION = "dataset_version"
 MODEL_TYPE = "cyclegan-generators"
 SAMPLES_ARTIFACT = "samples"
 TAG_EPOCH = "epoch"

@@ -28,24 +28,23 @@ from pipelines.records import EvalReport, ModelVersionRef, TrainResult
 from pipelines.registry.gate import CHALLENGER, CHAMPION, gate_decision
 from pipelines.registry.model_card import TAG_CHAMPION_VALUE, card_markdown, card_tags
 from pipelines.registry.run_log import (
-    TAG_DATASET_VERSION,
-    TAG_FINGERPRINT,
     TAG_KEY,
     TAG_METRIC,
     TAG_METRIC_VALUE,
     check_inputs,
-    ensure_experiment,
     exported_identity,
     exported_model,
     fail_stale_runs,
     finished_run_id,
-    git_sha,
     log_into_run,
     log_run,
     registration_key,
     version_tags,
 )
-from pipelines.registry.session import (
+from pipelines.retry import RetryPolicy
+from pipelines.tracking.experiment import TAG_DATASET_VERSION, TAG_FINGERPRINT, ensure_experiment, git_sha
+from pipelines.tracking.run import TrackingRun, shared_tracking_uri
+from pipelines.tracking.session import (
     MLFLOW_RETRY,
     RegistryError,
     check_reachable,
@@ -53,8 +52,6 @@ from pipelines.registry.session import (
     mlflow_client,
     with_mlflow_retries,
 )
-from pipelines.retry import RetryPolicy
-from pipelines.tracking import TrackingRun, shared_tracking_uri
 
 log = logging.getLogger(__name__)
 

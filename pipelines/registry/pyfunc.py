@@ -34,9 +34,10 @@ from PIL import Image
 
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.inference.pretrained import DIRECTION_FOLDERS, DIRECTIONS
-from pipelines.registry.session import global_tracking_uri
+from pipelines.config import cache_dir_from_env
+from pipelines.tracking.experiment import PROJECT_ROOT
+from pipelines.tracking.session import global_tracking_uri
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODE_PACKAGES = ("cyclegan_core", "pipelines")
 MODEL_NAME_IN_RUN = "model"
 GENERATORS_ARTIFACT = "generators"
@@ -102,7 +103,7 @@ class ImageTranslationModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from cyclegan_core.inference.backends import load_translator
-        from pipelines.config import cache_dir_from_env, inference_choice_from_env
+        from pipelines.config import inference_choice_from_env
 
         # the serving process's entry: auto is torch bf16 on CUDA, the measured fastest path on a CPU;
         # MLflow passes no arguments, so CYCLEGAN_BACKEND / CYCLEGAN_PRECISION may fix the choice

@@ -7,7 +7,7 @@ exported checkpoint (``logged_models``; during training when the run was live). 
 version carry a ``registration_key`` (Ray run name + checkpoint URI + training fingerprint), so a
 retry finds what an earlier attempt logged, and marks FAILED a run a killed attempt left RUNNING.
 ``log_run`` creates and finishes a run of its own (``cyclegan register``); ``log_into_run`` fills the
-flow's live run (``pipelines.tracking``), which the flow closes: what is already there (the epochs
+flow's live run (``pipelines.tracking.run``), which the flow closes: what is already there (the epochs
 logged live, params, a model an earlier attempt logged) is not logged twice.
 """
 
@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
@@ -28,71 +26,33 @@ from mlflow.tracking import MlflowClient
 
 from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.inference.pretrained import DIRECTION_FOLDERS
-from pipelines.config import DEFAULT_ARTIFACT_ROOT, PipelineConfig, ResolvedConfig
+from pipelines.config import ResolvedConfig
 from pipelines.records import EvalReport, TrainResult
 from pipelines.registry.logged_models import (
-    TAG_DATASET_VERSION,
-    TAG_FINGERPRINT,
     CheckpointIdentity,
     find_checkpoint_model,
     link_metrics,
     log_checkpoint_model,
 )
-from pipelines.registry.pyfunc import PROJECT_ROOT
-from pipelines.registry.session import RegistryError
+from pipelines.tracking.experiment import TAG_DATASET_VERSION, TAG_FINGERPRINT, flatten_params, git_sha
+from pipelines.tracking.session import RegistryError
 
 log = logging.getLogger(__name__)
 
-# MLflow rejects param values longer than this (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH); longer
-# values are truncated in params, the full config is logged as an artifact.
-MAX_PARAM_LENGTH = 6000
 PARAM_BATCH = 100  # MLflow's log_batch accepts at most 100 params per call
 METRIC_BATCH = 1000
 
 # Tags written on runs and versions (read back by the gate, champion_identity and retries).
 TAG_KEY = "registration_key"
-# MLflow 3's UI opens an experiment by its kind: this one is model training (runs, logged models to
-# compare and register), not the GenAI view it infers for an untagged experiment.
-TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 TAG_METRIC = "primary_metric"
 TAG_METRIC_VALUE = "primary_metric_value"
 TAG_FAILED_REASON = "failed_reason"  # on a stale run a retry marked FAILED
-
-
-def flatten_params(config: PipelineConfig, *, max_length: int = MAX_PARAM_LENGTH) -> dict[str, str]:
-    """The typed config as MLflow params: dotted keys, string values, truncated to MLflow's limit."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for key, child in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), child)
-            return
-        text = value if isinstance(value, str) else json.dumps(value)
-        if len(text) > max_length:
-            text = text[: max_length - 3] + "..."
-        flat[prefix] = text
-
-    walk("", config.model_dump(mode="json"))
-    return flat
 
 
 def registration_key(train: TrainResult) -> str:
     """Identity of one training result: the same result registered twice gets the same key."""
     payload = json.dumps([train.run_name, train.checkpoint_uri, train.fingerprint])
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
-def git_sha(cwd: Path = PROJECT_ROOT) -> str:
-    """Commit of the project checkout, or 'unknown' outside a git checkout / without git."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = result.stdout.strip()
-    return sha if result.returncode == 0 and sha else "unknown"
 
 
 def lineage_tags(train: TrainResult) -> dict[str, str]:
@@ -120,30 +80,6 @@ def version_tags(train: TrainResult, report: EvalReport) -> dict[str, str]:
         "checkpoint_uri": train.checkpoint_uri,
         TAG_KEY: registration_key(train),
     }
-
-
-def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """Id of the experiment ``name``, created if missing (under ./mlartifacts for a SQLite store),
-    tagged as a model-training experiment (``EXPERIMENT_KIND``) unless it already says what it is."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise RegistryError(f"MLflow experiment {name!r} at {uri} is deleted; "
-                                "restore it in the UI or set registry.experiment to another name")
-        if experiment.tags.get(TAG_EXPERIMENT_KIND) is None:
-            client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
-        return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:"):
-        # The embedded default keeps artifacts in ./mlartifacts (what `mlflow ui` is told in the README).
-        artifact_location = Path(DEFAULT_ARTIFACT_ROOT).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location,
-                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(name).experiment_id  # created concurrently
 
 
 def finished_run_id(client: MlflowClient, experiment_id: str, key: str) -> str | None:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from cyclegan_core.inference.model_source import ModelSource
 from pipelines.records import ModelVersionRef
 from pipelines.registry.operations import download_model, resolve_version
-from pipelines.registry.session import RegistryError
+from pipelines.tracking.session import RegistryError
 
 logger = logging.getLogger(__name__)
 

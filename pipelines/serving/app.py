@@ -14,6 +14,7 @@ from typing import Any
 
 from ray import serve
 
+from pipelines.config import cache_dir_from_env, services_from_env
 from pipelines.serving.settings import ServeSettings
 
 FRONT_DEPLOYMENT = "Front"
@@ -39,8 +40,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     point: an ``args`` without ``tracking_uri`` takes ``MLFLOW_TRACKING_URI`` of the environment it is
     built in (a RayService's pods get it from the ConfigMap), and one without ``cache_dir`` takes
     ``CYCLEGAN_CACHE_DIR``."""
-    from pipelines.config import cache_dir_from_env, services_from_env
-
     defaults = {"tracking_uri": services_from_env(os.environ).tracking_uri, "cache_dir": cache_dir_from_env(os.environ)}
     settings = ServeSettings.model_validate({**defaults, **args})
     return front_app(settings)

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray import serve
 
-from pipelines.serving.settings import ServeSettings, settings_fingerprint
+from pipelines.serving.settings import (
+    MODEL_DEPLOYMENT,
+    ServeSettings,
+    model_deployment_options,
+    settings_fingerprint,
+)
 
 if TYPE_CHECKING:
     from cyclegan_core.inference.backends import TranslatorLike
@@ -177,7 +182,5 @@ def _set_torch_threads(threads: int) -> None:
 
 def model_app(settings: ServeSettings, version: str) -> serve.Application:
     """The model replicas of ``version`` as a Serve application (deployed by the rollout watcher)."""
-    from pipelines.serving.settings import MODEL_DEPLOYMENT, model_deployment_options
-
     deployment = serve.deployment(name=MODEL_DEPLOYMENT)(ModelReplica)
     return deployment.options(**model_deployment_options(settings)).bind(settings, version)

@@ -62,7 +62,7 @@ def serve_application(settings: ServeSettings, *, ray_address: str | None, detac
     import ray
     from ray import serve
 
-    from pipelines.ray_session import connect_ray
+    from pipelines.clients.ray_cluster import connect_ray
     from pipelines.serving.app import WATCHER_DEPLOYMENT, front_app
 
     local = connect_ray(ray_address, local_num_cpus=local_ray_cpus(settings, host_cpus))

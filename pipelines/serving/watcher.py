@@ -79,7 +79,7 @@ class RolloutWatcher:
     ``GET /served-version``."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        from pipelines.registry.session import mlflow_client
+        from pipelines.tracking.session import mlflow_client
 
         self.settings = settings
         self.client = mlflow_client(settings.tracking_uri)

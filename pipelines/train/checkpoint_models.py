@@ -28,7 +28,7 @@ from cyclegan_core.atomic import scratch_folder
 from cyclegan_core.inference.translator import Translator
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef
-from pipelines.tracking import TrackingRun
+from pipelines.tracking.run import TrackingRun
 from pipelines.train.layout import CHECKPOINT_FILE, SAMPLES_FOLDER
 from pipelines.train.storage import StorageTarget
 
@@ -80,7 +80,7 @@ class CheckpointModels:
         self._loggers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-models-log")
 
     def _client(self) -> MlflowClient:
-        from pipelines.registry.session import mlflow_client
+        from pipelines.tracking.session import mlflow_client
 
         return mlflow_client(self.tracking.tracking_uri)
 

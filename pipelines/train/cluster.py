@@ -1,32 +1,25 @@
 """The Ray cluster a run trains on: connect (``config.services.ray_address`` or a local Ray), check
 that it can run the configuration (resources, shared storage, S3 credentials on the nodes that need
-them), count the nodes a worker group spans.
-
-Credentials never travel through Ray (runtime_env, task arguments, pickled filesystems): Ray logs and
-stores those. Every process finds them in its own node's standard AWS chain (README.md, "Credentials
-on a cluster"); ``node_credentials_problem`` says which node lacks them.
+them: ``pipelines.clients.ray_cluster``), count the nodes a worker group spans.
 """
 
 from __future__ import annotations
 
 import logging
 
-import botocore.session
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cyclegan_core.training.distributed import all_gather_object
-from pipelines import ray_session
+from pipelines.clients import ray_cluster
+from pipelines.clients.ray_cluster import NodeCredentialsError, node_credentials_problem
 from pipelines.config import ResolvedConfig
 
 logger = logging.getLogger(__name__)
 
-CREDENTIALS_DOC = 'README.md, "Credentials on a cluster"'
-
 
 def connect_ray(config: ResolvedConfig) -> bool:
-    """``pipelines.ray_session.connect_ray`` with the run's address and local CPU count."""
-    return ray_session.connect_ray(config.services.ray_address, local_num_cpus=config.scaling.local_num_cpus)
+    """``pipelines.clients.ray_cluster.connect_ray`` with the run's address and local CPU count."""
+    return ray_cluster.connect_ray(config.services.ray_address, local_num_cpus=config.scaling.local_num_cpus)
 
 
 def check_storage_shared(storage_path: str, alive_nodes: int) -> None:
@@ -77,45 +70,11 @@ def s3_uses(config: ResolvedConfig, *, ingests: bool) -> list[str]:
     return uses
 
 
-def has_aws_credentials() -> bool:
-    """Whether this process's standard AWS chain (environment, shared files, web identity, container or
-    instance role) yields credentials; botocore's chain, the one pyarrow's S3 client also walks."""
-    return botocore.session.Session().get_credentials() is not None
-
-
-def missing_credentials_message(uses: list[str], *, process: str, node: str) -> str:
-    """The one-line error of a process that needs S3 (``uses``) on a node without credentials."""
-    return (f"{process} on Ray node {node} found no AWS credentials for {' and '.join(uses)}: give every "
-            "Ray node credentials of its own (instance/pod role, the node's environment or a Kubernetes "
-            f"Secret; see {CREDENTIALS_DOC}); the pipeline does not send them through Ray")
-
-
-def this_node() -> str:
-    """This process's Ray node: IP and node ID."""
-    return f"{ray.util.get_node_ip_address()} (node ID {ray.get_runtime_context().get_node_id()})"
-
-
-def node_credentials_problem(uses: list[str], *, process: str) -> str | None:
-    """None when this process needs no S3 or its node's chain has credentials, else the error."""
-    if not uses or has_aws_credentials():
-        return None
-    return missing_credentials_message(uses, process=process, node=this_node())
-
-
-class NodeCredentialsError(RuntimeError):
-    """A Ray node that needs S3 for this run has no AWS credentials."""
-
-
 def require_node_credentials(config: ResolvedConfig, *, ingests: bool, process: str) -> None:
     """Raise NodeCredentialsError (one line) when this process needs S3 and its node has no credentials."""
     problem = node_credentials_problem(s3_uses(config, ingests=ingests), process=process)
     if problem:
         raise NodeCredentialsError(problem)
-
-
-@ray.remote(num_cpus=0)
-def _probe_node_credentials(uses: list[str], process: str) -> str | None:
-    return node_credentials_problem(uses, process=process)
 
 
 def check_controller_credentials(config: ResolvedConfig, *, local: bool) -> None:
@@ -130,7 +89,7 @@ def check_controller_credentials(config: ResolvedConfig, *, local: bool) -> None
     if local:
         problem = node_credentials_problem(uses, process=process)
     else:
-        node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        problem = ray.get(_probe_node_credentials.options(scheduling_strategy=node).remote(uses, process))
+        problem = ray_cluster.node_credentials_problem_on(ray.get_runtime_context().get_node_id(), uses,
+                                                          process=process)
     if problem:
         raise NodeCredentialsError(problem)

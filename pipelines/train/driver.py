@@ -37,7 +37,7 @@ from cyclegan_core.training.checkpoint import CheckpointError
 from cyclegan_core.training.fit import FitCallback, training_done
 from pipelines.config import ResolvedConfig
 from pipelines.records import DatasetRef, TrainResult
-from pipelines.tracking import TrackingRun
+from pipelines.tracking.run import TrackingRun
 from pipelines.train.checkpoint_models import CheckpointModels
 from pipelines.train.cluster import check_cluster, connect_ray
 from pipelines.train.layout import CHECKPOINT_FILE, read_in_checkpoint, read_progress

@@ -25,7 +25,7 @@ from cyclegan_core.training.distributed import all_gather_object
 from cyclegan_core.training.model import CycleGAN
 from cyclegan_core.training.watchdog import diagnose, lower_learning_rate, non_finite
 from pipelines.config import ResolvedConfig
-from pipelines.tracking import TrackingRun, log_image
+from pipelines.tracking.run import TrackingRun, log_image
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -105,8 +105,8 @@ class EpochJudge:
             source = self.config.services.inception_weights
             if source is None:
                 self._extractor = (None, "no Inception weights configured (eval.inception_weights)")
-            else:
-                from pipelines.evaluate import load_feature_extractor
+            else:  # torchvision's Inception, imported only by a worker that computes FID/KID
+                from pipelines.clients.inception_weights import load_feature_extractor
 
                 self._extractor = load_feature_extractor(source, self.model.device,
                                                          s3_endpoint_url=self.config.services.s3_endpoint_url,

@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs
 
+from pipelines.clients.s3 import DEFAULT_REGION, parse_s3_uri
 from pipelines.config import Services
-from pipelines.s3 import DEFAULT_REGION, parse_s3_uri
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from cyclegan_core.training.model import CycleGAN
 from pipelines.config import ResolvedConfig
 from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef
-from pipelines.tracking import TrackingRun, node_system_metrics
+from pipelines.tracking.run import TrackingRun, node_system_metrics
 from pipelines.train.cluster import count_nodes, require_node_credentials
 from pipelines.train.layout import read_in_checkpoint, restore_from_folder, write_checkpoint_folder
 from pipelines.train.monitor import EpochJudge, WatchdogError, checkpoint_score

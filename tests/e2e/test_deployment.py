@@ -138,7 +138,7 @@ def assert_a_rerun_skips_only_with_the_same_settings(config: dict[str, Any], tra
     """What a re-run of train-cyclegan/manual decides from the champion the deployment run registered
     on the MLflow server: the same config skips training, a changed training setting trains."""
     from pipelines.config import PipelineConfig, resolve
-    from pipelines.flows import skip_reason
+    from pipelines.flows.train import skip_reason
     from pipelines.records import DatasetRef
     from pipelines.registry import champion_identity
 

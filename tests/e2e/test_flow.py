@@ -203,11 +203,11 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 ):
     from mlflow import MlflowClient
 
-    import pipelines.flows
-    import pipelines.tracking
+    import pipelines.flows.train
+    import pipelines.tracking.run
     import pipelines.train
     from pipelines import registry
-    from pipelines.flows import train_cyclegan
+    from pipelines.flows.train import train_cyclegan
     from pipelines.ingest import upload_folder
 
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth")
@@ -234,8 +234,8 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
 
     monkeypatch.setattr(registry, "register_model", register_while_server_down_once)
     # The retry after 3 s instead of the production backoff's 5-15 s (the watcher polls every 0.5 s).
-    monkeypatch.setattr(pipelines.flows, "register_task",
-                        pipelines.flows.register_task.with_options(retry_delay_seconds=3, retry_jitter_factor=0))
+    monkeypatch.setattr(pipelines.flows.train, "register_task",
+                        pipelines.flows.train.register_task.with_options(retry_delay_seconds=3, retry_jitter_factor=0))
     # Live tracking: rank 0 waits in epoch 2 until epoch 1's losses are in the pipeline's MLflow run.
     seen = tmp_path / "live-metrics-seen.json"
     real_train = pipelines.train.train_on_ray
@@ -248,7 +248,7 @@ def test_flow_runs_all_stages_and_retries_an_unreachable_mlflow_once(
         return real_train(config, dataset, callbacks=[*callbacks, watch, logged], tracking=tracking)
 
     monkeypatch.setattr(pipelines.train, "train_on_ray", train_watched_live)
-    monkeypatch.setattr(pipelines.tracking, "SYSTEM_METRICS_INTERVAL_S", 1.0)  # a sample within this short run
+    monkeypatch.setattr(pipelines.tracking.run, "SYSTEM_METRICS_INTERVAL_S", 1.0)  # a sample within this short run
     try:
         state = train_cyclegan(config, return_state=True)
     finally:
@@ -377,7 +377,7 @@ def test_a_failed_training_leaves_its_mlflow_run_failed_with_the_reason(
 ):
     from mlflow import MlflowClient
 
-    from pipelines.flows import train_cyclegan
+    from pipelines.flows.train import train_cyclegan
     from pipelines.ingest import upload_folder
 
     upload_folder(synthetic_dataset, f"s3://{s3_bucket}/synth-fail")
@@ -397,7 +397,7 @@ def test_a_failed_training_leaves_its_mlflow_run_failed_with_the_reason(
 def test_a_bad_parameter_fails_before_any_work(prefect_harness):
     from prefect.exceptions import ParameterTypeError
 
-    from pipelines.flows import train_cyclegan
+    from pipelines.flows.train import train_cyclegan
 
     with pytest.raises(ParameterTypeError, match="dataset_uri"):
         train_cyclegan({"dataset_uri": "not-a-bucket", "cache_dir": "/nonexistent"})

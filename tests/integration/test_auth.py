@@ -308,7 +308,7 @@ def test_the_demo_flow_runs_against_the_authenticated_servers(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from pipelines.flows import train_cyclegan
+    from pipelines.flows.train import train_cyclegan
     from pipelines.ingest import upload_folder
     from tests.flow_configs import tiny_flow_config
 

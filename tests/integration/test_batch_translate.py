@@ -156,7 +156,7 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def flow_run(ray_local: None, mlflow_server: str, champion: dict, bucket: str, prefect_harness: None) -> object:
     """The first run over the module's bucket: the translate-cyclegan flow with the champion."""
-    from pipelines.batch_flow import translate_cyclegan
+    from pipelines.flows.translate import translate_cyclegan
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

@@ -26,7 +26,7 @@ from cyclegan_core.training.model import CycleGAN
 from pipelines.records import DatasetRef
 from pipelines.registry import download_model
 from pipelines.registry.logged_models import run_models
-from pipelines.tracking import open_pipeline_run
+from pipelines.tracking.run import open_pipeline_run
 from pipelines.train import TrainingError, train_on_ray
 from pipelines.train.layout import read_progress
 from tests.integration.test_train_ray import (  # noqa: F401 - ingested: the fixture

@@ -29,11 +29,11 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.data.cache import CACHE_SPLITS, fresh_cache_array, write_decoded_cache
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import generator_from_config
+from pipelines.clients.s3 import make_s3_client
 from pipelines.config import Services
 from pipelines.ingest import MANIFEST_FILE, ingest_prefix, upload_folder
 from pipelines.ingest.download import sweep_dead_temps
 from pipelines.records import DatasetRef, TrainResult
-from pipelines.s3 import make_s3_client
 from pipelines.train.resume import find_resume_point
 from pipelines.train.storage import resolve_storage
 from tests.conftest import clean_ray_env

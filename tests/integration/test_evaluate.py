@@ -21,6 +21,7 @@ from cyclegan_core.evaluation.scoring import same_size_batches
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import generator_from_config
 from pipelines.cli import app
+from pipelines.clients.inception_weights import load_feature_extractor, resolve_inception_weights
 from pipelines.config import (
     EvalSettings,
     PipelineConfig,
@@ -29,12 +30,7 @@ from pipelines.config import (
     resolve,
     services_from_env,
 )
-from pipelines.evaluate import (
-    evaluate_generators,
-    evaluate_model,
-    load_feature_extractor,
-    resolve_inception_weights,
-)
+from pipelines.evaluate import evaluate_generators, evaluate_model
 from pipelines.records import DatasetRef, EvalReport
 from tests.unit.core.test_inception import write_random_inception_weights
 
@@ -119,7 +115,7 @@ def test_without_weights_fid_and_kid_are_skipped_with_the_reason(
     synthetic_dataset: Path, generators_dir: Path, no_cached_weights: None, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipelines.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.clients.inception_weights"):
         report = evaluate_model(generators_dir, dataset_ref(synthetic_dataset), pipeline_config(), tmp_path / "out")
     assert set(report.metrics) == EXPECTED_KEYS - set(report.skipped) - {"kid_AtoB_std", "kid_BtoA_std"}
     assert set(report.skipped) == {"fid_AtoB", "fid_BtoA", "kid_AtoB", "kid_BtoA"}

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from cyclegan_core.data.images import decode_image
+from pipelines.clients.s3 import S3Error, make_s3_client
 from pipelines.config import PipelineConfig, resolve
 from pipelines.ingest import (
     MANIFEST_FILE,
@@ -29,7 +30,6 @@ from pipelines.ingest import (
     upload_folder,
 )
 from pipelines.records import DatasetRef
-from pipelines.s3 import S3Error, make_s3_client
 from tests.integration.faulty_proxy import FaultyProxy
 
 LOAD_SIZE = 32

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipelines.records import DatasetRef
 from pipelines.registry import register_model, registration_key
-from pipelines.tracking import (
+from pipelines.tracking.run import (
     close_run,
     log_dataset_input,
     log_epoch_metrics,

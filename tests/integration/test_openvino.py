@@ -34,7 +34,7 @@ from tests.integration.test_onnx import tiny_generator
 # resnet_6blocks, 3.2e-6 resnet_unet_adalin, 2.4e-5 unet_128 (int8 on the demo model: 19.174 -> 19.163 dB)
 PARITY_BOUND = 1e-4
 SIZES = ((32, 32), (48, 80), (100, 60))  # H x W; 100 x 60 is padded to the size multiple and cropped back
-DEMO = ModelConfig(generator="resnet_6blocks", ngf=16, ndf=16)  # the demo's generators (pipelines/demo.py)
+DEMO = ModelConfig(generator="resnet_6blocks", ngf=16, ndf=16)  # the demo's generators (pipelines/flows/demo.py)
 MiB = 2**20
 
 

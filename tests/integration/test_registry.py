@@ -32,12 +32,12 @@ from pipelines.registry import (
     RegistryError,
     champion_identity,
     download_model,
-    ensure_experiment,
     promote,
     register_model,
 )
 from pipelines.registry.logged_models import version_model_id
 from pipelines.retry import RetryPolicy, is_transient
+from pipelines.tracking.experiment import ensure_experiment
 
 FAST_RETRY = RetryPolicy(attempts=2, base_delay_s=0.05)
 TINY = ModelConfig(generator="resnet_6blocks", ngf=4, norm="instance")

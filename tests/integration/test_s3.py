@@ -1,4 +1,4 @@
-"""pipelines.s3 against a real moto S3 server: client construction, listing, errors, retries through a
+"""pipelines.clients.s3 against a real moto S3 server: client construction, listing, errors, retries through a
 faulty network."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from pipelines.clients.s3 import S3Error, list_objects, make_s3_client, with_retries
 from pipelines.config import PipelineConfig, resolve
 from pipelines.retry import RetryPolicy
-from pipelines.s3 import S3Error, list_objects, make_s3_client, with_retries
 from tests.integration.faulty_proxy import FaultyProxy
 
 FAST = RetryPolicy(attempts=5, base_delay_s=0.01)

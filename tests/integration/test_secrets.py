@@ -28,11 +28,11 @@ import boto3
 import pytest
 import ray.util
 
+from pipelines.clients.ray_cluster import CREDENTIALS_DOC
 from pipelines.config import (
     PipelineConfig,
 )
 from pipelines.ingest import upload_folder
-from pipelines.train.cluster import CREDENTIALS_DOC
 from tests.conftest import ray_cluster
 from tests.flow_configs import tiny_flow_config
 

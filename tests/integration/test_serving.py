@@ -31,7 +31,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipelines.embedded import free_port
+from pipelines.clients.embedded import free_port
 from pipelines.promotion.state import record_rollout
 from tests.conftest import _stop_process_group, wait_http
 from tests.integration.test_registry import (

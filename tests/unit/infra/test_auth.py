@@ -14,7 +14,7 @@ import yaml
 
 from pipelines.config import CREDENTIAL_ENVIRONMENT, RegistrySettings
 from pipelines.registry.access import BOOTSTRAP_ENVIRONMENT, Credentials, credentials_from_env
-from pipelines.registry.session import RegistryError
+from pipelines.tracking.session import RegistryError
 from tests.unit.infra.manifests import (
     ENV_EXAMPLE,
     INFRA,

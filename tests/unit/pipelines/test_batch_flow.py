@@ -10,23 +10,23 @@ import yaml
 from pipelines.batch import BatchResult
 from pipelines.batch.artifacts import summary_markdown
 from pipelines.batch.job import QuarantinedInput
-from pipelines.batch_flow import deployment_problem
+from pipelines.flows.translate import model_lookup_problem
 
 
 def test_prefect_yaml_deploys_the_rollout_one_run_at_a_time():
     spec = yaml.safe_load((Path(__file__).resolve().parents[3] / "prefect.yaml").read_text())
     rollout = next(d for d in spec["deployments"] if d["name"] == "rollout")
-    assert rollout["entrypoint"] == "pipelines/batch_flow.py:translate_cyclegan"
+    assert rollout["entrypoint"] == "pipelines/flows/translate.py:translate_cyclegan"
     assert rollout["concurrency_limit"] == 1 and rollout["work_pool"]["name"] == "cyclegan-pool"
     assert rollout["parameters"] == {"input_uri": "s3://cyclegan-images/in", "output_uri": "s3://cyclegan-images/out",
                                      "direction": "AtoB"}
 
 
 def test_a_deployment_run_of_a_registry_model_needs_a_tracking_server():
-    assert "MLFLOW_TRACKING_URI" in deployment_problem("rollout", "models:/cyclegan@champion", {})
-    assert deployment_problem("rollout", "models:/cyclegan@champion", {"MLFLOW_TRACKING_URI": "http://m"}) == ""
-    assert deployment_problem(None, "models:/cyclegan@champion", {}) == ""  # a local run keeps the SQLite store
-    assert deployment_problem("rollout", "/models/export", {}) == ""
+    assert "MLFLOW_TRACKING_URI" in model_lookup_problem("rollout", "models:/cyclegan@champion", {})
+    assert model_lookup_problem("rollout", "models:/cyclegan@champion", {"MLFLOW_TRACKING_URI": "http://m"}) == ""
+    assert model_lookup_problem(None, "models:/cyclegan@champion", {}) == ""  # a local run keeps the SQLite store
+    assert model_lookup_problem("rollout", "/models/export", {}) == ""
 
 
 def test_the_summary_names_the_version_the_trigger_and_each_quarantined_input():

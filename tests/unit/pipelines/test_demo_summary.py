@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.demo import eval_curve
+from pipelines.flows.demo import eval_curve
 
 
 def test_the_eval_curve_has_a_line_per_evaluated_epoch_and_marks_the_registered_one() -> None:

@@ -8,19 +8,13 @@ from pathlib import Path
 
 from prefect.task_engine import TaskRunTimeoutError
 
+from pipelines.clients.s3 import S3Error
 from pipelines.config import PipelineConfig, resolve
-from pipelines.flows import (
-    _train_cache_key,
-    deployment_problem,
-    files_exist,
-    is_transient_failure,
-    pipeline_logs_in_run,
-    skip_reason,
-)
+from pipelines.flows.common import deployment_problem, is_transient_failure, pipeline_logs_in_run
+from pipelines.flows.train import UNSEEN_MODEL, _train_cache_key, files_exist, skip_reason
 from pipelines.ingest import IngestError
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.registry import RegistryError
-from pipelines.s3 import S3Error
 from pipelines.summary import failed_description, run_description, running_description, summary_markdown
 
 CONFIG = resolve(PipelineConfig(dataset_uri="s3://bucket/horses"), env={})
@@ -142,10 +136,10 @@ def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
     import yaml
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[3] / "prefect.yaml").read_text())
-    deployments = {d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "pipelines/flows.py:train_cyclegan"}
+    deployments = {d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "pipelines/flows/train.py:train_cyclegan"}
     assert set(deployments) == {"manual", "nightly"}
     for deployment in deployments.values():
-        assert deployment["entrypoint"] == "pipelines/flows.py:train_cyclegan"
+        assert deployment["entrypoint"] == "pipelines/flows/train.py:train_cyclegan"
         assert deployment["work_pool"]["name"] == "cyclegan-pool"
         PipelineConfig.model_validate(deployment["parameters"]["config"])
     (schedule,) = deployments["nightly"]["schedules"]
@@ -156,11 +150,13 @@ def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
 
 
 def test_a_deployment_run_without_a_tracking_server_is_refused():
-    problem = deployment_problem("manual", {"RAY_ADDRESS": "auto"})
+    problem = deployment_problem("manual", {"RAY_ADDRESS": "auto"}, consequence=UNSEEN_MODEL)
     assert "MLFLOW_TRACKING_URI" in problem and "'manual'" in problem
-    assert "MLFLOW_TRACKING_URI" in deployment_problem("nightly", {"MLFLOW_TRACKING_URI": ""})  # empty is unset
-    assert deployment_problem("manual", {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) == ""
-    assert deployment_problem(None, {}) == ""  # `cyclegan run` and the demo keep the embedded SQLite store
+    assert "MLFLOW_TRACKING_URI" in deployment_problem("nightly", {"MLFLOW_TRACKING_URI": ""},  # empty is unset
+                                                       consequence=UNSEEN_MODEL)
+    assert deployment_problem("manual", {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, consequence=UNSEEN_MODEL) == ""
+    # `cyclegan run` and the demo keep the embedded SQLite store
+    assert deployment_problem(None, {}, consequence=UNSEEN_MODEL) == ""
 
 
 def test_pipeline_info_lines_go_to_the_run_only_while_the_flow_runs():

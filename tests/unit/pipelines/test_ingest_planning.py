@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.clients.s3 import RemoteObject
 from pipelines.ingest import IngestError, UnsafeKey, safe_relative_key
 from pipelines.ingest.planning import dataset_root, normalise_prefix, plan_objects
-from pipelines.s3 import RemoteObject
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect.assets import Asset
 
-from pipelines.lineage import (
+from pipelines.flows.lineage import (
     asset_key,
     dataset_asset,
     dataset_metadata,

@@ -1,4 +1,4 @@
-"""AWS credentials stay on each node (pipelines.train.cluster, pipelines.train.storage): what Ray
+"""AWS credentials stay on each node (pipelines.clients.ray_cluster, pipelines.train.storage): what Ray
 pickles carries no key, and a process that needs S3 without credentials gets one line naming its node.
 
 Nothing here starts Ray: ``node_credentials_problem`` asks Ray for the node only when it must fail.
@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle
 
-from pipelines.config import PipelineConfig, Services, resolve
-from pipelines.train.cluster import (
+from pipelines.clients.ray_cluster import (
     CREDENTIALS_DOC,
     has_aws_credentials,
     missing_credentials_message,
     node_credentials_problem,
-    s3_uses,
 )
+from pipelines.config import PipelineConfig, Services, resolve
+from pipelines.train.cluster import s3_uses
 from pipelines.train.storage import resolve_storage
 
 SECRET = "unit-test-secret-marker-7f3a"

@@ -217,7 +217,7 @@ def http_receiver() -> Iterator[tuple[str, Sent]]:
 
     import uvicorn
 
-    from pipelines.embedded import free_port
+    from pipelines.clients.embedded import free_port
     from pipelines.promotion.receiver import receiver_app, server_config
 
     rx, sent = receiver()

@@ -13,8 +13,8 @@ import jinja2
 import pytest
 import yaml
 
+from pipelines.flows.rollout import rollout_champion
 from pipelines.promotion import events
-from pipelines.promotion.flow import rollout_champion
 
 PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
 
@@ -49,7 +49,7 @@ def test_each_receiver_event_has_a_trigger_whose_parameters_the_flow_takes(event
 
 def test_the_deployment_queues_rollouts_and_reconciles_on_a_schedule() -> None:
     found = deployment()
-    assert found["entrypoint"] == "pipelines/promotion/flow.py:rollout_champion"
+    assert found["entrypoint"] == "pipelines/flows/rollout.py:rollout_champion"
     assert found["concurrency_limit"] == 1
     assert [s.get("active", True) for s in found["schedules"]] == [True]
     assert set(found["parameters"]) <= set(inspect.signature(rollout_champion.fn).parameters)

@@ -12,8 +12,9 @@ from PIL import Image
 
 from pipelines.config import PipelineConfig, RegistrySettings, resolve
 from pipelines.records import EvalReport, TrainResult
-from pipelines.registry import RegistryError, decode_image_value, flatten_params, registration_key
+from pipelines.registry import RegistryError, decode_image_value, registration_key
 from pipelines.registry.run_log import check_inputs
+from pipelines.tracking.experiment import flatten_params
 
 CONFIG = resolve(PipelineConfig(dataset_uri="s3://bucket/synth", registry=RegistrySettings(model_name="m")), env={})
 REPORT = EvalReport(metrics={"psnr_AtoB": 20.0}, primary_metric="psnr_AtoB", primary_value=20.0)

@@ -17,10 +17,10 @@ from mlflow.protos.databricks_pb2 import (
 )
 from ray.exceptions import RayActorError, RaySystemError
 
+from pipelines.clients.s3 import S3Error
 from pipelines.ingest import IngestError
 from pipelines.registry import RegistryError
 from pipelines.retry import RetryPolicy, call_with_retries, is_transient
-from pipelines.s3 import S3Error
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -101,7 +101,7 @@ def test_the_cause_chain_is_followed() -> None:
 
 
 def test_classifying_imports_neither_mlflow_nor_ray() -> None:
-    script = ("import sys; from pipelines.s3 import S3Error; from pipelines.retry import is_transient; "
+    script = ("import sys; from pipelines.clients.s3 import S3Error; from pipelines.retry import is_transient; "
               "assert is_transient(ConnectionResetError()) and not is_transient(ValueError()); "
               "print(sorted(m for m in ('mlflow', 'ray', 'prefect') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)

@@ -1,4 +1,4 @@
-"""pipelines.s3's pure parts: URIs, timestamps, the S3Error mapping, S3 retries and ETag maths."""
+"""pipelines.clients.s3's pure parts: URIs, timestamps, the S3Error mapping, S3 retries and ETag maths."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from botocore.utils import parse_timestamp
 
-from pipelines.retry import RetryPolicy
-from pipelines.s3 import (
+from pipelines.clients.s3 import (
     S3Error,
     etag_matches,
     multipart_etag,
@@ -19,6 +18,7 @@ from pipelines.s3 import (
     part_size_candidates,
     with_retries,
 )
+from pipelines.retry import RetryPolicy
 from tests.unit.pipelines.test_retry import client_error
 
 

@@ -24,8 +24,8 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.inference.memory import forward_bytes
 from cyclegan_core.inference.translator import Translator
 from cyclegan_core.networks import build_generator
-from pipelines.embedded import free_port
-from pipelines.promotion.flow import RolloutOutcome, summary_markdown
+from pipelines.clients.embedded import free_port
+from pipelines.flows.rollout import RolloutOutcome, summary_markdown
 from pipelines.serving.model import TranslateItem, load_error_reason, load_for_serving, translate_items
 from pipelines.serving.scoring import ScoringError, check_length, parse_image_body, parse_invocation
 from pipelines.serving.served import wait_until_served

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.embedded import free_port
+from pipelines.clients.embedded import free_port
 from pipelines.records import DatasetRef
-from pipelines.tracking import (
+from pipelines.tracking.run import (
     TrackingRun,
     dataset_entity,
     epoch_metric_records,
@@ -64,7 +64,7 @@ def test_without_a_run_nothing_is_logged(monkeypatch: pytest.MonkeyPatch, tmp_pa
     for method in ("log_image", "log_batch"):
         monkeypatch.setattr(MlflowClient, method, lambda *args, _name=method, **kwargs: calls.append(_name))
     monkeypatch.chdir(tmp_path)  # MLflow's default store would create ./mlruns
-    with caplog.at_level(logging.DEBUG, logger="pipelines.tracking"):
+    with caplog.at_level(logging.DEBUG, logger="pipelines.tracking.run"):
         log_image(None, Image.new("RGB", (4, 4)), "samples/AtoB", 1)
         log_epoch_metrics(None, {"loss_G": 1.0}, 1)
     assert calls == [] and list(tmp_path.iterdir()) == [] and caplog.records == []
@@ -75,7 +75,7 @@ def test_a_tracking_outage_is_a_warning_not_an_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     run = TrackingRun(tracking_uri=f"http://127.0.0.1:{free_port()}", run_id="0" * 32)
-    with caplog.at_level(logging.WARNING, logger="pipelines.tracking"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.tracking.run"):
         log_epoch_metrics(run, {"loss_G": 1.0}, 1)
         log_image(run, Image.new("RGB", (4, 4)), "samples/AtoB", 1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -84,7 +84,7 @@ def test_a_tracking_outage_is_a_warning_not_an_error(monkeypatch: pytest.MonkeyP
 
 def test_a_relative_sqlite_store_is_made_absolute_for_other_processes(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.tracking import shared_tracking_uri
+    from pipelines.tracking.run import shared_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert shared_tracking_uri("sqlite:///mlruns.db") == f"sqlite:///{tmp_path.resolve()}/mlruns.db"

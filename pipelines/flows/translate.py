@@ -16,46 +16,44 @@ from collections.abc import Mapping
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
+from prefect.runtime import deployment
 
 from cyclegan_core.inference.files import translate_options
 from cyclegan_core.inference.model_source import is_registry_uri
-from pipelines.batch import BatchResult, BatchSettings, QuarantineToleranceError, batch_settings
+from pipelines.batch import (
+    BatchResult,
+    BatchSettings,
+    QuarantineToleranceError,
+    batch_settings,
+    translate_batch,
+)
+from pipelines.batch.artifacts import sample_thumbnails, summary_markdown
 from pipelines.batch.planning import ModelIdentity
 from pipelines.batch.ray_job import BatchProgress
-from pipelines.flows import DeploymentSetupError, pipeline_logs_in_run, retry_if_transient
+from pipelines.flows.common import (
+    DeploymentSetupError,
+    deployment_problem,
+    pipeline_logs_in_run,
+    rename_flow_run,
+    retrying,
+)
 
 FLOW_NAME = "translate-cyclegan"
 PROGRESS_ARTIFACT_KEY = "translate-cyclegan-progress"
 SUMMARY_ARTIFACT_KEY = "translate-cyclegan-summary"
 
 
-def deployment_problem(deployment: str | None, model_uri: str, env: Mapping[str, str]) -> str:
+def model_lookup_problem(deployment: str | None, model_uri: str, env: Mapping[str, str]) -> str:
     """Why a deployment run may not start ('' when it may): a registry URI needs the tracking server,
     not the SQLite default in the worker's working folder, which holds no model."""
-    if deployment is None or env.get("MLFLOW_TRACKING_URI") or not is_registry_uri(model_uri):
+    if not is_registry_uri(model_uri):
         return ""
-    return (f"flow run of deployment {deployment!r}: MLFLOW_TRACKING_URI is not set in the worker's environment, "
-            f"so {model_uri} would be looked up in a local SQLite file; set MLFLOW_TRACKING_URI on the worker "
-            "or in the deployment's job_variables env and run it again")
+    return deployment_problem(deployment, env, consequence=f"{model_uri} would be looked up in a local SQLite file")
 
 
-def rename_flow_run(name: str) -> None:
-    """Give the current flow run ``name`` (it names the resolved model version)."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    if flow_run.id:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run.id, name=name)
-
-
-@task(name="translate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10),
-      retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)
+@task(name="translate", cache_policy=NO_CACHE, **retrying())
 def translate_task(settings: BatchSettings) -> BatchResult:
     """Resolve the model, translate what is new or changed, write the manifest."""
-    from pipelines.batch import translate_batch
-
     progress = create_progress_artifact(0.0, key=PROGRESS_ARTIFACT_KEY, description="resolving the model")
 
     def on_model(model: ModelIdentity) -> None:
@@ -73,8 +71,6 @@ def translate_task(settings: BatchSettings) -> BatchResult:
 
 
 def publish_summary(result: BatchResult, settings: BatchSettings) -> None:
-    from pipelines.batch.artifacts import sample_thumbnails, summary_markdown
-
     thumbnails = sample_thumbnails(result, endpoint_url=settings.services.s3_endpoint_url,
                                    region=settings.services.s3_region)
     create_markdown_artifact(key=SUMMARY_ARTIFACT_KEY, markdown=summary_markdown(result, thumbnails),
@@ -99,14 +95,13 @@ def translate_cyclegan(
     """Translate the images under ``input_uri`` into ``output_uri/<model>/v<version>/<direction>/`` with
     ``model_uri`` (default ``models:/cyclegan@champion``), only those new or changed since the last run
     of that version; fails when more than ``max_quarantined`` inputs are quarantined (None: any)."""
-    from prefect.runtime import deployment
 
     options = translate_options(direction=direction, batch_size=batch_size, actors=actors, backend=backend,
                                 precision=precision, memory_budget=memory_budget, max_skipped=max_quarantined,
                                 device=None if use_gpu is None else "cuda" if use_gpu else "cpu")
     settings = batch_settings(input_uri, output_uri, model_uri, env=os.environ, options=options,
                               triggered_by=triggered_by)
-    problem = deployment_problem(deployment.name if deployment.id else None, settings.model_uri, os.environ)
+    problem = model_lookup_problem(deployment.name if deployment.id else None, settings.model_uri, os.environ)
     if problem:
         raise DeploymentSetupError(problem)
     with pipeline_logs_in_run():

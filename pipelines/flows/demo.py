@@ -17,6 +17,9 @@ from pathlib import Path
 from pydantic import Field
 
 from cyclegan_core.config import DataConfig, ModelConfig, Precision, StrictModel, TrainConfig
+from cyclegan_core.data.synthetic import make_synthetic_dataset
+from pipelines.clients.embedded import embedded_s3
+from pipelines.clients.s3 import make_s3_client
 from pipelines.config import (
     DEFAULT_ARTIFACT_ROOT,
     EvalSettings,
@@ -24,7 +27,10 @@ from pipelines.config import (
     RegistrySettings,
     ScalingSettings,
     TrainingRunSettings,
+    resolve,
 )
+from pipelines.flows.train import train_cyclegan
+from pipelines.ingest import upload_folder
 from pipelines.records import PipelineOutcome
 
 logger = logging.getLogger(__name__)
@@ -83,13 +89,6 @@ def demo_config(settings: DemoSettings) -> PipelineConfig:
 
 def run_demo(settings: DemoSettings | None = None) -> PipelineOutcome:
     """Run the whole pipeline on embedded services and return what the flow did."""
-    from cyclegan_core.data.synthetic import make_synthetic_dataset
-    from pipelines.config import resolve
-    from pipelines.embedded import embedded_s3
-    from pipelines.flows import train_cyclegan
-    from pipelines.ingest import upload_folder
-    from pipelines.s3 import make_s3_client
-
     settings = settings or DemoSettings()
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -6,8 +6,8 @@ backoff and jitter on transient failures only (``pipelines.retry.is_transient``)
 finished stages on the run identity (dataset version + training fingerprint), the flow run's logs (the
 ``pipelines`` loggers' INFO lines, per-epoch progress included), a training progress artifact and the
 summary artifact, and Prefect assets for the lineage (dataset -> training run -> model version,
-``pipelines.lineage``). A run created from a deployment refuses to start without a tracking server.
-One MLflow run (``pipelines.tracking``) follows the whole pipeline run: opened before ingest, the
+``pipelines.flows.lineage``). A run created from a deployment refuses to start without a tracking server.
+One MLflow run (``pipelines.tracking.run``) follows the whole pipeline run: opened before ingest, the
 epochs logged live, each evaluated checkpoint a LoggedModel of it, the best one registered, closed
 FINISHED or FAILED with the reason and the run's summary as its description.
 A re-run does not redo finished work: ingest is incremental, training is cached or resumes its Ray run,
@@ -17,8 +17,7 @@ evaluation is cached on the checkpoint and registration is idempotent.
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,13 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.assets import Asset, materialize
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.flow_engine import FlowRunTimeoutError
-from prefect.logging.handlers import APILogHandler
-from prefect.task_engine import TaskRunTimeoutError
-from prefect.tasks import MaterializingTask, exponential_backoff
+from prefect.runtime import deployment, flow_run
+from prefect.tasks import MaterializingTask
+from prefect.utilities.urls import url_for
 
 from pipelines.config import PipelineConfig, ResolvedConfig, resolve
-from pipelines.lineage import (
+from pipelines.flows.common import DeploymentSetupError, deployment_problem, pipeline_logs_in_run, retrying
+from pipelines.flows.lineage import (
     dataset_asset,
     dataset_metadata,
     model_metadata,
@@ -43,6 +42,7 @@ from pipelines.lineage import (
     record_metadata,
     training_run_asset,
 )
+from pipelines.ingest import ingest_dataset
 from pipelines.records import DatasetRef, EvalReport, ModelVersionRef, PipelineOutcome, TrainResult
 from pipelines.summary import (
     failed_description,
@@ -51,50 +51,23 @@ from pipelines.summary import (
     summary_markdown,
     version_url,
 )
-from pipelines.tracking import TrackingRun
+from pipelines.tracking.run import (
+    TAG_NOTE,
+    EpochMetricsLogger,
+    TrackingRun,
+    close_run,
+    failure_reason,
+    flow_run_tags,
+    log_dataset_input,
+    open_pipeline_run,
+    start_system_metrics,
+)
 
 FLOW_NAME = "train-cyclegan"
 HOUR = 3600
 PROGRESS_ARTIFACT_KEY = "train-cyclegan-progress"
-
-
-class DeploymentSetupError(RuntimeError):
-    """A deployment's worker lacks a service the run needs; raised before any work."""
-
-
-def deployment_problem(deployment: str | None, env: Mapping[str, str]) -> str:
-    """Why a flow run may not start ('' when it may). A run created from ``deployment`` (None: not a
-    deployment run) needs a tracking server: the embedded SQLite default would register the model
-    into a file in the worker's working folder that nobody looks at, and report success."""
-    if deployment is None or env.get("MLFLOW_TRACKING_URI"):
-        return ""
-    return (f"flow run of deployment {deployment!r}: MLFLOW_TRACKING_URI is not set in the worker's "
-            "environment, so the model would be registered into a local SQLite file nobody sees; set "
-            "MLFLOW_TRACKING_URI (e.g. http://mlflow:5000) on the worker or in the deployment's "
-            "job_variables env and run it again")
-
-
-@contextmanager
-def pipeline_logs_in_run() -> Iterator[None]:
-    """Send the ``pipelines.*`` loggers' INFO lines to the current flow run's logs (Prefect API and UI)
-    while the block runs: what ``PREFECT_LOGGING_EXTRA_LOGGERS=pipelines`` does (Prefect's API log
-    handler on the logger), plus the INFO level a flow-run process lacks (its root logger is at
-    WARNING). Lines from other threads reach the run when the thread runs in a copy of the run's
-    context (``pipelines.train.progress`` does)."""
-    pipeline_logger = logging.getLogger("pipelines")
-    handler = None
-    if not any(isinstance(existing, APILogHandler) for existing in pipeline_logger.handlers):
-        handler = APILogHandler()
-        pipeline_logger.addHandler(handler)
-    level = pipeline_logger.level
-    if pipeline_logger.getEffectiveLevel() > logging.INFO:
-        pipeline_logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        pipeline_logger.setLevel(level)
-        if handler is not None:
-            pipeline_logger.removeHandler(handler)
+# What a deployment run without a tracking server would do (``deployment_problem``).
+UNSEEN_MODEL = "the model would be registered into a local SQLite file nobody sees"
 
 
 class TrainingProgressArtifact:
@@ -117,41 +90,6 @@ class TrainingProgressArtifact:
             update_progress_artifact(self.artifact_id, 100.0, description=f"training run `{self.run_name}`: done")
         except Exception:  # training is done; a failed display update must not make the task retry it
             logging.getLogger(__name__).warning("could not mark the progress artifact done", exc_info=True)
-
-
-def is_transient_failure(exc: BaseException) -> bool:
-    """True for failures a retry can fix (``pipelines.retry.is_transient``); a stage that ran out of its
-    own time budget is not one: a retry would do the same."""
-    from pipelines.retry import is_transient
-
-    if isinstance(exc, (TaskRunTimeoutError, FlowRunTimeoutError)):
-        return False
-    return is_transient(exc)
-
-
-def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only when the task failed with a transient error."""
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001 - we classify whatever the task raised
-        transient = is_transient_failure(exc)
-        logging.getLogger(__name__).warning(
-            "%s failed with %s: %s (%s)", task_run.name, type(exc).__name__, exc,
-            "transient, will retry" if transient else "not transient, not retrying",
-        )
-        return transient
-    return False
-
-
-def _retrying(**options: Any) -> dict[str, Any]:
-    """Common task options: 3 retries, backoff 10 s, 20 s, 40 s with 50% jitter, transient errors only."""
-    return dict(
-        retries=3,
-        retry_delay_seconds=exponential_backoff(backoff_factor=10),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_if_transient,
-        **options,
-    )
 
 
 def _digest(*parts: object) -> str:
@@ -195,20 +133,17 @@ def run_cached_stage(stage: Any, *args: Any, force: bool) -> Any:
 def ingest_stage(config: ResolvedConfig) -> DatasetRef:
     """Bring the S3 prefix into the local cache (incremental) and return the verified dataset (its
     version recorded on the dataset asset)."""
-    from pipelines.ingest import ingest_dataset
-
     dataset = ingest_dataset(config).dataset
     record_metadata(dataset_asset(config.dataset_uri), dataset_metadata(dataset))
     return dataset
 
 
-INGEST_OPTIONS: dict[str, Any] = dict(name="ingest", timeout_seconds=2 * HOUR, cache_policy=NO_CACHE, **_retrying())
+INGEST_OPTIONS: dict[str, Any] = dict(name="ingest", timeout_seconds=2 * HOUR, cache_policy=NO_CACHE, **retrying())
 
 
 def train_stage(config: ResolvedConfig, dataset: DatasetRef, live: TrackingRun | None = None) -> TrainResult:
     """Train on Ray (resumes from the run's last checkpoint if an earlier attempt died); the progress
     artifact and the live MLflow run follow the epochs."""
-    from pipelines.tracking import EpochMetricsLogger
     from pipelines.train import train_on_ray
     from pipelines.train.progress import epoch_listener
 
@@ -220,13 +155,13 @@ def train_stage(config: ResolvedConfig, dataset: DatasetRef, live: TrackingRun |
 
 
 TRAIN_OPTIONS: dict[str, Any] = dict(name="train", timeout_seconds=72 * HOUR, cache_key_fn=_train_cache_key,
-                                     cache_expiration=timedelta(days=30), persist_result=True, **_retrying())
+                                     cache_expiration=timedelta(days=30), persist_result=True, **retrying())
 
 
 def materializing(stage: Callable[..., Any], options: dict[str, Any], asset: Asset, *,
                   depends_on: Sequence[Asset] = ()) -> MaterializingTask:
     """``stage`` as the task of ``options`` that materializes ``asset`` (keys are known only at run time,
-    see ``pipelines.lineage``), depending on the assets ``depends_on``."""
+    see ``pipelines.flows.lineage``), depending on the assets ``depends_on``."""
     return materialize(asset, asset_deps=list(depends_on) or None, **options)(stage)
 
 
@@ -236,7 +171,7 @@ def materializing(stage: Callable[..., Any], options: dict[str, Any], asset: Ass
     cache_key_fn=_evaluate_cache_key,
     cache_expiration=timedelta(days=30),
     persist_result=True,
-    **_retrying(),
+    **retrying(),
 )
 def evaluate_task(config: ResolvedConfig, trained: TrainResult, dataset: DatasetRef) -> EvalReport:
     """Score the trained generators on the test splits and write the sample grids."""
@@ -246,7 +181,7 @@ def evaluate_task(config: ResolvedConfig, trained: TrainResult, dataset: Dataset
     return evaluate_model(trained.generators_dir, dataset, config, out_dir)
 
 
-@task(name="register", timeout_seconds=HOUR, cache_policy=NO_CACHE, **_retrying())
+@task(name="register", timeout_seconds=HOUR, cache_policy=NO_CACHE, **retrying())
 def register_task(config: ResolvedConfig, trained: TrainResult, report: EvalReport,
                   live: TrackingRun | None = None) -> ModelVersionRef:
     """Log the model and its evaluation into the live MLflow run, register a version and apply the
@@ -270,7 +205,7 @@ def model_version_stage(config: ResolvedConfig, model: ModelVersionRef) -> Model
 MODEL_VERSION_OPTIONS: dict[str, Any] = {"name": "model-version", "cache_policy": NO_CACHE}
 
 
-@task(name="champion-identity", cache_policy=NO_CACHE, **_retrying(timeout_seconds=600))
+@task(name="champion-identity", cache_policy=NO_CACHE, **retrying(timeout_seconds=600))
 def champion_identity_task(config: ResolvedConfig) -> tuple[str, str] | None:
     """(dataset version, training fingerprint) of the current champion, None without one."""
     from pipelines.registry import champion_identity
@@ -286,9 +221,7 @@ def train_cyclegan(config: PipelineConfig) -> PipelineOutcome:
     training fingerprint, unless ``config.force`` is set. A run created from a deployment fails before
     any work when the worker has no MLFLOW_TRACKING_URI.
     """
-    from prefect.runtime import deployment
-
-    problem = deployment_problem(deployment.name if deployment.id else None, os.environ)
+    problem = deployment_problem(deployment.name if deployment.id else None, os.environ, consequence=UNSEEN_MODEL)
     if problem:
         raise DeploymentSetupError(problem)
     with pipeline_logs_in_run():
@@ -299,18 +232,6 @@ def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
     """The flow's body, in its run context, inside its MLflow run: opened first, closed FINISHED (with
     why training was skipped, if it was) or FAILED with the reason, also when the run is cancelled or
     interrupted."""
-    from prefect.runtime import flow_run
-    from prefect.utilities.urls import url_for
-
-    from pipelines.tracking import (
-        TAG_NOTE,
-        close_run,
-        failure_reason,
-        flow_run_tags,
-        open_pipeline_run,
-        start_system_metrics,
-    )
-
     logger = get_run_logger()
     logger.info("train-cyclegan: dataset %s, model %s, %d Ray worker(s), fingerprint %s",
                 resolved.dataset_uri, resolved.registry.model_name, resolved.scaling.num_workers,
@@ -336,8 +257,6 @@ def run_stages(resolved: ResolvedConfig) -> PipelineOutcome:
 
 def tracked_stages(resolved: ResolvedConfig, live: TrackingRun, link: str) -> PipelineOutcome:
     """Ingest, the skip decision, train, evaluate, register, logging into the live run ``live``."""
-    from pipelines.tracking import log_dataset_input
-
     logger = get_run_logger()
     data_asset = dataset_asset(resolved.dataset_uri)
     dataset = materializing(ingest_stage, INGEST_OPTIONS, data_asset)(resolved)

@@ -3,7 +3,7 @@
 ``TrackingRun`` names the run (tracking URI + run id); it is what travels to the driver's epoch listener
 and to Ray workers (``WorkerArgs.tracking``). ``log_epoch_metrics`` and ``log_image`` never
 raise: a tracking outage costs a warning, never the training. ``open_run`` / ``close_run`` and the
-dataset input are the flow's bookkeeping (``pipelines.flows``); registration then logs the model into
+dataset input are the flow's bookkeeping (``pipelines.flows.train``); registration then logs the model into
 the same run (``pipelines.registry``).
 """
 
@@ -152,7 +152,7 @@ def log_dataset_input(run: TrackingRun, dataset: DatasetRef, *, run_name: str) -
     version, and name the run ``run_name`` (the Ray run's name, known once the version is)."""
     from mlflow.entities import DatasetInput, InputTag, RunTag
 
-    from pipelines.registry.session import with_mlflow_retries
+    from pipelines.tracking.session import with_mlflow_retries
 
     client = _client(run)
 
@@ -173,8 +173,8 @@ def open_pipeline_run(config: ResolvedConfig, *, run_name: str, tags: dict[str, 
     tracking server stays unreachable: before any work."""
     from mlflow.entities import Param
 
-    from pipelines.registry.run_log import TAG_FINGERPRINT, ensure_experiment, flatten_params, git_sha
-    from pipelines.registry.session import check_reachable, mlflow_client, with_mlflow_retries
+    from pipelines.tracking.experiment import TAG_FINGERPRINT, ensure_experiment, flatten_params, git_sha
+    from pipelines.tracking.session import check_reachable, mlflow_client, with_mlflow_retries
 
     uri = config.services.tracking_uri
     check_reachable(uri)

@@ -16,10 +16,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
+from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
 from cyclegan_core.config import StrictModel
 from pipelines.config import RegistrySettings, services_from_env
+from pipelines.flows.common import (
+    DeploymentSetupError,
+    deployment_problem,
+    pipeline_logs_in_run,
+    rename_flow_run,
+)
 from pipelines.promotion.decision import Decision, decide
 
 FLOW_NAME = "rollout-champion"
@@ -56,17 +63,6 @@ def run_name(model: str, alias: str, version: str | None, triggered_by: str, act
     return f"{model}@{alias}-{what} by {triggered_by}{suffix}"
 
 
-def rename_flow_run(name: str) -> None:
-    """Name the current flow run (after the version is known), if there is one."""
-    from prefect.client.orchestration import get_client
-
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(context.flow_run.id, name=name)
-
-
 def flow_run_label() -> str:
     context = FlowRunContext.get()
     return str(context.flow_run.id) if context is not None and context.flow_run is not None else "no-flow-run"
@@ -74,7 +70,7 @@ def flow_run_label() -> str:
 
 def roll_out_target(target: RolloutTarget, model_uri: str, triggered_by: str) -> dict[str, Any]:
     """One ``translate-cyclegan`` subflow run of ``model_uri`` over ``target``."""
-    from pipelines.batch_flow import translate_cyclegan
+    from pipelines.flows.translate import translate_cyclegan
 
     result = translate_cyclegan(input_uri=target.input_uri, output_uri=target.output_uri, model_uri=model_uri,
                                 direction=target.direction, triggered_by=triggered_by)
@@ -115,8 +111,6 @@ def report_servers(urls: list[str], model: str, version: str, timeout_s: float) 
 
 def initial_run_name() -> str:
     """The flow run's name before the alias is read: the requested version (or reconcile)."""
-    from prefect.runtime import flow_run
-
     parameters = flow_run.parameters
     return run_name(parameters.get("model_name", RegistrySettings().model_name), parameters.get("alias", "champion"),
                     parameters.get("version") or None, parameters.get("triggered_by", "manual"))
@@ -129,14 +123,12 @@ def rollout_champion(model_name: str = RegistrySettings().model_name, alias: str
                      served_timeout_s: float = 120.0) -> RolloutOutcome:
     """Roll ``model_name@alias`` out over ``targets`` (``version``: the move's version; None reconciles),
     then wait (at most ``served_timeout_s``) for each ``cyclegan serve`` URL of ``servers`` to serve it."""
-    from prefect.runtime import deployment
-
-    from pipelines.flows import DeploymentSetupError, deployment_problem, pipeline_logs_in_run
     from pipelines.promotion import state
-    from pipelines.registry.session import check_reachable, mlflow_client, with_mlflow_retries
+    from pipelines.tracking.session import check_reachable, mlflow_client, with_mlflow_retries
 
     logger = get_run_logger()
-    problem = deployment_problem(deployment.name if deployment.id else None, os.environ)
+    problem = deployment_problem(deployment.name if deployment.id else None, os.environ,
+                                 consequence=f"{model_name}@{alias} would be read from a local SQLite file")
     if problem:
         raise DeploymentSetupError(problem)
     requested = str(version).strip() if version not in (None, "") else None
