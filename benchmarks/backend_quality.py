@@ -50,11 +50,21 @@ def main() -> None:
     for (backend, precision), out in outputs.items():
         paired = float(psnr(out, targets).mean())
         mse = float(((out - reference) / 2).square().mean())
-        print(json.dumps({"benchmark": "backend_quality", "backend": backend, "precision": precision,
-                          "images": len(refs), "paired_psnr_db": round(paired, 3),
-                          "vs_fp32_paired_db": round(paired - base, 3),
-                          "output_vs_fp32_db": None if mse == 0 else round(10 * float(torch.log10(torch.tensor(1 / mse))), 1),
-                          "calibration_images": args.calibration if precision == "int8" else None}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "benchmark": "backend_quality",
+                    "backend": backend,
+                    "precision": precision,
+                    "images": len(refs),
+                    "paired_psnr_db": round(paired, 3),
+                    "vs_fp32_paired_db": round(paired - base, 3),
+                    "output_vs_fp32_db": None if mse == 0 else round(10 * float(torch.log10(torch.tensor(1 / mse))), 1),
+                    "calibration_images": args.calibration if precision == "int8" else None,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

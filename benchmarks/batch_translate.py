@@ -178,7 +178,9 @@ def main() -> None:
             one_actor, two_actors = rows[f"ray_1a_{backend}"], rows[f"ray_2a_{backend}"]
             two_actors["speedup_vs_1a"] = round(two_actors["images_per_s"] / one_actor["images_per_s"], 2)
             if backend == "torch-fp32":
-                one_actor["overhead_ms_per_image"] = round(1000 * (one_actor["wall_s"] - reference["wall_s"]) / args.n, 1)
+                one_actor["overhead_ms_per_image"] = round(
+                    1000 * (one_actor["wall_s"] - reference["wall_s"]) / args.n, 1
+                )
                 if one_actor["steady_images_per_s"]:
                     one_actor["steady_overhead_ms_per_image"] = round(
                         1000 / one_actor["steady_images_per_s"] - 1000 / reference["images_per_s"], 1)

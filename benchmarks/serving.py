@@ -59,8 +59,14 @@ def host() -> dict[str, Any]:
         "/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cpus": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+    }
 
 
 def register(root: Path, config: ModelConfig) -> str:
@@ -117,7 +123,8 @@ def request_body(size: int) -> bytes:
     pixels = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(buffer.getvalue()).decode()]]},
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encoded]]},
                        "params": {"direction": "AtoB"}}).encode()
 
 
@@ -191,8 +198,9 @@ def main() -> None:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         env.pop("RAY_ADDRESS", None)
         ours_port, theirs_port = free_port(), free_port()
-        ours_cmd = [str(BIN / "cyclegan"), "serve", "--model", MODEL, "--port", str(ours_port), "--backend", args.backend,
-                    "--precision", args.precision, "--max-batch-size", str(args.max_batch_size), "--batch-wait-s",
+        ours_cmd = [str(BIN / "cyclegan"), "serve", "--model", MODEL, "--port", str(ours_port),
+                    "--backend", args.backend, "--precision", args.precision,
+                    "--max-batch-size", str(args.max_batch_size), "--batch-wait-s",
                     str(args.batch_wait_s), "--min-replicas", str(args.min_replicas), "--max-replicas",
                     str(args.max_replicas)]
         if args.replica_cpus is not None:
@@ -211,8 +219,9 @@ def main() -> None:
                                           **host()}), flush=True)
                     ours_row, theirs_row = rows["cyclegan serve"], rows["mlflow models serve"]
                     print(json.dumps({**common, "config": "ratio", "size": size, "clients": clients,
-                                      "throughput_ratio": round(ours_row["images_per_s"] / theirs_row["images_per_s"], 2)
-                                      if theirs_row["images_per_s"] else None,
+                                      "throughput_ratio":
+                                          round(ours_row["images_per_s"] / theirs_row["images_per_s"], 2)
+                                          if theirs_row["images_per_s"] else None,
                                       "p99_ms": {"cyclegan serve": ours_row["p99_ms"],
                                                  "mlflow models serve": theirs_row["p99_ms"]}}), flush=True)
 

@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help="an exported model folder instead of a fresh generator")
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     parser.add_argument("--batch", nargs="+", type=int, default=[1], help="images per call (several: each)")
-    parser.add_argument("--repeats", nargs="+", type=int, default=[5, 3, 2], help="timed rounds per size (last repeats)")
+    parser.add_argument(
+        "--repeats", nargs="+", type=int, default=[5, 3, 2], help="timed rounds per size (last repeats)"
+    )
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=CONFIGS)
     parser.add_argument("--calibration", type=int, default=8, help="int8: synthetic calibration scenes")
     parser.add_argument("--cache-dir", type=Path, help="auto's decision and the OpenVINO models (default: a temp)")

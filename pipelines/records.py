@@ -87,4 +87,6 @@ class PipelineOutcome(Record):
     train: TrainResult | None = None
     report: EvalReport | None = None
     model: ModelVersionRef | None = None
-    skipped: str = Field("", description="why training was skipped (the champion has this dataset version and fingerprint)")
+    skipped: str = Field(
+        "", description="why training was skipped (the champion has this dataset version and fingerprint)"
+    )

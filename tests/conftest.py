@@ -225,7 +225,8 @@ def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1,
 
 @pytest.fixture(scope="session")
 def ray_head(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A one-node Ray cluster from `ray start --head` with 2 CPUs (see ``ray_cluster``): the environment a driver needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN, a private HOME).
+    """A one-node Ray cluster from `ray start --head` with 2 CPUs (see ``ray_cluster``): the environment a
+    driver needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN, a private HOME).
     Started inside ``s3_server``'s environment, so its node has S3 credentials of its own, as the compose
     Ray nodes do (batch translation actors read and write S3 on the nodes)."""
     with ray_cluster(tmp_path_factory.mktemp("ray-home"), cpus_per_node=2) as cluster:

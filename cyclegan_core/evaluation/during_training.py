@@ -53,7 +53,9 @@ def score_model(model: CycleGAN, data_root: Path, *, max_images: int, batch_size
 SampleRow = list[Image.Image | None]
 
 
-def sample_rows(translator: Translator, data_root: Path, direction: str, *, count: int) -> tuple[list[str], list[SampleRow]]:
+def sample_rows(
+    translator: Translator, data_root: Path, direction: str, *, count: int
+) -> tuple[list[str], list[SampleRow]]:
     """The column labels and one row per image (the first ``count`` test images of the direction's
     source domain): input, translated, reconstructed and, when ``test<source>_ref/`` exists, the
     reference of the same name (None where it has none)."""

@@ -8,7 +8,8 @@ native size (the translator pads to its size multiple and crops back), in fp32:
   file names: ``psnr_AtoB``, ``ssim_AtoB``, ``l1_AtoB``, the identity baseline ``*_identity_AtoB``
   (the untranslated input against the reference) and ``psnr_gain_AtoB``;
 - ``fid_AtoB`` / ``kid_AtoB`` (+ ``kid_AtoB_std``): G_AB(testA) against the real testB (and BtoA),
-  with Inception-v3 pool3 features (conventions in ``cyclegan_core.evaluation.metrics`` and ``cyclegan_core.evaluation.inception``);
+  with Inception-v3 pool3 features (conventions in ``cyclegan_core.evaluation.metrics`` and
+  ``cyclegan_core.evaluation.inception``);
 - ``n_images_A`` / ``n_images_B``: how many test images were scored.
 
 Every per-image value is averaged over the images of its split. Grids: rows of input | translated |

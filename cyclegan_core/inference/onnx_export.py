@@ -13,7 +13,8 @@ PyTorch 2.9; the TorchScript one is deprecated). H and W are symbolic, so one gr
 that is a multiple of the generator's size multiple (a runtime pads other sizes and crops the output, as
 ``Translator`` does). Each graph is checked with onnxruntime against PyTorch on a second
 shape before the folder is renamed into place. G_BA of the same layout as G_AB (3 <-> 3 channels) reuses G_AB's
-traced graph with its own weights (tracing is most of an export's time), checked the same way. onnx, onnxscript and onnxruntime are imported here only.
+traced graph with its own weights (tracing is most of an export's time), checked the same way. onnx,
+onnxscript and onnxruntime are imported here only.
 """
 
 from __future__ import annotations

@@ -203,6 +203,8 @@ def load_official_generator(pth: Path) -> tuple[nn.Module, ModelConfig]:
     with torch.device("meta"):
         layout = generator_from_config(cfg)
     net = build_loaded(cfg, clean_official_state(state, layout), pth)
-    note = "; U-Net dropout leaves no trace in the weights (off at inference)" if cfg.generator.startswith("unet") else ""
+    note = (
+        "; U-Net dropout leaves no trace in the weights (off at inference)" if cfg.generator.startswith("unet") else ""
+    )
     logger.info("%s: inferred %s%s", pth, describe_config(cfg), note)
     return net, cfg

@@ -105,8 +105,15 @@ def batch_settings(input_uri: str, output_uri: str, model_uri: str | None = None
         raise ValueError("precision int8 calibrates on images of the job's input domain, which the batch job does "
                          "not pick for its actors: use auto, fp32 or bf16 (int8: `cyclegan translate` on local files)")
     services = services_from_env(env)
-    settings = BatchSettings(input_uri=input_uri, output_uri=output_uri, model_uri=model_uri or default_model_uri(),
-                             options=options, triggered_by=triggered_by, services=services, cache_dir=services.cache_dir)
+    settings = BatchSettings(
+        input_uri=input_uri,
+        output_uri=output_uri,
+        model_uri=model_uri or default_model_uri(),
+        options=options,
+        triggered_by=triggered_by,
+        services=services,
+        cache_dir=services.cache_dir,
+    )
     source, output = locations(settings)
     if output.contains(source) or source.contains(output):
         raise ValueError(f"output {output_uri} and input {input_uri} overlap: outputs would be read back as inputs; "
@@ -215,14 +222,24 @@ def translate_with(settings: BatchSettings, model_path: Path, model: ModelIdenti
                          batches=-(-len(plan.work) // options.batch_size), cluster=ray.cluster_resources())
         logger.info("Ray Data actor pool: %d actor(s), %g GPU and %g CPU each, batches of %d", pool.actors,
                     pool.gpus_per_actor, pool.cpus_per_actor, options.batch_size)
-        spec = ActorSpec(source=source, root=root, model=model, direction=options.direction,
-                         batch_size=options.batch_size, memory_budget=options.memory_budget,
-                         device="cuda" if pool.gpus_per_actor else "cpu", threads=max(1, int(pool.cpus_per_actor)),
-                         backend=options.backend, precision=options.precision, cache_dir=settings.cache_dir,
-                         model_file=model_path.name if model_path.is_file() else "")
+        spec = ActorSpec(
+            source=source,
+            root=root,
+            model=model,
+            direction=options.direction,
+            batch_size=options.batch_size,
+            memory_budget=options.memory_budget,
+            device="cuda" if pool.gpus_per_actor else "cpu",
+            threads=max(1, int(pool.cpus_per_actor)),
+            backend=options.backend,
+            precision=options.precision,
+            cache_dir=settings.cache_dir,
+            model_file=model_path.name if model_path.is_file() else "",
+        )
         rows = run_on_ray(plan.work, spec, load_model_files(model_path), pool, on_batch=on_batch)
     records = {record.source: record for record in plan.unchanged}
-    records |= {row["source"]: InputRecord.model_validate({k: v or None for k, v in row.items()} | {"size": row["size"]})
+    records |= {row["source"]: InputRecord.model_validate({k: v or None for k, v in row.items()}
+                                                          | {"size": row["size"]})
                 for row in rows if row["status"] != "error"}
     final = BatchManifest(model=model, direction=options.direction, input_uri=source.uri, output_root=root.uri,
                           records=dict(sorted(records.items())))
@@ -231,8 +248,16 @@ def translate_with(settings: BatchSettings, model_path: Path, model: ModelIdenti
     written = [obj.rel for obj in root_store.list(f"{LEDGER_FOLDER}/")] if rows else []
     for rel in sorted(set(ledger_paths + written)):
         root_store.delete(rel)  # the manifest holds their records now
-    return summarise(settings, model, root, rows, final, unchanged=len(plan.unchanged), removed=len(plan.removed),
-                     seconds=time.perf_counter() - started)
+    return summarise(
+        settings,
+        model,
+        root,
+        rows,
+        final,
+        unchanged=len(plan.unchanged),
+        removed=len(plan.removed),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def summarise(settings: BatchSettings, model: ModelIdentity, root: Location, rows: list[dict], manifest: BatchManifest,
@@ -247,7 +272,8 @@ def summarise(settings: BatchSettings, model: ModelIdentity, root: Location, row
         output_prefix=root.uri, manifest_uri=root.object_uri(MANIFEST), translated=len(translated),
         skipped=unchanged,
         quarantined=len(quarantined), quarantine=quarantined,
-        errors=[QuarantinedInput(source=row["source"], reason=row["reason"]) for row in rows if row["status"] == "error"],
+        errors=[QuarantinedInput(source=row["source"], reason=row["reason"])
+                for row in rows if row["status"] == "error"],
         removed=removed, seconds=round(seconds, 3), max_quarantined=settings.options.max_skipped,
         samples=[(row["source"], row["output"]) for row in translated[:3]],
     )

@@ -222,7 +222,9 @@ def pool_size(*, actors: int | None, use_gpu: bool | None, cpus_per_actor: float
 def iter_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
     names = list(batch)
     for values in zip(*(batch[name] for name in names), strict=True):
-        yield {name: value.item() if hasattr(value, "item") else value for name, value in zip(names, values, strict=True)}
+        yield {
+            name: value.item() if hasattr(value, "item") else value for name, value in zip(names, values, strict=True)
+        }
 
 
 def run_on_ray(items: list[WorkItem], spec: ActorSpec, model_files: dict[str, bytes], pool: PoolSize, *,

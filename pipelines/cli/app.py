@@ -116,7 +116,9 @@ def print_json(payload: Any) -> None:
 @app.callback()
 def main(
     ctx: typer.Context,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging; tracebacks of unexpected errors")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="debug logging; tracebacks of unexpected errors")
+    ] = False,
 ) -> None:
     ctx.meta[_VERBOSE] = verbose
     logging.basicConfig(

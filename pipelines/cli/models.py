@@ -104,9 +104,11 @@ def gate(
     except (IngestError, S3Error) as exc:
         fail(f"cannot ingest {resolved.dataset_uri}: {exc}")
     if dataset.version != model.tags["dataset_version"]:
-        refuse(f"{name} version {version} ({model.name}) was trained on dataset version {model.tags['dataset_version']}, "
-               f"{resolved.dataset_uri} is now version {dataset.version}: its evaluation would not compare with the "
-               "other versions'; promote it by hand (`cyclegan promote`) if you want it anyway")
+        refuse(
+            f"{name} version {version} ({model.name}) was trained on dataset version {model.tags['dataset_version']}, "
+            f"{resolved.dataset_uri} is now version {dataset.version}: its evaluation would not compare with the "
+            "other versions'; promote it by hand (`cyclegan promote`) if you want it anyway"
+        )
     out_dir = resolved.output_dir / model.tags.get("ray_run_name", name) / f"gate-{model.name}"
     try:
         logged = ModelSource(f"models:/{model.model_id}", "registered")  # a LoggedModel: no version to resolve

@@ -54,11 +54,16 @@ def webhook_setup(
 
 @app.command()
 def receiver(
-    model: Annotated[list[str] | None, typer.Option(help="watched model (repeatable; default "
-                                                         "CYCLEGAN_PROMOTION_MODELS)")] = None,
-    alias: Annotated[list[str] | None, typer.Option(help="alias that rolls out (repeatable; default "
-                                                         "CYCLEGAN_PROMOTION_ALIASES or champion)")] = None,
-    host: Annotated[str | None, typer.Option(help="listen address (default CYCLEGAN_RECEIVER_HOST or 127.0.0.1)")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option(help="watched model (repeatable; default CYCLEGAN_PROMOTION_MODELS)")
+    ] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(help="alias that rolls out (repeatable; default CYCLEGAN_PROMOTION_ALIASES or champion)"),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="listen address (default CYCLEGAN_RECEIVER_HOST or 127.0.0.1)")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="listen port (default CYCLEGAN_RECEIVER_PORT or 8091)")] = None,
     reconcile: Annotated[bool, typer.Option(help="ask Prefect to reconcile every watched alias on start")] = True,
 ) -> None:

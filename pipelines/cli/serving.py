@@ -16,32 +16,60 @@ from pipelines.config import cache_dir_from_env
 @app.command()
 def serve(
     model: Annotated[str, typer.Option(help="registered model to serve")],
-    alias: Annotated[str, typer.Option(help="alias whose rollouts it follows (tag rollout.<alias>.version)")] = "champion",
-    host: Annotated[str, typer.Option(help="listen address (0.0.0.0: every interface; Serve asks for no credentials)")
-                    ] = "127.0.0.1",
+    alias: Annotated[
+        str, typer.Option(help="alias whose rollouts it follows (tag rollout.<alias>.version)")
+    ] = "champion",
+    host: Annotated[
+        str, typer.Option(help="listen address (0.0.0.0: every interface; Serve asks for no credentials)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="listen port")] = 5001,
-    detach: Annotated[bool, typer.Option(help="with RAY_ADDRESS: deploy, leave it running on the cluster, exit")] = False,
+    detach: Annotated[
+        bool, typer.Option(help="with RAY_ADDRESS: deploy, leave it running on the cluster, exit")
+    ] = False,
     poll_s: Annotated[float, typer.Option("--poll-s", help="seconds between reads of the rollout tag")] = 5.0,
-    retry_after_s: Annotated[float, typer.Option("--retry-after-s", help="seconds before a version that failed to load "
-                                                                   "is tried again")] = 60.0,
-    start_timeout_s: Annotated[float, typer.Option("--start-timeout-s", help="how long a version's replicas may take "
-                                                                       "to start")] = 600.0,
-    backend: Annotated[str, typer.Option(help="inference backend of the replicas: auto (measured on the replica's "
-                                        "machine), torch, openvino (CPU)")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (measured; bf16 on CUDA), fp32 (--backend torch --precision fp32: "
-                                          "the official computation), bf16, fp16 (torch)")] = "auto",
+    retry_after_s: Annotated[
+        float, typer.Option("--retry-after-s", help="seconds before a version that failed to load is tried again")
+    ] = 60.0,
+    start_timeout_s: Annotated[
+        float, typer.Option("--start-timeout-s", help="how long a version's replicas may take to start")
+    ] = 600.0,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="inference backend of the replicas: auto (measured on the replica's machine), torch, openvino (CPU)"
+        ),
+    ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (measured; bf16 on CUDA), fp32 (--backend torch --precision fp32: "
+            "the official computation), bf16, fp16 (torch)"
+        ),
+    ] = "auto",
     min_replicas: Annotated[int, typer.Option(help="model replicas kept running")] = 1,
     max_replicas: Annotated[int, typer.Option(help="model replicas autoscaling may add up to")] = 1,
-    target_ongoing_requests: Annotated[float, typer.Option(help="autoscaling aims at this many requests per replica")
-                                       ] = 4.0,
-    replica_cpus: Annotated[float | None, typer.Option(help="CPUs (and torch threads) per model replica; default: this "
-                                                      "machine's CPUs / --max-replicas locally, 1 on a cluster")
-                            ] = None,
+    target_ongoing_requests: Annotated[
+        float, typer.Option(help="autoscaling aims at this many requests per replica")
+    ] = 4.0,
+    replica_cpus: Annotated[
+        float | None,
+        typer.Option(
+            help="CPUs (and torch threads) per model replica; default: this "
+            "machine's CPUs / --max-replicas locally, 1 on a cluster"
+        ),
+    ] = None,
     replica_gpus: Annotated[float, typer.Option(help="GPUs per model replica (> 0: the replicas run on CUDA)")] = 0.0,
     max_batch_size: Annotated[int, typer.Option(help="images of one size a replica translates together")] = 8,
-    batch_wait_s: Annotated[float, typer.Option("--batch-wait-s", help="how long a replica waits to fill a batch")] = 0.01,
-    memory_budget: Annotated[str | None, typer.Option(help="memory a replica may use per batch, e.g. 4GiB (larger images "
-                                                     "are tiled); default: half the available memory")] = None,
+    batch_wait_s: Annotated[
+        float, typer.Option("--batch-wait-s", help="how long a replica waits to fill a batch")
+    ] = 0.01,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="memory a replica may use per batch, e.g. 4GiB (larger images "
+            "are tiled); default: half the available memory"
+        ),
+    ] = None,
     max_body_size: Annotated[str, typer.Option(help="larger request bodies are refused with 413")] = "64MiB",
 ) -> None:
     """Serve MODEL on Ray Serve: POST /invocations (MLflow's scoring JSON), POST /translate (image bytes in,

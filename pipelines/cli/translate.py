@@ -23,42 +23,80 @@ if TYPE_CHECKING:
 
 @app.command()
 def translate(
-    input_path: Annotated[str, typer.Argument(
-        metavar="INPUT", help="an image file, a folder of images, or s3://bucket/prefix (batch job on Ray)",
-    )],
-    output_path: Annotated[str, typer.Argument(
-        metavar="OUTPUT", help="output folder, or for one file an image file name (.png, .jpg ...: that format); "
-        "s3://bucket/prefix or a folder for an s3:// INPUT",
-    )],
-    model: Annotated[str, typer.Option(
-        "--model", help="exported model folder, generator folder, official .pth, or models:/NAME@ALIAS, runs:/ID/PATH",
-    )],
+    input_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="an image file, a folder of images, or s3://bucket/prefix (batch job on Ray)",
+        ),
+    ],
+    output_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="OUTPUT",
+            help="output folder, or for one file an image file name (.png, .jpg ...: that format); "
+            "s3://bucket/prefix or a folder for an s3:// INPUT",
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="exported model folder, generator folder, official .pth, or models:/NAME@ALIAS, runs:/ID/PATH",
+        ),
+    ],
     direction: Annotated[str, typer.Option(help="AtoB or BtoA (picks G_AB or G_BA of a model folder)")] = "AtoB",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
-    backend: Annotated[str, typer.Option(
-        help="auto (the fastest path measured on this machine within 40 dB of fp32: torch or OpenVINO), torch, "
-        "or openvino (CPU)",
-    )] = "auto",
-    precision: Annotated[str, typer.Option(
-        help="auto (measured; bf16 on CUDA), fp32 (--backend torch --precision fp32: the official computation), "
-        "bf16, fp16 (torch), int8 (OpenVINO + NNCF, calibrated on --calibration or the first inputs)",
-    )] = "auto",
-    calibration: Annotated[Path | None, typer.Option(
-        "--calibration", help="int8: a folder of images of the model's input domain to calibrate on (default: "
-        "the first 8 readable inputs)",
-    )] = None,
-    max_skipped: Annotated[int, typer.Option(
-        "--max-skipped", min=0, help="unreadable inputs tolerated: more exit 3 (partial)",
-    )] = 0,
-    allow_skipped: Annotated[bool, typer.Option("--allow-skipped", help="exit 0 however many inputs are skipped")] = False,
-    memory_budget: Annotated[str | None, typer.Option(
-        "--memory-budget", help="most memory translating may hold, e.g. 2GiB (default: what the process holds "
-        "+ half the available memory); an image over it is translated by tiles",
-    )] = None,
-    actors: Annotated[int | None, typer.Option(
-        "--actors", min=1, help="s3:// batch job: Ray actors (default: one per GPU, else one per CPU)",
-    )] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="auto (the fastest path measured on this machine within 40 dB of fp32: torch or OpenVINO), torch, "
+            "or openvino (CPU)",
+        ),
+    ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (measured; bf16 on CUDA), fp32 (--backend torch --precision fp32: the official computation), "
+            "bf16, fp16 (torch), int8 (OpenVINO + NNCF, calibrated on --calibration or the first inputs)",
+        ),
+    ] = "auto",
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="int8: a folder of images of the model's input domain to calibrate on (default: "
+            "the first 8 readable inputs)",
+        ),
+    ] = None,
+    max_skipped: Annotated[
+        int,
+        typer.Option(
+            "--max-skipped",
+            min=0,
+            help="unreadable inputs tolerated: more exit 3 (partial)",
+        ),
+    ] = 0,
+    allow_skipped: Annotated[
+        bool, typer.Option("--allow-skipped", help="exit 0 however many inputs are skipped")
+    ] = False,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="most memory translating may hold, e.g. 2GiB (default: what the process holds "
+            "+ half the available memory); an image over it is translated by tiles",
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(
+            "--actors",
+            min=1,
+            help="s3:// batch job: Ray actors (default: one per GPU, else one per CPU)",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the TranslateSummary as JSON (last line)")] = False,
 ) -> None:
     """Translate an image or a folder of images (flat) with a trained generator (a folder: PNGs).

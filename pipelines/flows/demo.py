@@ -136,7 +136,9 @@ def demo_summary(outcome: PipelineOutcome, *, tracking_uri: str) -> str:
         if trained is not None and identity is not None:
             lines.append(f"  {name.upper():5} trained {trained:8.4f}   identity baseline {identity:8.4f}")
     if "psnr_AtoB" in metrics and "psnr_identity_AtoB" in metrics:
-        lines.append(f"  PSNR gain over the identity baseline: {metrics['psnr_AtoB'] - metrics['psnr_identity_AtoB']:+.2f} dB")
+        lines.append(
+            f"  PSNR gain over the identity baseline: {metrics['psnr_AtoB'] - metrics['psnr_identity_AtoB']:+.2f} dB"
+        )
     for name in ("cycle_l1_A", "cycle_l1_B", "fid_AtoB", "kid_AtoB"):
         if name in metrics:
             lines.append(f"  {name:10} {metrics[name]:.4f}")
@@ -145,7 +147,8 @@ def demo_summary(outcome: PipelineOutcome, *, tracking_uri: str) -> str:
         by_reason.setdefault(why, []).append(name)
     for why, names in by_reason.items():
         lines.append(f"  {', '.join(names)} skipped: {why}")
-    lines += eval_curve(outcome.train.history, primary=outcome.report.primary_metric, best_epoch=outcome.train.best_epoch)
+    lines += eval_curve(outcome.train.history, primary=outcome.report.primary_metric,
+                        best_epoch=outcome.train.best_epoch)
     return "\n".join(lines)
 
 

@@ -48,13 +48,18 @@ def registered_checkpoint(client: MlflowClient, name: str, version: str) -> tupl
     try:
         model_version = client.get_model_version(name, version)
     except MlflowException as exc:
-        raise RegistryError(f"model {name!r} has no version {version!r} at {client.tracking_uri}: {exc.message}") from exc
+        raise RegistryError(
+            f"model {name!r} has no version {version!r} at {client.tracking_uri}: {exc.message}"
+        ) from exc
     model_id = version_model_id(model_version)
     if model_id is None:
-        raise RegistryError(f"{name} version {version} was not created from a LoggedModel (source "
-                            f"{model_version.source}); register a checkpoint's LoggedModel (epoch-NNNN)")
+        raise RegistryError(
+            f"{name} version {version} was not created from a LoggedModel (source "
+            f"{model_version.source}); register a checkpoint's LoggedModel (epoch-NNNN)"
+        )
     model = client.get_logged_model(model_id)
-    missing = [tag for tag in (TAG_CHECKPOINT, TAG_EPOCH, TAG_FINGERPRINT, TAG_DATASET_VERSION) if tag not in model.tags]
+    needed = (TAG_CHECKPOINT, TAG_EPOCH, TAG_FINGERPRINT, TAG_DATASET_VERSION)
+    missing = [tag for tag in needed if tag not in model.tags]
     if missing:
         raise RegistryError(f"LoggedModel {model.name} ({model_id}) of {name} version {version} is not a checkpoint "
                             f"of this pipeline: it lacks the tags {missing}")

@@ -136,7 +136,9 @@ def has_weights(model: LoggedModel) -> bool:
     return model.status == LoggedModelStatus.READY and TAG_PRUNED not in model.tags
 
 
-def find_checkpoint_model(client: MlflowClient, run_id: str, checkpoint_uri: str, fingerprint: str) -> LoggedModel | None:
+def find_checkpoint_model(
+    client: MlflowClient, run_id: str, checkpoint_uri: str, fingerprint: str
+) -> LoggedModel | None:
     """The newest LoggedModel of run ``run_id`` holding the generators of ``checkpoint_uri`` (trained
     with ``fingerprint``); None when there is none with its weights."""
     found = [model for model in run_models(client, run_id, filter_extra=f"tags.{TAG_CHECKPOINT} = '{checkpoint_uri}'")

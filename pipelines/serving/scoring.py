@@ -101,7 +101,9 @@ def parse_invocation(body: bytes, content_type: str | None) -> Invocation:
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ScoringError(400, "BAD_REQUEST", f"Ensure that input is a valid JSON formatted string. Error: {exc}") from exc
+        raise ScoringError(
+            400, "BAD_REQUEST", f"Ensure that input is a valid JSON formatted string. Error: {exc}"
+        ) from exc
     if not isinstance(document, dict):
         raise ScoringError(400, "BAD_REQUEST", "The input must be a JSON dictionary with exactly one of the input "
                                                f"fields {sorted(SUPPORTED_FORMATS)}; got a {type(document).__name__}")

@@ -47,11 +47,14 @@ class ServeSettings(StrictModel):
     max_replicas: int = Field(1, ge=1, description="model replicas autoscaling may add up to")
     target_ongoing_requests: float = Field(4.0, gt=0, description="autoscaling aims at this many requests per replica")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs each model replica reserves (and its torch threads)")
-    replica_gpus: float = Field(0.0, ge=0, description="GPUs each model replica reserves (>0: the replica runs on CUDA)")
+    replica_gpus: float = Field(
+        0.0, ge=0, description="GPUs each model replica reserves (>0: the replica runs on CUDA)"
+    )
     max_batch_size: int = Field(8, ge=1, description="images of one size a replica translates in one batch")
     batch_wait_s: float = Field(0.01, ge=0, description="how long a replica waits to fill a batch")
     memory_budget: int | None = Field(None, ge=1, description="bytes a replica may hold while translating (None: "
-                                                             "cyclegan_core.inference.memory.default_budget); larger images are tiled")
+                                                             "cyclegan_core.inference.memory.default_budget); "
+                                                             "larger images are tiled")
     # the HTTP front
     max_body_bytes: int = Field(64 * 2**20, ge=1, description="request bodies over this are refused (413)")
 

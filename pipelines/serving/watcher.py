@@ -118,7 +118,9 @@ class RolloutWatcher:
         except Exception as exc:  # noqa: BLE001 - MLflow down or the model missing: keep serving, retry
             state = f"cannot read {self.settings.model} from {self.settings.tracking_uri}: {type(exc).__name__}: {exc}"
             if state != self.state:
-                log.warning("%s; v%s stays served, retrying every %g s", state, self.served or "-", self.settings.poll_s)
+                log.warning(
+                    "%s; v%s stays served, retrying every %g s", state, self.served or "-", self.settings.poll_s
+                )
             self.state = state
             return
         if self.deploying:
@@ -194,8 +196,8 @@ class RolloutWatcher:
         deployment = app.deployments.get(MODEL_DEPLOYMENT)
         if deployment is None:
             return str(getattr(app.status, "value", app.status)), None, ""
-        return (str(getattr(app.status, "value", app.status)), str(getattr(deployment.status, "value", deployment.status)),
-                deployment.message)
+        return (str(getattr(app.status, "value", app.status)),
+                str(getattr(deployment.status, "value", deployment.status)), deployment.message)
 
     async def _adopt_running_version(self) -> None:
         """A model application already running with these settings (this replica restarted, or the front

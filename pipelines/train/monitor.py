@@ -3,7 +3,8 @@
 ``EpochJudge`` (one per worker) decides for each finished epoch whether it is evaluated (every
 ``eval.every_epochs`` epochs and at each checkpoint, so every checkpoint carries a score), scores the
 generators on rank 0 with the final evaluation's code (``cyclegan_core.evaluation.during_training``), logs the
-labelled sample grids to the pipeline's MLflow run (and keeps them for the next checkpoint), shares the ``eval_<metric>`` values with every rank,
+labelled sample grids to the pipeline's MLflow run (and keeps them for the next checkpoint), shares the
+``eval_<metric>`` values with every rank,
 and asks the watchdog (``cyclegan_core.training.watchdog``) whether the epoch is healthy. A faulty epoch rolls
 every rank back to its last healthy in-memory state with lowered learning rates, or, once
 ``watchdog.max_rollbacks`` are spent, raises ``WatchdogError`` naming the epoch and the symptom (the

@@ -167,7 +167,9 @@ def wait_for_runs(env: dict[str, str], deployment_id: Any, count: int, timeout_s
 
 
 def outputs(bucket: str, version: str) -> list[str]:
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"out/{MODEL}/v{version}/")
+    pages = (
+        boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"out/{MODEL}/v{version}/")
+    )
     return sorted(item["Key"] for page in pages for item in page.get("Contents", [])
                   if item["Key"].endswith(".png") and "/_" not in item["Key"])
 

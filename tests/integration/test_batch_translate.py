@@ -178,7 +178,9 @@ def test_flow_translates_good_images_and_quarantines_bad_ones_with_the_champion(
     head = boto3.client("s3").head_object(Bucket=bucket, Key=f"{root}b.png")
     assert head["Metadata"]["model-version"] == "1" and head["Metadata"]["model-uri"] == f"models:/{name}/1"
     assert head["Metadata"]["source-uri"] == f"s3://{bucket}/in/b.jpg"
-    expected = actor_translation(champion["models"]["1"], Image.open(io.BytesIO(image_bytes("a.png", 0))).convert("RGB"))
+    expected = actor_translation(
+        champion["models"]["1"], Image.open(io.BytesIO(image_bytes("a.png", 0))).convert("RGB")
+    )
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(read(bucket, f"{root}a.png")))), expected)
     reasons = {key: json.loads(read(bucket, f"{root}{key}"))["reason"] for key in objects(bucket, root)
                if key.startswith("_quarantine/")}
@@ -250,7 +252,8 @@ def test_local_folders_are_translated_and_a_rerun_translates_nothing(
     assert (first.model_version, first.translated, first.quarantined) == ("1", 2, 1)
     written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert [rel for rel in written if not rel.startswith("_")] == ["a.png", "sub/c.png"]
-    expected = actor_translation(champion["models"]["1"], Image.open(io.BytesIO(image_bytes("a.png", 0))).convert("RGB"))
+    source = Image.open(io.BytesIO(image_bytes("a.png", 0))).convert("RGB")
+    expected = actor_translation(champion["models"]["1"], source)
     assert np.array_equal(np.asarray(Image.open(root / "a.png")), expected)
     assert json.loads((root / "_quarantine" / "empty.png.json").read_text())["reason"].startswith("empty")
     assert len(json.loads((root / "_manifest.json").read_text())["records"]) == 3

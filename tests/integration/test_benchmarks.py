@@ -93,7 +93,9 @@ def test_precision_quality_compares_precisions() -> None:
 
 
 def test_ingest_benchmark_times_cold_and_unchanged_reingest() -> None:
-    (line,) = run_script("ingest.py", "--n", "40", "--workers", "4", "--load-size", "32", "--aws-bin", "/nonexistent/aws")
+    (line,) = run_script(
+        "ingest.py", "--n", "40", "--workers", "4", "--load-size", "32", "--aws-bin", "/nonexistent/aws"
+    )
     assert line["benchmark"] == "ingest" and line["images"] == line["objects"] - 1  # synthetic.json is not an image
     assert line["ingest_cold_s"] > 0 and line["ingest_cold_mb_per_s"] > 0 and line["decoded_cache_s"] > 0
     assert 0 < line["ingest_incremental_s"] and line["list_s"] > 0

@@ -410,7 +410,11 @@ register_model(config, TrainResult.model_validate_json(open(train_file).read()),
 def test_a_retry_marks_the_run_of_a_killed_registration_failed(
     mlflow_server: str, models: dict[str, Path], model_name: str, tmp_path: Path
 ) -> None:
-    config, train, report = make_config(model_name, mlflow_server), make_train(models["one"], "run-killed"), make_report(20.0)
+    config, train, report = (
+        make_config(model_name, mlflow_server),
+        make_train(models["one"], "run-killed"),
+        make_report(20.0),
+    )
     files = {"config.yaml": yaml.safe_dump(config.user_config().model_dump(mode="json")),
              "train.json": train.model_dump_json(), "report.json": report.model_dump_json()}
     for name, text in files.items():

@@ -139,7 +139,10 @@ def test_a_node_without_credentials_fails_the_run_with_one_line_naming_it(
     assert done.returncode == 1, done.stderr[-3000:]
     message = " ".join(done.stderr.split())  # the CLI wraps long lines
     node_ip = re.escape(ray.util.get_node_ip_address())  # this host: the cluster's only node
-    assert re.search(rf"error: NodeCredentialsError: Ray Train's controller on Ray node {node_ip} "
-                     rf"\(node ID [0-9a-f]{{56}}\) found no AWS credentials for run\.storage_path s3://{s3_bucket}/runs: "
-                     "give every Ray node credentials of its own", message), message[-3000:]
+    assert re.search(
+        rf"error: NodeCredentialsError: Ray Train's controller on Ray node {node_ip} "
+        rf"\(node ID [0-9a-f]{{56}}\) found no AWS credentials for run\.storage_path s3://{s3_bucket}/runs: "
+        "give every Ray node credentials of its own",
+        message,
+    ), message[-3000:]
     assert CREDENTIALS_DOC in message

@@ -3,7 +3,8 @@
 The generator is small (resnet_6blocks, ngf 4) so the test runs in about a minute on 2 CPU cores, yet
 an untiled pass would still blow the budget: its first activations alone are 2 x 4 channels x 64 MP x
 4 B = 2 GiB, and the estimate (``cyclegan_core.inference.memory.forward_bytes``) of the whole pass is 7 GiB. The
-peak RSS of the CLI process (``os.wait4`` in a small launcher: that process and nothing else) must stay under the 2 GiB budget,
+peak RSS of the CLI process (``os.wait4`` in a small launcher: that process and nothing else) must stay under
+the 2 GiB budget,
 interpreter, torch, the decoded input and the encoded output included.
 """
 

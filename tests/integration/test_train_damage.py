@@ -115,7 +115,10 @@ def test_on_s3_damaged_checkpoints_are_named_by_uri_and_the_snapshot_is_set_asid
     point = find_resume_point(storage, "run")
 
     prefix = f"s3://{s3_bucket}/runs/run"
-    assert point.checkpoint is not None and storage.uri(point.checkpoint.path) == f"{prefix}/checkpoint_epoch0001_step00000012"
+    assert (
+        point.checkpoint is not None
+        and storage.uri(point.checkpoint.path) == f"{prefix}/checkpoint_epoch0001_step00000012"
+    )
     assert point.progress.epoch == 1 and not point.ray_latest and not (tmp_path / "pwned").exists()
     (damaged,) = point.damaged
     assert damaged.uri == f"{prefix}/checkpoint_epoch0002_step00000024"

@@ -102,7 +102,9 @@ def cached_model(cache_dir: Path | None, variant: str, key: dict[str, Any], buil
         return model
 
 
-def model_key(net: nn.Module, host: HostIdentity, *, variant: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_key(
+    net: nn.Module, host: HostIdentity, *, variant: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What a cached model depends on: the weights, the CPU and the library versions (not the thread count)."""
     return {"weights": weights_digest(net), "variant": variant, "cpu": host.cpu, "cpu_flags": host.cpu_flags,
             "machine": host.machine, "torch": host.torch, "openvino": host.openvino, **(extra or {})}

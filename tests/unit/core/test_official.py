@@ -61,8 +61,20 @@ def translate_with_the_cli(pth: Path, tmp_path: Path) -> None:
     inputs.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, size=(12, 20, 3), dtype=np.uint8)).save(inputs / "photo.png")
-    result = CliRunner().invoke(app, ["translate", "--model", str(pth), "--backend", "torch", "--precision", "fp32",
-                                      str(inputs), str(tmp_path / "out")])  # backends: tests/integration/test_openvino.py
+    result = CliRunner().invoke(
+        app,
+        [
+            "translate",
+            "--model",
+            str(pth),
+            "--backend",
+            "torch",
+            "--precision",
+            "fp32",
+            str(inputs),
+            str(tmp_path / "out"),
+        ],
+    )  # backends: tests/integration/test_openvino.py
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out" / "photo.png").size == (20, 12)
 

@@ -39,10 +39,13 @@ CPU = torch.device("cpu")
 # --- geometry ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("length", "tile", "overlap", "align"),
-                         [(1000, 256, 64, 4), (512, 256, 64, 4), (260, 256, 8, 4), (2048, 512, 256, 256), (96, 32, 0, 4)])
-def test_spans_cover_the_axis_on_the_grid_with_at_least_the_overlap(length: int, tile: int, overlap: int,
-                                                                    align: int) -> None:
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap", "align"),
+    [(1000, 256, 64, 4), (512, 256, 64, 4), (260, 256, 8, 4), (2048, 512, 256, 256), (96, 32, 0, 4)],
+)
+def test_spans_cover_the_axis_on_the_grid_with_at_least_the_overlap(
+    length: int, tile: int, overlap: int, align: int
+) -> None:
     found = spans(length, tile, overlap, align)
     assert found[0].start == 0 and found[-1].stop == length
     assert all(s.stop - s.start == tile and s.start % align == 0 for s in found)

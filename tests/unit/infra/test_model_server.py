@@ -100,7 +100,9 @@ def test_the_serve_config_is_one_ray_accepts_and_its_application_builds_from_its
 
 
 def test_each_model_replica_fits_a_worker_pod_of_its_kind(rayservice: dict[str, Any]) -> None:
-    settings = ServeSettings.model_validate({"tracking_uri": "x", **serve_config(rayservice)["applications"][0]["args"]})
+    settings = ServeSettings.model_validate(
+        {"tracking_uri": "x", **serve_config(rayservice)["applications"][0]["args"]}
+    )
     cluster = rayservice["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "replicas go to the worker pods"

@@ -104,7 +104,10 @@ def test_an_image_the_budget_cannot_translate_fails_alone_and_is_retried_next_ru
     rows = {row["source"]: row for row in translate.translate_items(items())}
     assert rows["small.png"]["status"] == "translated"
     assert rows["large.png"]["status"] == "error"
-    assert rows["large.png"]["reason"].startswith("MemoryBudgetError: ") and "raise the budget" in rows["large.png"]["reason"]
+    assert (
+        rows["large.png"]["reason"].startswith("MemoryBudgetError: ")
+        and "raise the budget" in rows["large.png"]["reason"]
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]  # nothing quarantined or half-written
 
 

@@ -62,36 +62,63 @@ def test_verbose_lets_the_traceback_through() -> None:
     assert "error: " not in result.output  # not turned into the one-line error
 
 
-@pytest.mark.parametrize("args", [["translate", "in", "out"], ["translate", "--model", "m", "i", "o", "--batch-size", "0"],
-                                  ["no-such-command"]])
+@pytest.mark.parametrize(
+    "args",
+    [["translate", "in", "out"], ["translate", "--model", "m", "i", "o", "--batch-size", "0"], ["no-such-command"]],
+)
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == ExitCode.USAGE
     assert "error: " not in result.output  # typer's own usage message, not the catch-all line
 
 
-@pytest.mark.parametrize(("args", "code", "fragment"), [
-    (["train", "--config", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
-    (["run", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
-    (["train", "--config", "missing.yaml", "--set", "no-equals"], ExitCode.USAGE, "--set expects KEY=VALUE"),
-    (["run", "missing.yaml", "--set", "train.lr=[1"], ExitCode.USAGE, "--set value '[1' is not valid YAML"),
-    (["upload", "missing-folder", "s3://bucket/prefix"], ExitCode.REFUSED, "cannot upload missing-folder: not a folder"),
-    (["ingest", "bucket/prefix"], ExitCode.REFUSED, "expected an S3 URI like s3://bucket/prefix"),
-    (["translate", "--model", "m", "in", "out", "--direction", "AB"], ExitCode.USAGE, "--direction must be one of"),
-    (["translate", "--model", "m", "in", "out", "--precision", "int4"], ExitCode.USAGE,
-     "--precision must be one of auto, fp32, bf16, fp16, int8, got 'int4'"),
-    (["translate", "--model", "m", "in", "out", "--backend", "onnxruntime"], ExitCode.USAGE,
-     "--backend must be one of auto, torch, openvino, got 'onnxruntime'"),
-    (["translate", "--model", "m", "in", "out", "--backend", "torch", "--precision", "int8"], ExitCode.USAGE,
-     "backend torch computes fp32, bf16, fp16, not int8; int8 needs backend openvino"),
-    (["translate", "--model", "m", "in", "out", "--backend", "openvino", "--precision", "fp16"], ExitCode.USAGE,
-     "backend openvino computes fp32, bf16, int8, not fp16; fp16 needs backend torch"),
-    (["translate", "--model", "m", "s3://b/in", "s3://b/out", "--precision", "int8"], ExitCode.USAGE,
-     "--precision int8 translates local files"),
-    (["translate", "--model", "m", "missing-input", "out"], ExitCode.REFUSED, "input missing-input does not exist"),
-    (["evaluate", "--model", "m", "--data", "missing-data", "--out", "o"], ExitCode.REFUSED,
-     "missing-data/testA holds no test images"),
-])
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["train", "--config", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
+        (["run", "missing.yaml"], ExitCode.REFUSED, "cannot read pipeline config missing.yaml"),
+        (["train", "--config", "missing.yaml", "--set", "no-equals"], ExitCode.USAGE, "--set expects KEY=VALUE"),
+        (["run", "missing.yaml", "--set", "train.lr=[1"], ExitCode.USAGE, "--set value '[1' is not valid YAML"),
+        (
+            ["upload", "missing-folder", "s3://bucket/prefix"],
+            ExitCode.REFUSED,
+            "cannot upload missing-folder: not a folder",
+        ),
+        (["ingest", "bucket/prefix"], ExitCode.REFUSED, "expected an S3 URI like s3://bucket/prefix"),
+        (["translate", "--model", "m", "in", "out", "--direction", "AB"], ExitCode.USAGE, "--direction must be one of"),
+        (
+            ["translate", "--model", "m", "in", "out", "--precision", "int4"],
+            ExitCode.USAGE,
+            "--precision must be one of auto, fp32, bf16, fp16, int8, got 'int4'",
+        ),
+        (
+            ["translate", "--model", "m", "in", "out", "--backend", "onnxruntime"],
+            ExitCode.USAGE,
+            "--backend must be one of auto, torch, openvino, got 'onnxruntime'",
+        ),
+        (
+            ["translate", "--model", "m", "in", "out", "--backend", "torch", "--precision", "int8"],
+            ExitCode.USAGE,
+            "backend torch computes fp32, bf16, fp16, not int8; int8 needs backend openvino",
+        ),
+        (
+            ["translate", "--model", "m", "in", "out", "--backend", "openvino", "--precision", "fp16"],
+            ExitCode.USAGE,
+            "backend openvino computes fp32, bf16, int8, not fp16; fp16 needs backend torch",
+        ),
+        (
+            ["translate", "--model", "m", "s3://b/in", "s3://b/out", "--precision", "int8"],
+            ExitCode.USAGE,
+            "--precision int8 translates local files",
+        ),
+        (["translate", "--model", "m", "missing-input", "out"], ExitCode.REFUSED, "input missing-input does not exist"),
+        (
+            ["evaluate", "--model", "m", "--data", "missing-data", "--out", "o"],
+            ExitCode.REFUSED,
+            "missing-data/testA holds no test images",
+        ),
+    ],
+)
 def test_bad_inputs_are_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
                                             code: ExitCode, fragment: str) -> None:
     monkeypatch.chdir(tmp_path)

@@ -136,7 +136,9 @@ def test_prefect_yaml_declares_the_two_deployments_and_the_nightly_cron():
     import yaml
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[3] / "prefect.yaml").read_text())
-    deployments = {d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "pipelines/flows/train.py:train_cyclegan"}
+    deployments = {
+        d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "pipelines/flows/train.py:train_cyclegan"
+    }
     assert set(deployments) == {"manual", "nightly"}
     for deployment in deployments.values():
         assert deployment["entrypoint"] == "pipelines/flows/train.py:train_cyclegan"

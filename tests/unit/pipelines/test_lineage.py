@@ -35,6 +35,8 @@ def test_characters_prefect_refuses_in_a_key_are_replaced() -> None:
 
 
 def test_metadata_outside_a_materializing_task_is_a_no_op() -> None:
-    dataset = DatasetRef(uri="s3://b/p", root=Path("/c"), manifest=Path("/c/m.json"), version="v1", counts={"trainA": 3})
+    dataset = DatasetRef(
+        uri="s3://b/p", root=Path("/c"), manifest=Path("/c/m.json"), version="v1", counts={"trainA": 3}
+    )
     assert dataset_metadata(dataset) == {"version": "v1", "counts": {"trainA": 3}, "quarantined": 0}
     record_metadata(dataset_asset(dataset.uri), dataset_metadata(dataset))  # a plain call: nothing to record into

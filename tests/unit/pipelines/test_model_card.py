@@ -11,9 +11,12 @@ from pipelines.registry.model_card import card_markdown, card_tags, fid_protocol
 CONFIG = resolve(PipelineConfig(dataset_uri="s3://bucket/synth", registry=RegistrySettings(model_name="m")), env={})
 TRAIN = TrainResult(run_name="cyclegan-ab", checkpoint_uri="/ckpt/c2", generators_dir=Path("/g"), dataset_version="v1",
                     dataset_uri="s3://bucket/synth", fingerprint=CONFIG.fingerprint, steps=6, epochs=2, best_epoch=1)
-SKIPPED = EvalReport(metrics={"psnr_AtoB": 21.0, "psnr_identity_AtoB": 18.5, "n_images_A": 6.0},
-                     primary_metric="psnr_AtoB", primary_value=21.0,
-                     skipped={"fid_AtoB": "no Inception weights configured", "kid_AtoB": "no Inception weights configured"})
+SKIPPED = EvalReport(
+    metrics={"psnr_AtoB": 21.0, "psnr_identity_AtoB": 18.5, "n_images_A": 6.0},
+    primary_metric="psnr_AtoB",
+    primary_value=21.0,
+    skipped={"fid_AtoB": "no Inception weights configured", "kid_AtoB": "no Inception weights configured"},
+)
 SCORED = EvalReport(metrics={"psnr_AtoB": 21.0, "fid_AtoB": 40.0, "n_images_A": 6.0, "n_images_B": 5.0},
                     primary_metric="fid_AtoB", primary_value=40.0)
 
@@ -31,7 +34,8 @@ def test_card_tags_carry_best_epoch_baseline_code_version_and_skip_reasons() -> 
     assert tags["code_version"].startswith("cyclegan-pipeline ") and tags["code_version"].endswith("git abc123")
     assert tags["fid_protocol"] == "skipped: no Inception weights configured"
     assert tags["skipped.fid_AtoB"] == "no Inception weights configured"
-    assert card_tags(CONFIG, TRAIN.model_copy(update={"best_epoch": None}), SKIPPED, git_sha="x")["best_epoch"] == "last (2)"
+    no_best = TRAIN.model_copy(update={"best_epoch": None})
+    assert card_tags(CONFIG, no_best, SKIPPED, git_sha="x")["best_epoch"] == "last (2)"
 
 
 def test_fid_protocol_names_weights_preprocessing_and_counts() -> None:
