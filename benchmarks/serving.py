@@ -7,7 +7,9 @@ artifact folder), then starts both servers on loopback from that registry:
 
 - ``cyclegan serve --model NAME`` with the replica settings given here (its local Ray, one replica by
   default with all this machine's CPUs as torch threads, batches of up to ``--max-batch-size``);
-- ``mlflow models serve -m models:/NAME/1 --env-manager local`` (one worker: torch takes all CPUs).
+- ``mlflow models serve -m models:/NAME/1 --env-manager local`` (one worker, all CPUs), its backend and
+  precision from ``--mlflow-backend`` / ``--mlflow-precision`` (``CYCLEGAN_BACKEND`` / ``CYCLEGAN_PRECISION``;
+  ``torch fp32`` is what it served before the fast CPU path).
 
 For each image size and client count, each server gets ``--warmup`` requests, then ``--clients``
 threads post MLflow's scoring JSON (one random-noise PNG per request, the same for both servers)
@@ -83,7 +85,8 @@ def register(root: Path, config: ModelConfig) -> str:
     client = MlflowClient(uri, uri)
     experiment = client.create_experiment("bench-serving", artifact_location=(root / "artifacts").as_uri())
     run = client.create_run(experiment)
-    model_uri = log_pyfunc(run.info.run_id, generators, tracking_uri=uri)
+    logged = client.create_logged_model(experiment, name="bench-serving", source_run_id=run.info.run_id)
+    model_uri = log_pyfunc(logged.model_id, generators, tracking_uri=uri)
     client.set_terminated(run.info.run_id)
     client.create_registered_model(MODEL)
     with global_tracking_uri(uri):  # SQLite's registry resolves a models:/<model_id> source through it
@@ -181,6 +184,8 @@ def main() -> None:
     parser.add_argument("--ngf", type=int, default=64)
     parser.add_argument("--backend", default="auto", help="cyclegan serve --backend")
     parser.add_argument("--precision", default="auto", help="cyclegan serve --precision")
+    parser.add_argument("--mlflow-backend", default="auto", help="mlflow models serve's CYCLEGAN_BACKEND")
+    parser.add_argument("--mlflow-precision", default="auto", help="mlflow models serve's CYCLEGAN_PRECISION")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait-s", type=float, default=0.01)
     parser.add_argument("--replica-cpus", type=float, default=None, help="default: cyclegan serve's (CPUs / replicas)")
@@ -190,7 +195,9 @@ def main() -> None:
 
     config = ModelConfig(generator=args.generator, ngf=args.ngf)
     common = {"bench": "serving", "generator": args.generator, "ngf": args.ngf, "backend": args.backend,
-              "precision": args.precision, "max_batch_size": args.max_batch_size, "min_replicas": args.min_replicas,
+              "precision": args.precision, "mlflow_backend": args.mlflow_backend,
+              "mlflow_precision": args.mlflow_precision, "max_batch_size": args.max_batch_size,
+              "min_replicas": args.min_replicas,
               "max_replicas": args.max_replicas, "replica_cpus": args.replica_cpus}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as folder:
         root = Path(folder)
@@ -208,7 +215,9 @@ def main() -> None:
         theirs_cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/1", "--env-manager", "local",
                       "-h", "127.0.0.1", "-p", str(theirs_port)]
         with server(ours_cmd, env, root / "cyclegan-serve.log", f"http://127.0.0.1:{ours_port}") as ours, \
-                server(theirs_cmd, env, root / "mlflow-serve.log", f"http://127.0.0.1:{theirs_port}") as theirs:
+                server(theirs_cmd, {**env, "CYCLEGAN_BACKEND": args.mlflow_backend,
+                                    "CYCLEGAN_PRECISION": args.mlflow_precision}, root / "mlflow-serve.log",
+                       f"http://127.0.0.1:{theirs_port}") as theirs:
             for size in args.sizes:
                 body = request_body(size)
                 for clients in args.clients:

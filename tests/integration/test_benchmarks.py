@@ -184,3 +184,27 @@ def test_backend_quality_compares_every_backend_with_torch_fp32_on_the_task_metr
     assert lines[0]["vs_fp32_paired_db"] == 0 and lines[0]["output_vs_fp32_db"] is None
     assert all(line["images"] == 3 and line["paired_psnr_db"] > 0 for line in lines)
     assert lines[3]["calibration_images"] == 2
+
+
+def test_serving_benchmark_registers_a_version_mlflow_can_load(tmp_path: Path) -> None:
+    """The serving benchmark's throwaway registry (its servers are the slow part, left to the benchmark)."""
+    import io
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from cyclegan_core.config import ModelConfig
+    from pipelines.registry.pyfunc import tiny_png
+    from pipelines.tracking.session import global_tracking_uri
+
+    serving = load_script("serving.py")
+    uri = serving.register(tmp_path, ModelConfig(generator="resnet_6blocks", ngf=4))
+    version = MlflowClient(uri, uri).get_model_version_by_alias(serving.MODEL, "champion")
+    assert str(version.version) == "1" and version.source.startswith("models:/")
+    with global_tracking_uri(uri):
+        model = mlflow.pyfunc.load_model(f"models:/{serving.MODEL}/1")
+    (png,) = model.predict(pd.DataFrame({"image": [tiny_png()]}))["image"]
+    assert np.asarray(Image.open(io.BytesIO(png))).shape == (8, 8, 3)
