@@ -225,16 +225,13 @@ def cache_dir_from_env(env: Mapping[str, str]) -> Path | None:
 def inference_choice_from_env(env: Mapping[str, str]) -> tuple[str, str]:
     """``(CYCLEGAN_BACKEND, CYCLEGAN_PRECISION)``, ``auto`` when unset: how MLflow's loading of the registered
     model (which takes no arguments) picks its backend. A bad value raises ValueError naming the variable."""
-    from cyclegan_core.inference.backends.interface import check_choice
+    from cyclegan_core.inference.backends.interface import check_uncalibrated_choice
 
     backend, precision = env.get("CYCLEGAN_BACKEND") or "auto", env.get("CYCLEGAN_PRECISION") or "auto"
     try:
-        check_choice(backend, precision)
+        check_uncalibrated_choice(backend, precision, lacking="MLflow's loading has none of")
     except ValueError as exc:
         raise ValueError(f"CYCLEGAN_BACKEND={backend} CYCLEGAN_PRECISION={precision}: {exc}") from None
-    if precision == "int8":
-        raise ValueError("CYCLEGAN_PRECISION=int8: int8 calibrates on images of the model's input domain, which "
-                         "MLflow's loading has none of; use auto, fp32 or bf16")
     return backend, precision
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from cyclegan_core.config import StrictModel
+from cyclegan_core.inference.backends.interface import check_uncalibrated_choice
 from cyclegan_core.inference.files import TranslateOptions
 from cyclegan_core.inference.model_source import check_translatable, parse_model_source
 from pipelines.batch.planning import (
@@ -101,9 +102,7 @@ def batch_settings(input_uri: str, output_uri: str, model_uri: str | None = None
     """The settings of a run from its entry's arguments and environment (read here, once). Raises
     ValueError naming a bad URI or option."""
     options = TranslateOptions() if options is None else options
-    if options.precision == "int8":
-        raise ValueError("precision int8 calibrates on images of the job's input domain, which the batch job does "
-                         "not pick for its actors: use auto, fp32 or bf16 (int8: `cyclegan translate` on local files)")
+    check_uncalibrated_choice(options.backend, options.precision, lacking="the batch job does not pick for its actors")
     services = services_from_env(env)
     settings = BatchSettings(
         input_uri=input_uri,

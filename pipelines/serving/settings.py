@@ -8,14 +8,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from cyclegan_core.config import StrictModel
-from cyclegan_core.inference.backends.interface import BACKENDS, PRECISIONS, check_choice
+from cyclegan_core.inference.backends.interface import BACKENDS, PRECISIONS, check_uncalibrated_choice
 
-# what a replica may be asked for: int8 calibrates on images of the model's input domain, which a server
-# does not have before its first request
-SERVE_PRECISIONS = tuple(precision for precision in PRECISIONS if precision != "int8")
 # Serve application names: the front (HTTP routes + the rollout watcher) and the model replicas, which
 # the watcher redeploys for each version (a separate application, so a switch never restarts the front).
 MODEL_APP_SUFFIX = "-model"
@@ -40,7 +37,7 @@ class ServeSettings(StrictModel):
     # the model replicas
     backend: str = Field("auto", description=f"inference backend: {', '.join(BACKENDS)}")
     precision: str = Field("auto", description="auto: measured on the replica's machine (bf16 on CUDA); "
-                                               f"{', '.join(SERVE_PRECISIONS[1:])}")
+                                               f"{', '.join(p for p in PRECISIONS[1:] if p != 'int8')}")
     cache_dir: Path | None = Field(None, description="where replicas keep the measured auto decision and converted "
                                                      "OpenVINO models (None: each node's ~/.cache/cyclegan)")
     min_replicas: int = Field(1, ge=1, description="model replicas kept running")
@@ -58,28 +55,12 @@ class ServeSettings(StrictModel):
     # the HTTP front
     max_body_bytes: int = Field(64 * 2**20, ge=1, description="request bodies over this are refused (413)")
 
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if value not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {value!r}")
-        return value
-
-    @field_validator("precision")
-    @classmethod
-    def _served_precision(cls, value: str) -> str:
-        if value == "int8":
-            raise ValueError("precision int8 calibrates on images of the model's input domain, which a server does "
-                             "not have: use auto, fp32 or bf16 (int8: `cyclegan translate` on local files)")
-        if value not in SERVE_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(SERVE_PRECISIONS)}, got {value!r}")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> ServeSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})")
-        check_choice(self.backend, self.precision)
+        # a server has no images of the model's input domain before its first request
+        check_uncalibrated_choice(self.backend, self.precision, lacking="a server does not have")
         if self.backend == "openvino" and self.replica_gpus > 0:
             raise ValueError("backend openvino runs on the CPU; replica_gpus > 0 needs backend torch or auto")
         return self

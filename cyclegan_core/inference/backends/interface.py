@@ -51,3 +51,13 @@ def check_choice(backend: str, precision: str) -> None:
         able = [name for name, precisions in BACKEND_PRECISIONS.items() if precision in precisions]
         raise ValueError(f"backend {backend} computes {', '.join(BACKEND_PRECISIONS[backend])}, not {precision}; "
                          f"{precision} needs backend {' or '.join(able)}")
+
+
+def check_uncalibrated_choice(backend: str, precision: str, *, lacking: str) -> None:
+    """``check_choice`` at an entry that has no calibration images (a server, MLflow's loading, the batch
+    job's actors): int8 is refused there with why; ``lacking`` finishes "images of the model's input
+    domain, which ..."."""
+    check_choice(backend, precision)
+    if precision == "int8":
+        raise ValueError(f"precision int8 calibrates on images of the model's input domain, which {lacking}: use "
+                         "auto, fp32 or bf16 (int8: `cyclegan translate` on local files)")

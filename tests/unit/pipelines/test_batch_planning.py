@@ -82,3 +82,9 @@ def test_neighbouring_prefixes_do_not_overlap_and_the_model_defaults_to_the_cham
     assert settings.model_uri == "models:/cyclegan@champion" and settings.services.tracking_uri == "http://m"
     with pytest.raises(ValueError, match="direction"):
         batch_settings("s3://b/in", "s3://b/out", None, env={}, options=translate_options(direction="sideways"))
+
+
+def test_int8_is_refused_by_the_batch_job_saying_why():
+    with pytest.raises(ValueError, match="precision int8 calibrates on images of the model's input domain, which the "
+                                         "batch job does not pick for its actors"):
+        batch_settings("s3://b/in", "s3://b/out", None, env={}, options=translate_options(precision="int8"))
