@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,6 +187,37 @@ def _start_ray_node(cmd: list[str], env: dict[str, str], log_path: Path) -> subp
 class RayCluster(NamedTuple):
     env: dict[str, str]  # what a driver needs: RAY_ADDRESS (the GCS), RAY_AUTH_*, a private HOME
     client_address: str  # ray://127.0.0.1:<port> of the head's Ray Client server
+    logs: Path  # the head's session logs
+
+    def client_server_logs(self, tail: int = 40) -> str:
+        """The last lines of the head's Ray Client server logs (proxy and per-client servers), for a failure's
+        message: Ray Client reports a server-side failure as one line, the reason is in these files."""
+        parts = []
+        for path in sorted(self.logs.glob("ray_client_server*")):
+            lines = path.read_text(errors="replace").splitlines()[-tail:]
+            if lines:
+                parts.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(parts) or f"(no Ray Client server logs in {self.logs})"
+
+
+CLIENT_PROBE = "import ray, sys; ray.init(address=sys.argv[1]); print(ray.cluster_resources()['CPU'])"
+
+
+def _check_client_server(cluster: RayCluster, attempts: int = 3) -> None:
+    """Connect through the head's Ray Client server once, so a test starts on a cluster that serves ray://
+    sessions. A failed attempt is reported as a warning with the server's logs; after ``attempts`` of them
+    the cluster is unusable and the fixture fails with those logs."""
+    env = cluster.env | {"RAY_ADDRESS": cluster.client_address}
+    for attempt in range(1, attempts + 1):
+        probe = subprocess.run([sys.executable, "-c", CLIENT_PROBE, cluster.client_address], env=env,
+                               capture_output=True, text=True, timeout=180, check=False)
+        if probe.returncode == 0:
+            return
+        report = (f"Ray Client session {attempt}/{attempts} failed:\n{probe.stderr[-2000:]}\n"
+                  f"{cluster.client_server_logs()}")
+        if attempt == attempts:
+            raise RuntimeError(report)
+        warnings.warn(report, stacklevel=2)
 
 
 @contextmanager
@@ -216,7 +248,10 @@ def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1,
         for index in range(1, nodes):
             processes.append(_start_ray_node([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env,
                                              home / f"ray-node-{index}.log"))
-        yield RayCluster(env | {"RAY_ADDRESS": f"127.0.0.1:{port}"}, f"ray://127.0.0.1:{client_port}")
+        cluster = RayCluster(env | {"RAY_ADDRESS": f"127.0.0.1:{port}"}, f"ray://127.0.0.1:{client_port}",
+                             temp_dir / "session_latest" / "logs")
+        _check_client_server(cluster)
+        yield cluster
     finally:
         for process in reversed(processes):
             _stop_process_group(process, timeout_s=5)  # Ray drains for up to 30 s on SIGTERM; nothing to drain

@@ -97,6 +97,12 @@ def pil_mode(channels: int, direction: str) -> str:
     return "L" if channels == 1 else "RGB"
 
 
+def in_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in PIL ``mode``: itself when it is in that mode already (``convert`` would copy it, 256 MiB
+    for a 64-megapixel RGB image)."""
+    return image if image.mode == mode else image.convert(mode)
+
+
 def by_size(images: Sequence[Image.Image]) -> dict[tuple[int, int], list[int]]:
     """The indices of ``images`` grouped by (width, height), in first-seen order: one size, one batch."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -284,12 +290,12 @@ class Translator:
             per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
             if per_image > self._free_memory():
                 for i in indices:
-                    results[i] = self._translate_pil_by_tiles(images[i].convert(mode), direction, precision,
+                    results[i] = self._translate_pil_by_tiles(in_mode(images[i], mode), direction, precision,
                                                               per_image)
                 continue
             for start in range(0, len(indices), batch_size):
                 group = indices[start:start + batch_size]
-                batch = torch.stack([pil_to_tensor(images[i].convert(mode)) for i in group])
+                batch = torch.stack([pil_to_tensor(in_mode(images[i], mode)) for i in group])
                 out = self.translate_tensor(batch, direction=direction, batch_size=batch_size, precision=precision)
                 for i, tensor in zip(group, out, strict=True):
                     results[i] = tensor_to_pil(tensor)

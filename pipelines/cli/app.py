@@ -55,8 +55,16 @@ class CycleganGroup(TyperGroup):
         except Exception as exc:
             if ctx.meta.get(_VERBOSE):
                 raise
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            fail(f"{type(exc).__name__}: {first_line} (`cyclegan --verbose ...` shows the traceback)")
+            fail(f"{type(exc).__name__}: {one_line(str(exc))} (`cyclegan --verbose ...` shows the traceback)")
+
+
+def one_line(message: str) -> str:
+    """The first line of ``message``; a first line ending in ':' announces what follows (Ray Client's
+    "Initialization failure from server:" and the server's traceback), so the last line is added."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 app = typer.Typer(

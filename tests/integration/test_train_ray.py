@@ -323,7 +323,7 @@ def test_two_node_cluster_needs_s3_storage_and_trains_across_nodes(
     client_env = env | {"RAY_ADDRESS": ray_two_nodes.client_address}
     done = subprocess.run([cyclegan, "train", "--config", str(config_file), "--json"], env=client_env,
                           capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, f"{done.stderr[-3000:]}\n{ray_two_nodes.client_server_logs()}"
     assert f"connecting to the Ray cluster at {ray_two_nodes.client_address}" in done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     (epoch,) = result["history"]

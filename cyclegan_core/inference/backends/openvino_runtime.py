@@ -36,6 +36,7 @@ from cyclegan_core.inference.tiling import TileNet
 from cyclegan_core.inference.translator import (
     Translator,
     by_size,
+    in_mode,
     pad_to_multiple,
     pil_mode,
     pil_to_tensor,
@@ -211,7 +212,7 @@ class OpenVinoTranslator:
             step = max(1, min(batch_size, free // per_image))
             for start in range(0, len(indices), step):
                 group = indices[start:start + step]
-                batch = torch.stack([pil_to_tensor(images[i].convert(mode)) for i in group])
+                batch = torch.stack([pil_to_tensor(in_mode(images[i], mode)) for i in group])
                 for i, tensor in zip(group, self._translate_group(batch, direction), strict=True):
                     results[i] = tensor_to_pil(tensor)
         return [image for image in results if image is not None]

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from cyclegan_core.inference.backends.libraries import import_nncf, signal_stack_kept
-from cyclegan_core.inference.translator import pad_to_multiple, pil_to_tensor
+from cyclegan_core.inference.translator import in_mode, pad_to_multiple, pil_to_tensor
 
 CALIBRATION_IMAGES = 8
 CALIBRATION_SIDE = 512
@@ -30,7 +30,7 @@ def calibration_arrays(images: Sequence[Image.Image], *, channels: int, multiple
         width, height = image.size
         crop_w, crop_h = min(width, CALIBRATION_SIDE), min(height, CALIBRATION_SIDE)
         left, top = (width - crop_w) // 2, (height - crop_h) // 2
-        tensor = pil_to_tensor(image.convert(mode).crop((left, top, left + crop_w, top + crop_h)))
+        tensor = pil_to_tensor(in_mode(image, mode).crop((left, top, left + crop_w, top + crop_h)))
         arrays.append(pad_to_multiple(tensor[None], multiple)[0].numpy())
     return arrays
 

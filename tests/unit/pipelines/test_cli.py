@@ -40,6 +40,12 @@ def boom_app() -> typer.Typer:
         raise RuntimeError("lost the thread\nsecond line of detail")
 
     @boom.command()
+    def refused() -> None:  # Ray Client's message when the server fails to start a session
+        raise ConnectionAbortedError("Initialization failure from server:\nTraceback (most recent call last):\n"
+                                     '  File "proxier.py", line 778, in Datapath\n'
+                                     "RuntimeError: Proxy failed to Connect to backend!\n")
+
+    @boom.command()
     def other() -> None:
         pass
 
@@ -50,6 +56,14 @@ def test_an_unexpected_exception_is_one_line_and_exit_1() -> None:
     code, lines = invoke("explode", target=boom_app())
     assert code == ExitCode.FAILED
     assert lines == ["error: RuntimeError: lost the thread (`cyclegan --verbose ...` shows the traceback)"]
+
+
+def test_a_message_announcing_its_detail_keeps_the_last_line() -> None:
+    code, lines = invoke("refused", target=boom_app())
+    assert code == ExitCode.FAILED
+    expected = ("error: ConnectionAbortedError: Initialization failure from server: RuntimeError: Proxy failed to "
+                "Connect to backend! (`cyclegan --verbose ...` shows the traceback)")
+    assert lines == [expected]
 
 
 def test_verbose_lets_the_traceback_through() -> None:
