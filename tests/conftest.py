@@ -26,6 +26,14 @@ import pytest
 
 from pipelines.clients.embedded import free_port
 
+# Ray Train's controller polls its workers every 2 s by default; the suite's runs have epochs of a second,
+# and their reports and state changes wait for the poll (test_train_damage, 3 runs: 80 s, 64 s at 0.5 s).
+# Every Ray process the suite starts (in-process, `ray start`, the CLI's local Ray) inherits this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# The `mlflow server`s of the suite run without MLflow 3's job execution: seven Huey consumer processes per
+# server (about 25 s of CPU to start) for GenAI jobs the pipeline never submits (webhooks do not use them).
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
 
 def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
@@ -236,7 +244,9 @@ def ray_cluster(home: Path, *, cpus_per_node: int, nodes: int = 1,
     port, client_port = free_port(), free_port()
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's unix socket paths must stay < 108 chars
     env = {k: v for k, v in clean_ray_env(home).items() if k not in without}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # GRPC_ENABLE_FORK_SUPPORT as infra/ sets it on Ray heads (ray-project/ray#63202: the Ray Client server's
+    # per-session servers, forked from a gRPC process, crash in gRPC's fork handlers now and then)
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "GRPC_ENABLE_FORK_SUPPORT": "false"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
     common = ["--block", f"--num-cpus={cpus_per_node}", "--num-gpus=0", "--node-ip-address=127.0.0.1",
               "--disable-usage-stats"]

@@ -167,6 +167,16 @@ def test_checkpoint_upload_prints_the_blocked_time_of_each_configuration() -> No
     assert line["checkpoint_mb"] > 0 and line["fit_wall_s"] > 0 and line["steps_per_epoch"] == 2
 
 
+def test_reference_model_trains_and_exports_a_model_translate_reads(tmp_path: Path) -> None:
+    from cyclegan_core.inference.translator import Translator
+
+    (line,) = run_script("reference_model.py", str(tmp_path), "--generator", "resnet_6blocks", "--ngf", "4",
+                         "--epochs", "1", "--images", "3", "--size", "32", "--precision", "fp32")
+    assert line["steps"] == 3 and line["train_s"] > 0 and set(line["last_epoch_losses"]) >= {"G_A", "cycle_A"}
+    translator = Translator.from_pretrained(line["model"], device="cpu")
+    assert translator.directions == ("AtoB", "BtoA") and translator.config.ngf == 4
+
+
 def test_backend_quality_compares_every_backend_with_torch_fp32_on_the_task_metric(tmp_path: Path) -> None:
     from cyclegan_core.config import ModelConfig
     from cyclegan_core.data.synthetic import make_synthetic_dataset

@@ -30,7 +30,7 @@ from cyclegan_core.inference.backends.interface import QUALITY_BOUND_DB
 logger = logging.getLogger(__name__)
 
 FORMAT = "cyclegan-auto-decision"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a translate decision's PSNR is the worst of several probe scenes
 DECISIONS_FOLDER = "decisions"
 Kind = Literal["translate", "train"]
 MARGIN = 1.1  # another path must beat the exact one by more than this factor to replace it

@@ -22,12 +22,14 @@ from cyclegan_core.config import ModelConfig
 from cyclegan_core.inference.backends import openvino_runtime
 from cyclegan_core.inference.backends.decision import NoCandidate, choose, decide, explain
 from cyclegan_core.inference.backends.host import HostIdentity, this_host
-from cyclegan_core.inference.backends.interface import TranslatorLike, check_choice
+from cyclegan_core.inference.backends.interface import QUALITY_BOUND_DB, TranslatorLike, check_choice
 from cyclegan_core.inference.backends.probe import (
     PROBE_SIZE,
+    QUALITY_SCENES,
     ROUNDS,
     TRAIN_PROBE_BATCH,
     TRAIN_PROBE_SIZE,
+    TRANSLATE_BOUND_DB,
     train_candidates,
     translate_candidates,
 )
@@ -86,18 +88,20 @@ def with_backend(translator: Translator, *, backend: str = "auto", precision: st
         return _build(translator, backend, precision, reason, cache_dir=cache_dir, host=host, calibration=calibration)
     decision, source = decide(
         cache_dir, kind="translate", host=host, architecture=architecture(translator.config),
-        probe=f"{PROBE_SIZE}x{PROBE_SIZE}, batch 1, fastest of {ROUNDS} calls after a warm-up",
+        probe=(f"{PROBE_SIZE}x{PROBE_SIZE}, batch 1, fastest of {ROUNDS} calls after a warm-up; the worst PSNR of "
+               f"{QUALITY_SCENES} scenes: {TRANSLATE_BOUND_DB:g} dB here keeps {QUALITY_BOUND_DB:g} dB at 4x the side"),
         measure=lambda: translate_candidates(translator, host=host, cache_dir=cache_dir))
     try:
-        choice = choose(decision.measurements, backend=backend, precision=precision)
+        choice = choose(decision.measurements, backend=backend, precision=precision, bound_db=TRANSLATE_BOUND_DB)
     except NoCandidate as exc:  # OpenVINO asked for but not measurable here
         fallback = "fp32" if precision == "auto" else precision
         logger.warning("%s: translating with torch %s", exc, fallback)
         return _torch(translator, fallback, f"{backend} could not run here")
-    reason = explain(choice, decision, source, backend=backend, precision=precision)
+    reason = explain(choice, decision, source, backend=backend, precision=precision, bound_db=TRANSLATE_BOUND_DB)
     logger.info("translating with %s (%s)", choice.label, reason)
     fallback = choose(decision.measurements, backend="torch",  # should OpenVINO fail: the fastest torch path
-                      precision=precision if precision in ("fp32", "bf16") else "auto").precision
+                      precision=precision if precision in ("fp32", "bf16") else "auto",
+                      bound_db=TRANSLATE_BOUND_DB).precision
     return _build(translator, choice.backend, choice.precision, reason, cache_dir=cache_dir, host=host,
                   calibration=calibration, fallback=fallback)
 

@@ -184,3 +184,39 @@ def test_on_cuda_auto_is_torch_bf16_without_measuring_and_openvino_is_refused(tm
     for backend, precision in (("openvino", "auto"), ("auto", "int8")):
         with pytest.raises(ValueError, match="backend openvino runs on the CPU"):
             with_backend(on_cuda(), backend=backend, precision=precision, cache_dir=tmp_path)
+
+
+def test_a_translate_probe_counts_its_worst_scene() -> None:
+    """bf16's error depends on the content: the PSNR a candidate gets is its worst over the probe scenes."""
+    import torch
+
+    from cyclegan_core.inference.backends.probe import QUALITY_SCENES, measurements, probe_inputs
+
+    scenes = probe_inputs(3, 64)
+    assert len(scenes) == QUALITY_SCENES and all(s.shape == (1, 3, 64, 64) for s in scenes)
+    assert all(not torch.equal(scenes[0], other) for other in scenes[1:]), "different scenes"
+    reference = [torch.zeros(1, 3, 8, 8) for _ in range(3)]
+    close, off = torch.full((1, 3, 8, 8), 0.002), torch.full((1, 3, 8, 8), 0.02)  # 60 dB, 40 dB
+    outputs = {("torch", "fp32"): reference, ("openvino", "bf16"): [close, off, close]}
+    by_label = {m.label: m for m in measurements(outputs, {name: 0.1 for name in outputs}, ("torch", "fp32"))}
+    assert by_label["torch fp32"].psnr_db is None
+    assert by_label["openvino bf16"].psnr_db == 40.0
+
+
+def test_translation_keeps_an_allowance_for_images_larger_than_the_probe(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path 41 dB from fp32 on the 256² probe drops below 40 dB on 1024² images (about 1.5 dB per doubling
+    of the side): translation's auto asks the probe for 43 dB and keeps fp32 here; training's bound is 40."""
+    from cyclegan_core.config import ModelConfig
+    from cyclegan_core.inference.backends import loading
+    from cyclegan_core.inference.translator import Translator
+    from cyclegan_core.networks import generator_from_config
+
+    marginal = [TABLE[0], Measurement(backend="torch", precision="bf16", ms=120.0, psnr_db=41.5),
+                Measurement(backend="openvino", precision="bf16", ms=100.0, psnr_db=41.0)]
+    monkeypatch.setattr(loading, "translate_candidates", lambda *args, **kwargs: list(marginal))
+    config = ModelConfig(generator="resnet_6blocks", ngf=4)
+    chosen = loading.with_backend(Translator(generator_from_config(config), None, config), cache_dir=tmp_path)
+    assert isinstance(chosen, Translator) and chosen.precision == "fp32"
+    assert "within 43 dB of fp32" in chosen.reason and "40 dB at 4x the side" in chosen.reason
+    assert choose(marginal).label == "openvino bf16"  # the 40 dB bound (training's) would take it
