@@ -4,7 +4,7 @@ translate`` read.
 
 Random weights make a poor stand-in for a champion when precision is the question: an untrained ResNet's
 residual stream grows block after block and bf16 outputs of a random resnet_9blocks fall 34-43 dB from
-fp32's, where the same network after 300 steps is 56-59 dB from them (benchmarks/README.md, "Fast CPU
+fp32's, where the same network after 300 steps is 55-59 dB from them (benchmarks/README.md, "Fast CPU
 translation"). bf16 autocast trains it (the measured ``auto`` of this project's hosts), at ``--size`` px
 crops of ``--images`` images per domain, batch 1.
 

@@ -167,6 +167,19 @@ def test_checkpoint_upload_prints_the_blocked_time_of_each_configuration() -> No
     assert line["checkpoint_mb"] > 0 and line["fit_wall_s"] > 0 and line["steps_per_epoch"] == 2
 
 
+def test_bf16_by_scene_gives_each_scene_and_size_its_psnr(tmp_path: Path) -> None:
+    from cyclegan_core.config import ModelConfig
+    from cyclegan_core.inference.translator import Translator
+    from cyclegan_core.networks import generator_from_config
+
+    cfg = ModelConfig(generator="resnet_6blocks", ngf=4)
+    model = Translator(generator_from_config(cfg), None, cfg).save_pretrained(tmp_path / "model")
+    lines = run_script("bf16_by_scene.py", "--model", str(model), "--sizes", "32", "64", "--scenes", "2")
+    assert [(line["size"], line["scene"]) for line in lines] == [(32, 0), (32, 1), (64, 0), (64, 1)]
+    assert all(20 < line["torch_bf16_db"] < 99 and 20 < line["openvino_bf16_db"] < 99 for line in lines)
+    assert lines[0]["torch_bf16_db"] != lines[1]["torch_bf16_db"], "different scenes, different errors"
+
+
 def test_reference_model_trains_and_exports_a_model_translate_reads(tmp_path: Path) -> None:
     from cyclegan_core.inference.translator import Translator
 
