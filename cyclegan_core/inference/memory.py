@@ -5,11 +5,13 @@ CPU, memory allocated by torch on CUDA. What the process already holds counts ag
 translation gets the rest. Its default is what the process holds plus half of what the machine has
 available (``MemAvailable``; free device memory on CUDA) when the translation starts.
 
-``forward_bytes`` is the peak extra memory of one fp32 forward pass without autograd, per pixel of
-the (padded) input and linear in ``ngf``, calibrated from the peak RSS of subprocesses on CPU (see
-benchmarks/README.md "Tiled inference"): measured peaks were 14-17 bytes per pixel per ngf for the
-ResNet generators, 7-10 for the U-Nets and 54-58 for the AdaLIN generator (which keeps instance- and
-layer-normalised copies of its decoder activations); the coefficients below round these up.
+``forward_bytes`` is the peak extra memory of one forward pass without autograd, per pixel of the
+(padded) input and linear in ``ngf``, calibrated from the peak RSS of subprocesses on CPU (see
+benchmarks/README.md "Tiled inference"): measured peaks in fp32 were 14-17 bytes per pixel per ngf for
+the ResNet generators, 7-10 for the U-Nets and 54-58 for the AdaLIN generator (which keeps instance- and
+layer-normalised copies of its decoder activations). A bf16 pass on CPU (autocast, channels_last) holds
+more for the ResNets, up to 27 bytes per pixel per ngf: instance norm runs in fp32 between bf16
+convolutions, so each block keeps both. The coefficients below round these up.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from pathlib import Path
 import torch
 
 from cyclegan_core.config import ModelConfig
+from cyclegan_core.precision import ResolvedPrecision
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 # bytes per input pixel: ngf * slope + intercept (the intercept covers the 3-channel input, its padded
-# copy and the output)
+# copy and the output); bf16 differs from fp32 for the ResNets only (U-Nets measured 4, AdaLIN 53 in bf16)
 _PER_PIXEL = {"resnet": (18, 48), "unet": (11, 48), "resnet_unet_adalin": (62, 48)}
+_PER_PIXEL_BF16 = {**_PER_PIXEL, "resnet": (30, 48)}
 _FIXED_BYTES = 64 * 2**20  # allocator and kernel workspaces, measured once per pass
 
 DEFAULT_FRACTION = 0.5
@@ -92,28 +96,35 @@ def default_budget(device: torch.device) -> int:
     return used_bytes(device) + int(DEFAULT_FRACTION * available_bytes(device))
 
 
-def forward_bytes(config: ModelConfig, height: int, width: int, *, batch: int = 1) -> int:
-    """Peak extra memory of an fp32 forward pass of ``config``'s generator on a ``batch`` x C x H x W input."""
+def forward_bytes(config: ModelConfig, height: int, width: int, *, batch: int = 1,
+                  precision: ResolvedPrecision = "fp32") -> int:
+    """Peak extra memory of a forward pass of ``config``'s generator at ``precision`` on a ``batch`` x C x H x W
+    input (fp16 as bf16)."""
     family = ("resnet_unet_adalin" if config.generator == "resnet_unet_adalin"
               else "unet" if config.generator.startswith("unet") else "resnet")
-    slope, intercept = _PER_PIXEL[family]
+    slope, intercept = (_PER_PIXEL if precision == "fp32" else _PER_PIXEL_BF16)[family]
     return batch * height * width * (slope * config.ngf + intercept) + _FIXED_BYTES
 
 
 def band_bytes(tile: int, width: int, channels: int) -> int:
-    """Two row bands of float accumulators (output channels + weight) of ``run_tiled``."""
-    return 2 * (channels + 1) * tile * width * 4
+    """Two row bands of float accumulators (output channels + weight) of ``run_tiled`` and the finished
+    rows' uint8 copy the sink writes."""
+    return (2 * (channels + 1) * 4 + channels) * tile * width
 
 
 def largest_tile(config: ModelConfig, free: int, *, width: int, height: int, channels: int, multiple: int,
-                 minimum: int) -> int:
+                 minimum: int, precision: ResolvedPrecision = "fp32") -> int:
     """The largest square tile side (a multiple of ``multiple``, at least ``minimum``) whose forward pass
-    and band accumulators fit in ``free`` bytes; ``MemoryBudgetError`` when not even ``minimum`` fits."""
+    at ``precision`` and band accumulators fit in ``free`` bytes; ``MemoryBudgetError`` when not even
+    ``minimum`` fits."""
+    def needs(side: int) -> int:
+        return forward_bytes(config, side, side, precision=precision) + band_bytes(side, width, channels)
+
     cap = max(height, width) + multiple
     tile = max(multiple, cap // multiple * multiple)
-    while tile > minimum and (forward_bytes(config, tile, tile) + band_bytes(tile, width, channels) > free):
+    while tile > minimum and needs(tile) > free:
         tile -= multiple
-    needed = forward_bytes(config, minimum, minimum) + band_bytes(minimum, width, channels)
+    needed = needs(minimum)
     if tile <= minimum and needed > free:
         raise MemoryBudgetError(f"{format_bytes(free)} of the memory budget is left for tiles, and the "
                                 f"smallest tile ({minimum} px) of {config.generator} ngf={config.ngf} on a "

@@ -33,7 +33,7 @@ from cyclegan_core.inference.tile_statistics import (
 
 Reader = Callable[[int, int, int, int], torch.Tensor]  # padded rows y0:y1, cols x0:x1 -> 1 x C x h x w float
 TileNet = Callable[[torch.Tensor], torch.Tensor]  # 1 x C x h x w tile -> 1 x C' x h x w output
-Sink = Callable[[int, torch.Tensor], None]  # first padded row, C x h x padded-width finished rows in [-1, 1]
+Sink = Callable[[int, torch.Tensor], None]  # first padded row, C x h x padded-width rows in [-1, 1] (may change them)
 
 
 # --- geometry ------------------------------------------------------------------------------------
@@ -137,8 +137,8 @@ def run_tiled(net: TileNet, read: Reader, plan: TilePlan, write: Sink) -> None:
             acc[:, :row.lead] += carry[0]
             weight[:, :row.lead] += carry[1]
         done = acc.shape[1] - row.trail
-        write(row.start, acc[:, :done] / weight[:, :done])
         carry = (acc[:, done:].clone(), weight[:, done:].clone()) if row.trail else None
+        write(row.start, acc[:, :done].div_(weight[:, :done]))  # in place: a band-sized temporary is ~30 MB
 
 
 # --- reading tiles of a virtually padded image ----------------------------------------------------
@@ -216,8 +216,8 @@ def array_sink(out: np.ndarray) -> Callable[[tuple[int, int, int, int]], Sink]:
         def write(first: int, rows: torch.Tensor) -> None:
             lo, hi = max(first, top), min(first + rows.shape[1], top + height)
             if hi > lo:
-                block = rows[:, lo - first:hi - first, left:left + width]
-                out[lo - top:hi - top] = (block.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+                block = rows[:, lo - first:hi - first, left:left + width]  # rounded in place: no float copies
+                out[lo - top:hi - top] = (block.add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
                                           .permute(1, 2, 0).cpu().numpy())
         return write
     return sink

@@ -254,7 +254,8 @@ class Translator:
         batch = images.unsqueeze(0) if single else images
         height, width = batch.shape[-2:]
         free = self._free_memory()
-        per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
+        per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple,
+                                  precision=resolved)
         if per_image > free:
             result = torch.empty(batch.shape[0], self._output_channels(direction), height, width,
                                  device=images.device)
@@ -285,9 +286,11 @@ class Translator:
         mode = pil_mode(self.input_channels(direction), direction)
         multiple = self.multiple(direction)
         precision = self.precision if precision is None else precision
+        resolved = resolve_precision(precision, self.device)
         results: list[Image.Image | None] = [None] * len(images)
         for (width, height), indices in by_size(images).items():
-            per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple)
+            per_image = forward_bytes(self.config, height + -height % multiple, width + -width % multiple,
+                                      precision=resolved)
             if per_image > self._free_memory():
                 for i in indices:
                     results[i] = self._translate_pil_by_tiles(in_mode(images[i], mode), direction, precision,
@@ -353,7 +356,8 @@ class Translator:
 
         def side(room: int) -> int:
             return self.tiling.tile or largest_tile(self.config, room, width=padded_w, height=padded_h,
-                                                    channels=channels, multiple=multiple, minimum=minimum)
+                                                    channels=channels, multiple=multiple, minimum=minimum,
+                                                    precision=precision)
         tile = side(free)
         if engine is not None:  # the engine's own memory (its runtime, a compiled copy) comes off the budget
             overhead = engine.overhead_bytes(generator)
@@ -374,7 +378,8 @@ class Translator:
         factor = self.tiling.thumbnail_factor
         if self.tiling.statistics == "thumbnail" and factor is None:
             factor = 2  # the smallest downscaling whose pass fits, down to a thumbnail of MIN_THUMBNAIL px
-            while (forward_bytes(self.config, padded_h // factor + multiple, padded_w // factor + multiple) > free
+            while (forward_bytes(self.config, padded_h // factor + multiple, padded_w // factor + multiple,
+                                 precision=precision) > free
                    and max(padded_h, padded_w) // (factor + 1) >= MIN_THUMBNAIL):
                 factor += 1
         elif self.tiling.statistics == "tile":
