@@ -3,7 +3,8 @@ behind the tiler's plan (``cyclegan_core.inference.memory``).
 
 Each configuration runs ``--repeats`` times, each in a fresh subprocess: the generator (seeded weights)
 is built, run once on a 256² input to load its kernels, the peak RSS is reset (``clear_refs``), one no-grad
-pass runs on a side x side input as ``Translator`` runs it (bf16: autocast and channels_last), and VmHWM
+pass runs on a side x side input as ``Translator`` runs it (bf16: autocast and channels_last; or, with
+``--runtimes openvino``, one inference of the converted model compiled at that precision), and VmHWM
 minus the RSS before is that pass's peak. One JSON line per configuration: every repeat's peak, the worst,
 the estimate at that precision and the bytes per pixel per ngf of the worst (after the estimate's fixed
 64 MiB). The worst counts: glibc's arenas make the same pass vary by up to 2x from run to run.
@@ -34,12 +35,28 @@ def vm_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def child(generator: str, ngf: int, side: int, precision: str, threads: int) -> None:
+def openvino_child(net: Any, multiple: int, side: int, precision: str, threads: int) -> None:
+    """One measured OpenVINO inference (model converted and compiled, run once at 256² first)."""
+    import numpy as np
+
+    from cyclegan_core.inference.backends.openvino_runtime import compile_model, convert
+
+    compiled = compile_model(convert(net, channels=3, multiple=multiple), precision, threads or 2)
+    request = compiled.create_infer_request()
+    request.infer({0: np.random.rand(1, 3, WARM_UP_SIDE, WARM_UP_SIDE).astype(np.float32)})
+    image = np.random.rand(1, 3, side, side).astype(np.float32)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = vm_bytes("VmRSS")
+    np.array(request.infer({0: image})[0])
+    print(json.dumps({"peak_bytes": vm_bytes("VmHWM") - before}))
+
+
+def child(generator: str, ngf: int, side: int, precision: str, threads: int, runtime: str) -> None:
     """One measured pass in this process; prints its peak extra bytes."""
     import torch
 
     from cyclegan_core.config import ModelConfig
-    from cyclegan_core.networks import generator_from_config
+    from cyclegan_core.networks import generator_from_config, size_multiple
     from cyclegan_core.precision import autocast, channels_last_on
 
     if threads:
@@ -47,6 +64,9 @@ def child(generator: str, ngf: int, side: int, precision: str, threads: int) -> 
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     net = generator_from_config(ModelConfig(generator=generator, ngf=ngf)).eval()
+    if runtime == "openvino":
+        openvino_child(net, size_multiple(generator), side, precision, threads)
+        return
     memory_format = torch.channels_last if channels_last_on(cpu, precision) else torch.contiguous_format
     net.to(memory_format=memory_format)
     image = torch.rand(1, 3, side, side).mul_(2).sub_(1).contiguous(memory_format=memory_format)
@@ -59,20 +79,20 @@ def child(generator: str, ngf: int, side: int, precision: str, threads: int) -> 
     print(json.dumps({"peak_bytes": vm_bytes("VmHWM") - before}))
 
 
-def measure(args: argparse.Namespace, generator: str, side: int, precision: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, generator: str, side: int, precision: str, runtime: str) -> dict[str, Any]:
     from cyclegan_core.config import ModelConfig
     from cyclegan_core.inference.memory import forward_bytes
 
     peaks = []
     for _ in range(args.repeats):
         done = subprocess.run([sys.executable, __file__, "--child", generator, str(args.ngf), str(side), precision,
-                               str(args.threads)], capture_output=True, text=True, check=False)
+                               str(args.threads), runtime], capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise SystemExit(f"{generator} {side}² {precision}: {done.stderr.strip()[-2000:]}")
+            raise SystemExit(f"{runtime} {generator} {side}² {precision}: {done.stderr.strip()[-2000:]}")
         peaks.append(json.loads(done.stdout.splitlines()[-1])["peak_bytes"])
     estimate = forward_bytes(ModelConfig(generator=generator, ngf=args.ngf), side, side, precision=precision)
     worst = max(peaks)
-    return {"benchmark": "forward_memory", "generator": generator, "ngf": args.ngf, "size": side,
+    return {"benchmark": "forward_memory", "runtime": runtime, "generator": generator, "ngf": args.ngf, "size": side,
             "precision": precision, "threads": args.threads, "peaks_mib": [round(p / MiB, 1) for p in peaks],
             "worst_mib": round(worst / MiB, 1), "estimate_mib": round(estimate / MiB, 1),
             "worst_over_estimate": round(worst / estimate, 2),
@@ -87,16 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--runtimes", nargs="+", choices=["torch", "openvino"], default=["torch"])
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        generator, ngf, side, precision, threads = args.child
-        child(generator, int(ngf), int(side), precision, int(threads))
+        generator, ngf, side, precision, threads, runtime = args.child
+        child(generator, int(ngf), int(side), precision, int(threads), runtime)
         return
-    for generator in args.generators:
-        for side in args.sizes:
-            for precision in args.precisions:
-                print(json.dumps(measure(args, generator, side, precision)), flush=True)
+    for runtime in args.runtimes:
+        for generator in args.generators:
+            for side in args.sizes:
+                for precision in args.precisions:
+                    print(json.dumps(measure(args, generator, side, precision, runtime)), flush=True)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,9 @@ def translate_tiled(net: nn.Module, read: Reader, plan: TilePlan, write: Sink, *
 class TileEngine(Protocol):
     """Runs the tiles of a large image in another runtime: ``compile(net, precision)`` turns the generator
     (its global statistics frozen) into what ``run_tiled`` calls on each tile; ``overhead_bytes(net)`` is
-    the memory that takes besides the tiles' own passes (the tiler leaves it out of the budget first)."""
+    the memory that takes besides the tiles' own passes (the tiler leaves it out of the budget first). Its
+    passes at any precision must stay under ``forward_bytes``' fp32 estimate, which plans them (OpenVINO's:
+    at most 0.82 of it, benchmarks/README.md "Tiled inference")."""
 
     name: str
 

@@ -354,26 +354,27 @@ class Translator:
         minimum = (2 * overlap + multiple + multiple - 1) // multiple * multiple
         engine, channels = self.tile_engine, self._output_channels(direction)
 
-        def side(room: int) -> int:
+        def side(room: int, passes: ResolvedPrecision) -> int:
             return self.tiling.tile or largest_tile(self.config, room, width=padded_w, height=padded_h,
                                                     channels=channels, multiple=multiple, minimum=minimum,
-                                                    precision=precision)
-        tile = side(free)
+                                                    precision=passes)
+        tile = side(free, precision)
         if engine is not None:  # the engine's own memory (its runtime, a compiled copy) comes off the budget
             overhead = engine.overhead_bytes(generator)
-            def count(side: int) -> int:
-                return plan_tiles(padded_h, padded_w, tile=side, overlap=overlap, align=multiple).count
+            def count(tile_side: int) -> int:
+                return plan_tiles(padded_h, padded_w, tile=tile_side, overlap=overlap, align=multiple).count
 
-            try:  # smaller tiles mean more tiles (overlap computed again): worth it only when they stay few
-                smaller = side(free - overhead)
+            try:  # the engine's passes stay under the fp32 estimate (TileEngine), bf16 ones too
+                engine_tile = side(free - overhead, "fp32")
             except MemoryBudgetError:
-                smaller = 0
-            if not smaller or count(smaller) > 1.25 * count(tile):
+                engine_tile = 0
+            # smaller tiles mean more tiles (overlap computed again): worth it only when they stay few
+            if not engine_tile or count(engine_tile) > 1.25 * count(tile):
                 logger.info("%s would take ~%s of the memory budget and shrink the tiles: the PyTorch tiler "
                             "runs them", engine.name, format_bytes(overhead))
                 engine = None
             else:
-                free, tile = free - overhead, smaller
+                free, tile = free - overhead, engine_tile
         plan = plan_tiles(padded_h, padded_w, tile=tile, overlap=overlap, align=multiple)
         factor = self.tiling.thumbnail_factor
         if self.tiling.statistics == "thumbnail" and factor is None:

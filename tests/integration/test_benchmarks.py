@@ -182,11 +182,15 @@ def test_bf16_by_scene_gives_each_scene_and_size_its_psnr(tmp_path: Path) -> Non
 
 def test_forward_memory_measures_each_pass_within_the_tilers_estimate() -> None:
     lines = run_script("forward_memory.py", "--generators", "resnet_6blocks", "--ngf", "8", "--sizes", "384",
-                       "--repeats", "1", "--threads", "1")
-    assert [(line["size"], line["precision"]) for line in lines] == [(384, "fp32"), (384, "bf16")]
-    for line in lines:  # the plan of the tiler holds: a pass never takes more than forward_bytes says
+                       "--repeats", "1", "--threads", "1", "--runtimes", "torch", "openvino")
+    assert [(line["runtime"], line["precision"]) for line in lines] == [
+        ("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16")]
+    torch_fp32, torch_bf16, *openvino = lines
+    for line in (torch_fp32, torch_bf16):  # the tiler's plan holds: a pass takes no more than forward_bytes says
         assert 0 < line["worst_mib"] <= line["estimate_mib"], line
-    assert lines[1]["estimate_mib"] > lines[0]["estimate_mib"], "a bf16 ResNet pass is planned larger"
+    assert torch_bf16["estimate_mib"] > torch_fp32["estimate_mib"], "a bf16 ResNet pass is planned larger"
+    for line in openvino:  # OpenVINO's tiles are planned with the fp32 estimate at either precision
+        assert 0 < line["worst_mib"] <= torch_fp32["estimate_mib"], line
 
 
 def test_reference_model_trains_and_exports_a_model_translate_reads(tmp_path: Path) -> None:
