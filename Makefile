@@ -19,12 +19,9 @@ demo: $(STAMP)
 	$(BIN)/cyclegan demo
 
 # The import contracts (pyproject.toml [tool.importlinter]) first: a broken one fails the run in a second.
-# Two pytest-xdist workers (tests/conftest.py keeps a module, and tests/e2e, on one worker): half the suite's
-# time is spent waiting on servers and processes starting, which the other worker fills.
-TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest tests
 
 # The pure, fast tests (tests/unit): the development loop. `make test` (all of tests/) is what CI runs.
 test-fast: $(STAMP)

@@ -60,15 +60,6 @@ def drain_prefect_queues(timeout_s: float = 60) -> None:
     EventsWorker.drain_all(timeout=timeout_s)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers with ``--dist loadgroup``: each module's tests stay on one
-    worker (its module-scoped servers start once), and tests/e2e's too (one Prefect server and worker)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = "tests/e2e" if "e2e" in item.path.parts else item.nodeid.split("::", 1)[0]
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def backend_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The session's folder for measured ``auto`` decisions and converted OpenVINO models, never the user's
