@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,14 @@ MiB = 2**20
 WARM_UP_SIDE = 256  # large enough for unet_256's eight halvings
 
 
-def vm_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+def print_peak(run: Callable[[], object]) -> None:
+    """Print the peak extra RSS of ``run()`` over the RSS before it (VmHWM reset by ``clear_refs``)."""
+    from tiling import vm_bytes  # benchmarks/tiling.py, beside this script
+
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = vm_bytes("VmRSS")
+    run()
+    print(json.dumps({"peak_bytes": vm_bytes("VmHWM") - before}))
 
 
 def openvino_child(net: Any, multiple: int, side: int, precision: str, threads: int) -> None:
@@ -45,10 +49,7 @@ def openvino_child(net: Any, multiple: int, side: int, precision: str, threads: 
     request = compiled.create_infer_request()
     request.infer({0: np.random.rand(1, 3, WARM_UP_SIDE, WARM_UP_SIDE).astype(np.float32)})
     image = np.random.rand(1, 3, side, side).astype(np.float32)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = vm_bytes("VmRSS")
-    np.array(request.infer({0: image})[0])
-    print(json.dumps({"peak_bytes": vm_bytes("VmHWM") - before}))
+    print_peak(lambda: np.array(request.infer({0: image})[0]))
 
 
 def child(generator: str, ngf: int, side: int, precision: str, threads: int, runtime: str) -> None:
@@ -72,11 +73,12 @@ def child(generator: str, ngf: int, side: int, precision: str, threads: int, run
     image = torch.rand(1, 3, side, side).mul_(2).sub_(1).contiguous(memory_format=memory_format)
     with torch.no_grad(), autocast(cpu, precision):
         net(torch.rand(1, 3, WARM_UP_SIDE, WARM_UP_SIDE).contiguous(memory_format=memory_format))
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = vm_bytes("VmRSS")
-    with torch.no_grad(), autocast(cpu, precision):  # a context of its own, as each translate_tensor call has
-        net(image).float()
-    print(json.dumps({"peak_bytes": vm_bytes("VmHWM") - before}))
+
+    def one_pass() -> None:
+        with torch.no_grad(), autocast(cpu, precision):  # a context of its own, as each translate_tensor call has
+            net(image).float()
+
+    print_peak(one_pass)
 
 
 def measure(args: argparse.Namespace, generator: str, side: int, precision: str, runtime: str) -> dict[str, Any]:
